@@ -1,0 +1,1 @@
+//! The CUDA backend. PLACEHOLDER: being written (issue 6).

@@ -1,0 +1,18 @@
+/// Errors from a backend. Shape mismatches name the op and both shapes.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{op}: shape mismatch: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("KV cache full: position {pos} is beyond its capacity of {capacity} tokens")]
+    CacheFull { pos: usize, capacity: usize },
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("{0} is not available: {1}")]
+    Unavailable(String, String),
+}
+
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> BackendError {
+    BackendError::Shape { op, detail: detail.into() }
+}

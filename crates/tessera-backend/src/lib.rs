@@ -1,0 +1,125 @@
+//! The `Backend` trait: device buffers plus the handful of ops a Llama-family
+//! transformer needs, and its CPU implementation.
+//!
+//! Invariant: the engine only ever talks to a device through this trait, so the
+//! CPU and CUDA implementations are interchangeable. Every op has a plain
+//! reference implementation (`reference` module) that fast paths are tested against.
+
+pub mod cpu;
+pub mod cuda;
+mod error;
+pub mod reference;
+
+pub use error::{BackendError, Result};
+use tessera_model::HostTensor;
+
+/// Weight element type at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDType {
+    F32,
+    /// Symmetric int8, one scale per group of at most 128 inputs per output row.
+    Int8,
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightDType::F32),
+            "int8" => Ok(WeightDType::Int8),
+            other => Err(format!("unknown weight dtype `{other}` (expected f32 or int8)")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightDType::F32 => "f32",
+            WeightDType::Int8 => "int8",
+        })
+    }
+}
+
+/// Geometry of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// A compute device. Activations are 2-D `[rows, cols]` f32-semantics tensors
+/// (one row per token); weights are `[out, in]` matrices in the chosen dtype.
+pub trait Backend: Send + Sync {
+    /// Activations living on the device.
+    type Tensor: Send + Sync;
+    /// A weight matrix prepared for `matmul` (and row lookup for embeddings).
+    type Linear: Send + Sync;
+    /// Keys and values of every layer for one sequence.
+    type KvCache: Send;
+
+    /// Human-readable name, e.g. `cpu (avx512-vnni, 2 threads)`.
+    fn name(&self) -> String;
+
+    // ---- buffers ----
+    fn upload(&self, t: &HostTensor) -> Result<Self::Tensor>;
+    fn download(&self, t: &Self::Tensor) -> Result<HostTensor>;
+    /// `(rows, cols)` of a tensor.
+    fn dims(&self, t: &Self::Tensor) -> (usize, usize);
+    /// Prepare a `[out, in]` f32 host matrix as a weight of the given dtype.
+    fn upload_linear(&self, w: &HostTensor, dtype: WeightDType) -> Result<Self::Linear>;
+    /// `(out, in)` of a weight.
+    fn linear_dims(&self, w: &Self::Linear) -> (usize, usize);
+    /// Rows `start..start+count` of a tensor, as a new tensor.
+    fn slice_rows(&self, x: &Self::Tensor, start: usize, count: usize) -> Result<Self::Tensor>;
+    /// Split columns into consecutive pieces of the given widths.
+    fn split_cols(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+
+    // ---- ops ----
+    /// Gather rows `ids` of an `[vocab, hidden]` weight (dequantized) -> `[ids.len(), hidden]`.
+    fn embedding(&self, table: &Self::Linear, ids: &[u32]) -> Result<Self::Tensor>;
+    /// `x / rms(x) * weight` per row; `weight` is `[1, cols]`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// `x @ w^T`: `[n, in] x [out, in] -> [n, out]`.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Linear) -> Result<Self::Tensor>;
+    /// `x += bias` broadcast over rows; `bias` is `[1, cols]`.
+    fn add_bias(&self, x: &mut Self::Tensor, bias: &Self::Tensor) -> Result<()>;
+    /// `x += y` elementwise.
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// `silu(gate) * up` where `gate_up = [gate | up]` (`[n, 2m] -> [n, m]`).
+    fn swiglu(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Rotate-half RoPE in place on `[n, heads*head_dim]`; row `i` is at
+    /// position `start_pos + i`; `inv_freq` has `head_dim/2` entries.
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        heads: usize,
+        head_dim: usize,
+        start_pos: usize,
+        inv_freq: &[f32],
+    ) -> Result<()>;
+
+    // ---- attention ----
+    fn kv_cache(&self, layers: usize, kv_heads: usize, head_dim: usize, capacity: usize)
+        -> Result<Self::KvCache>;
+    /// Store `k`, `v` (`[n, kv_heads*head_dim]`) at positions `start_pos..start_pos+n`.
+    fn kv_store(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        start_pos: usize,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) -> Result<()>;
+    /// Causal grouped-query attention of `q` (`[n, heads*head_dim]`, row `i` at
+    /// position `start_pos + i`) over cached positions `0..=start_pos+i`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        cache: &Self::KvCache,
+        layer: usize,
+        start_pos: usize,
+        shape: AttentionShape,
+    ) -> Result<Self::Tensor>;
+}

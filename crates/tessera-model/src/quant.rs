@@ -1,0 +1,90 @@
+//! The int8 weight format: symmetric, one f32 scale per group of at most
+//! [`INT8_GROUP`] consecutive input values of one output row.
+
+use crate::HostTensor;
+
+/// Largest number of input values sharing one scale.
+pub const INT8_GROUP: usize = 128;
+
+/// A `[rows, cols]` matrix quantized to int8 with per-row, per-group scales.
+/// Row `r`, group `g` covers columns `g*group .. min((g+1)*group, cols)`; the
+/// last group of a row may be shorter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub group: usize,
+    /// `rows * cols` values, row-major.
+    pub q: Vec<i8>,
+    /// `rows * groups_per_row()` scales, row-major.
+    pub scales: Vec<f32>,
+}
+
+impl Int8Matrix {
+    pub fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(self.group)
+    }
+
+    /// Quantize a 2-D f32 tensor: each group's scale is `max|w| / 127`, values
+    /// are rounded to nearest. This is the reference quantizer.
+    pub fn quantize(t: &HostTensor, group: usize) -> Int8Matrix {
+        let (rows, cols) = t.dims2();
+        let group = group.clamp(1, INT8_GROUP);
+        let gpr = cols.div_ceil(group);
+        let mut q = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows * gpr];
+        for r in 0..rows {
+            for g in 0..gpr {
+                let c0 = g * group;
+                let c1 = (c0 + group).min(cols);
+                let src = &t.data[r * cols + c0..r * cols + c1];
+                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = amax / 127.0;
+                scales[r * gpr + g] = scale;
+                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+                for (dst, v) in q[r * cols + c0..r * cols + c1].iter_mut().zip(src) {
+                    *dst = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                }
+            }
+        }
+        Int8Matrix { rows, cols, group, q, scales }
+    }
+
+    /// Back to f32 (for tests and for embedding lookups).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let gpr = self.groups_per_row();
+        for (c, o) in out.iter_mut().enumerate().take(self.cols) {
+            *o = self.q[r * self.cols + c] as f32 * self.scales[r * gpr + c / self.group];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_roundtrip_error_is_within_half_a_step() {
+        let cols = 300; // two full groups and a ragged one
+        let data: Vec<f32> = (0..2 * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let t = HostTensor::new(vec![2, cols], data.clone());
+        let m = Int8Matrix::quantize(&t, 128);
+        assert_eq!(m.groups_per_row(), 3);
+        let mut row = vec![0f32; cols];
+        for r in 0..2 {
+            m.dequantize_row(r, &mut row);
+            for c in 0..cols {
+                let step = m.scales[r * 3 + c / 128];
+                assert!((row[c] - data[r * cols + c]).abs() <= step * 0.5 + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_group_quantizes_to_zero() {
+        let t = HostTensor::new(vec![1, 4], vec![0.0; 4]);
+        let m = Int8Matrix::quantize(&t, 128);
+        assert_eq!(m.q, vec![0; 4]);
+        assert_eq!(m.scales, vec![0.0]);
+    }
+}

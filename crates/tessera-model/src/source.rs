@@ -1,0 +1,20 @@
+//! The reader interface every checkpoint format implements.
+
+use crate::{HostTensor, Result, Slice, TensorInfo};
+use std::path::Path;
+
+/// A checkpoint's tensors under their Hugging Face names
+/// (`model.layers.0.self_attn.q_proj.weight`, ...), whatever the file format.
+///
+/// `read` returns only the requested slice, dequantized to f32, and touches
+/// only the bytes that slice covers (memory-mapped files, no whole-file reads).
+pub trait TensorSource: Send + Sync {
+    /// The file or directory this source reads, for error messages.
+    fn path(&self) -> &Path;
+    /// Tensor names present in the checkpoint.
+    fn names(&self) -> Vec<String>;
+    /// Shape and storage type of a tensor, or `None` if absent.
+    fn info(&self, name: &str) -> Option<TensorInfo>;
+    /// Read a slice of a tensor as f32.
+    fn read(&self, name: &str, slice: &Slice) -> Result<HostTensor>;
+}
