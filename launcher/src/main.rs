@@ -1,1 +1,23 @@
-fn main(){}
+//! `tessera`: the command-line front end. Thin glue over the library crates.
+
+mod cli;
+mod device;
+mod generate_cmd;
+mod load;
+mod npy;
+mod perplexity_cmd;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Generate(args) => generate_cmd::run(args),
+        cli::Command::Perplexity(args) => perplexity_cmd::run(args),
+    };
+    if let Err(e) = result {
+        // `{:#}` prints the whole context chain on one line: "loading X: file Y: reason".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

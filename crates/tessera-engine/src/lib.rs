@@ -1,1 +1,14 @@
+//! The forward pass generic over `Backend`, the KV-cached sequence, the
+//! sampler and the generation loop.
+//!
+//! Invariant: the engine never names a device; it calls `Backend` ops only.
 
+mod error;
+mod generate;
+mod model;
+mod sampler;
+
+pub use error::{EngineError, Result};
+pub use generate::{generate, perplexity, FinishReason, GenerateRequest, Generation};
+pub use model::{Model, Sequence};
+pub use sampler::{argmax, Sampler, SamplingParams};

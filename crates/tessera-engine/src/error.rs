@@ -1,0 +1,28 @@
+use tessera_backend::BackendError;
+use tessera_model::ModelError;
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
+    WeightShape {
+        path: String,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("prompt of {prompt} tokens plus {new} new tokens exceeds the context of {context} tokens")]
+    ContextExceeded { prompt: usize, new: usize, context: usize },
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("invalid sampling parameter `{name}`: {reason}")]
+    Sampling { name: &'static str, reason: String },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize },
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,203 @@
+//! The generation loop: prefill the prompt, decode token by token, stream
+//! text, stop on EOS, a stop string or the token limit.
+
+use crate::{EngineError, Model, Result, Sampler, SamplingParams};
+use std::time::Instant;
+use tessera_backend::Backend;
+use tessera_model::Tokenizer;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when the text contains one of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Token ids that end generation (included in `generated_ids`, not in `text`).
+    pub eos_ids: Vec<u32>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Length,
+    Eos,
+    Stop,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Eos => "eos",
+            FinishReason::Stop => "stop",
+        }
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub generated_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// Logits at the last prompt position.
+    pub prompt_logits: Vec<f32>,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    pub fn prefill_tokens_per_sec(&self) -> f64 {
+        self.prompt_ids.len() as f64 / self.prefill_secs.max(1e-9)
+    }
+    /// Decode speed over the tokens produced after the first one (which prefill produced).
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        let n = self.generated_ids.len().saturating_sub(1);
+        if n == 0 {
+            0.0
+        } else {
+            n as f64 / self.decode_secs.max(1e-9)
+        }
+    }
+}
+
+/// Tracks decoded text and what has been streamed, holding back text that
+/// might still become a stop string or an incomplete UTF-8 character.
+struct TextStream<'a> {
+    tokenizer: Option<&'a Tokenizer>,
+    stop: &'a [String],
+    emitted: usize,
+}
+
+impl TextStream<'_> {
+    /// Returns (full text so far, whether a stop string matched).
+    fn text(&self, ids: &[u32]) -> Result<(String, bool)> {
+        let Some(tok) = self.tokenizer else {
+            return Ok((String::new(), false));
+        };
+        let mut text = tok.decode(ids, true)?;
+        let cut = self.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min();
+        if let Some(c) = cut {
+            text.truncate(c);
+            return Ok((text, true));
+        }
+        Ok((text, false))
+    }
+
+    /// The part of `text` that is safe to emit now.
+    fn stable_end(&self, text: &str, finished: bool) -> usize {
+        if finished {
+            return text.len();
+        }
+        let mut end = text.len();
+        if text.ends_with('\u{FFFD}') {
+            end -= '\u{FFFD}'.len_utf8();
+        }
+        // Hold back the longest suffix that is a prefix of some stop string.
+        for s in self.stop {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
+                    end = end.min(text[..end].len() - k);
+                    break;
+                }
+            }
+        }
+        end.max(self.emitted)
+    }
+}
+
+/// Generate from `req`; `on_text` receives each newly stable piece of text.
+pub fn generate<B: Backend>(
+    model: &Model<B>,
+    tokenizer: Option<&Tokenizer>,
+    req: &GenerateRequest,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    if req.prompt_ids.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let context = model.spec().max_position_embeddings;
+    if req.prompt_ids.len() + req.max_new_tokens > context {
+        return Err(EngineError::ContextExceeded {
+            prompt: req.prompt_ids.len(),
+            new: req.max_new_tokens,
+            context,
+        });
+    }
+    let mut sampler = Sampler::new(req.sampling.clone())?;
+    let mut seq = model.new_sequence(req.prompt_ids.len() + req.max_new_tokens)?;
+    let mut stream = TextStream { tokenizer, stop: &req.stop, emitted: 0 };
+
+    let t0 = Instant::now();
+    let logits = model.forward(&mut seq, &req.prompt_ids, false)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let prompt_logits = logits.data;
+
+    let mut history = req.prompt_ids.clone();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut finish = FinishReason::Length;
+    let mut text = String::new();
+    let t1 = Instant::now();
+    let mut logits = prompt_logits.clone();
+    while generated.len() < req.max_new_tokens {
+        let next = sampler.sample(&logits, &history);
+        generated.push(next);
+        history.push(next);
+        let is_eos = req.eos_ids.contains(&next);
+        let (t, stopped) = stream.text(&generated)?;
+        text = t;
+        let done = is_eos || stopped || generated.len() == req.max_new_tokens;
+        let end = stream.stable_end(&text, done);
+        if end > stream.emitted {
+            on_text(&text[stream.emitted..end]);
+            stream.emitted = end;
+        }
+        if is_eos {
+            finish = FinishReason::Eos;
+            break;
+        }
+        if stopped {
+            finish = FinishReason::Stop;
+            break;
+        }
+        if generated.len() == req.max_new_tokens {
+            break;
+        }
+        logits = model.forward(&mut seq, &[next], false)?.data;
+    }
+    let decode_secs = t1.elapsed().as_secs_f64();
+    Ok(Generation {
+        prompt_ids: req.prompt_ids.clone(),
+        generated_ids: generated,
+        text,
+        finish_reason: finish,
+        prompt_logits,
+        prefill_secs,
+        decode_secs,
+    })
+}
+
+/// Perplexity of `ids` under the model: `exp(mean NLL)` of tokens `1..n` given
+/// their prefixes, computed in one forward pass over the whole text.
+pub fn perplexity<B: Backend>(model: &Model<B>, ids: &[u32]) -> Result<f64> {
+    if ids.len() < 2 {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let mut seq = model.new_sequence(ids.len())?;
+    if seq.capacity() < ids.len() {
+        return Err(EngineError::ContextExceeded { prompt: ids.len(), new: 0, context: seq.capacity() });
+    }
+    let logits = model.forward(&mut seq, ids, true)?;
+    let vocab = model.spec().vocab_size;
+    let mut nll = 0f64;
+    for (i, row) in logits.data.chunks_exact(vocab).take(ids.len() - 1).enumerate() {
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+        nll += lse - row[ids[i + 1] as usize] as f64;
+    }
+    Ok((nll / (ids.len() - 1) as f64).exp())
+}
