@@ -6,6 +6,7 @@
 //! so nothing downstream knows which format a model came from.
 
 mod checkpoint;
+pub mod dummy;
 mod error;
 pub mod gguf;
 mod quant;
