@@ -4,7 +4,7 @@
 use crate::HostTensor;
 
 /// Largest number of input values sharing one scale.
-pub const INT8_GROUP: usize = 128;
+pub const INT8_GROUP: usize = 32;
 
 /// A `[rows, cols]` matrix quantized to int8 with per-row, per-group scales.
 /// Row `r`, group `g` covers columns `g*group .. min((g+1)*group, cols)`; the

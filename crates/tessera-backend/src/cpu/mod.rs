@@ -100,8 +100,8 @@ impl Backend for CpuBackend {
         Ok(match dtype {
             WeightDType::F32 => CpuLinear::F32 { rows, cols, data: w.data.clone() },
             WeightDType::Int8 => {
-                let q = self.pool.install(|| Int8Matrix::quantize(w, INT8_GROUP));
-                CpuLinear::Int8(kernels::PackedInt8::new(q))
+                let packed = self.pool.install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
+                CpuLinear::Int8(packed)
             }
         })
     }
@@ -165,7 +165,7 @@ impl Backend for CpuBackend {
         }
         let mut out = vec![0f32; x.rows * m];
         self.pool.install(|| match w {
-            CpuLinear::F32 { data, .. } => kernels::matmul_f32(&x.data, x.rows, k, data, m, &mut out),
+            CpuLinear::F32 { data, .. } => kernels::matmul_f32(self.features, &x.data, x.rows, k, data, m, &mut out),
             CpuLinear::Int8(p) => kernels::matmul_int8(self.features, &x.data, x.rows, p, &mut out),
         });
         Ok(tensor(x.rows, m, out))
@@ -258,7 +258,7 @@ impl Backend for CpuBackend {
                 let qv = &q.data[idx * head_dim..(idx + 1) * head_dim];
                 let keys = &kc[kh * cap * head_dim..];
                 let vals = &vc[kh * cap * head_dim..];
-                kernels::attend_one(qv, keys, vals, start_pos + i + 1, head_dim, o);
+                kernels::attend_one(self.features, qv, keys, vals, start_pos + i + 1, head_dim, o);
             })
         });
         let _ = n;
