@@ -1,6 +1,9 @@
 //! Plain, obviously correct versions of every op, on host slices. Fast CPU
 //! kernels and the CUDA backend are tested against these.
 
+// Index loops are kept on purpose: the reference must read like the math.
+#![allow(clippy::needless_range_loop)]
+
 use tessera_model::Int8Matrix;
 
 /// Hugging Face's LlamaRMSNorm in f32: `w * (x / sqrt(mean(x^2) + eps))`.

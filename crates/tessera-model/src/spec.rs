@@ -69,7 +69,7 @@ impl ModelSpec {
                 return Err(bad(key, "must be greater than 0".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -78,13 +78,13 @@ impl ModelSpec {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad("head_dim", format!("{} is odd; RoPE needs an even head dimension", self.head_dim)));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps)));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(bad("rope_theta", format!("{} must be positive", self.rope_theta)));
         }
         Ok(())
@@ -159,7 +159,7 @@ impl ModelSpec {
         let head_dim = match cfg.opt_usize("head_dim")? {
             Some(h) => h,
             None => {
-                if num_heads == 0 || hidden_size % num_heads != 0 {
+                if num_heads == 0 || !hidden_size.is_multiple_of(num_heads) {
                     return Err(cfg.err(
                         "num_attention_heads",
                         &format!("{num_heads} does not divide hidden_size {hidden_size}"),
@@ -168,7 +168,10 @@ impl ModelSpec {
                 hidden_size / num_heads
             }
         };
-        let rope_scaling = match v.get("rope_scaling") {
+        // transformers >= 5 writes `rope_parameters` (theta inside it) instead of
+        // `rope_scaling` + `rope_theta`; accept both spellings.
+        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
+        let rope_scaling = match v.get("rope_scaling").filter(|r| !r.is_null()).or(rope_params) {
             None | Some(Value::Null) => RopeScaling::None,
             Some(rs) => {
                 let kind = rs
@@ -210,7 +213,14 @@ impl ModelSpec {
             num_kv_heads,
             head_dim,
             rms_norm_eps: cfg.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-            rope_theta: cfg.opt_f32("rope_theta")?.unwrap_or(10000.0),
+            rope_theta: match cfg.opt_f32("rope_theta")? {
+                Some(t) => t,
+                None => rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+                    .map(|t| t as f32)
+                    .unwrap_or(10000.0),
+            },
             rope_scaling,
             max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings: v

@@ -194,7 +194,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, gate_up: &CpuTensor) -> Result<CpuTensor> {
-        if gate_up.cols % 2 != 0 {
+        if !gate_up.cols.is_multiple_of(2) {
             return Err(shape_err("swiglu", format!("odd width {}", gate_up.cols)));
         }
         Ok(tensor(gate_up.rows, gate_up.cols / 2, reference::swiglu(&gate_up.data, gate_up.cols)))
