@@ -7,12 +7,37 @@ use std::path::{Path, PathBuf};
 
 /// Run `tessera generate` on `model` and return stderr, asserting a clean failure.
 fn fails(model: &Path) -> String {
-    let out = tessera(&["generate", "--model", model.to_str().unwrap(), "--prompt-ids", "1,2,3", "--max-new-tokens", "2"]);
+    let out = tessera(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "expected failure for {}, got success", model.display());
-    assert_eq!(out.status.code(), Some(1), "exit status for {}: {err}", model.display());
-    assert!(!err.contains("panicked"), "panic for {}: {err}", model.display());
-    assert!(err.starts_with("error: "), "error line for {}: {err}", model.display());
+    assert!(
+        !out.status.success(),
+        "expected failure for {}, got success",
+        model.display()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status for {}: {err}",
+        model.display()
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic for {}: {err}",
+        model.display()
+    );
+    assert!(
+        err.starts_with("error: "),
+        "error line for {}: {err}",
+        model.display()
+    );
     err
 }
 
@@ -31,13 +56,20 @@ fn copy_fixture(name: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn missing_path() {
     let err = fails(Path::new("/nonexistent/model.gguf"));
-    assert!(err.contains("/nonexistent/model.gguf") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/model.gguf") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn directory_without_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture("llama-gqa-tied").join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture("llama-gqa-tied").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let err = fails(tmp.path());
     assert!(err.contains("model.safetensors"), "{err}");
 }
@@ -47,7 +79,12 @@ fn truncated_safetensors() {
     let (_t, dir) = copy_fixture("llama-gqa-tied");
     let f = dir.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let err = fails(&dir);
     assert!(err.contains("model.safetensors"), "{err}");
 }
@@ -60,7 +97,10 @@ fn safetensors_header_length_lies() {
     bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     std::fs::write(&f, bytes).unwrap();
     let err = fails(&dir);
-    assert!(err.contains("model.safetensors") && err.contains("header"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("header"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -68,7 +108,8 @@ fn safetensors_offsets_lie() {
     let (_t, dir) = copy_fixture("llama-gqa-tied");
     let f = dir.join("model.safetensors");
     // A valid-looking header whose one tensor claims bytes far past the end.
-    let header = br#"{"model.norm.weight":{"dtype":"F32","shape":[96],"data_offsets":[0,1000000]}}"#;
+    let header =
+        br#"{"model.norm.weight":{"dtype":"F32","shape":[96],"data_offsets":[0,1000000]}}"#;
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header);
     bytes.extend_from_slice(&[0u8; 384]);
@@ -91,37 +132,55 @@ fn missing_tensor() {
     let out = safetensors::serialize(kept, None).unwrap();
     std::fs::write(&f, out).unwrap();
     let err = fails(&dir);
-    assert!(err.contains("model.layers.1.mlp.down_proj.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("model.layers.1.mlp.down_proj.weight") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shape() {
     let (_t, dir) = copy_fixture("llama-gqa-tied");
     let cfg = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 176");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"intermediate_size\": 160", "\"intermediate_size\": 176");
     std::fs::write(&cfg, text).unwrap();
     let err = fails(&dir);
-    assert!(err.contains("gate_proj.weight") && err.contains("[160, 96]") && err.contains("[176, 96]"), "{err}");
+    assert!(
+        err.contains("gate_proj.weight") && err.contains("[160, 96]") && err.contains("[176, 96]"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_architecture_is_named() {
     let (_t, dir) = copy_fixture("llama-gqa-tied");
     let cfg = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "GPTBigCodeForCausalLM");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPTBigCodeForCausalLM");
     std::fs::write(&cfg, text).unwrap();
     let err = fails(&dir);
-    assert!(err.contains("GPTBigCodeForCausalLM") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("GPTBigCodeForCausalLM") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn config_value_of_wrong_type() {
     let (_t, dir) = copy_fixture("llama-gqa-tied");
     let cfg = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"hidden_size\": 96", "\"hidden_size\": \"wide\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"hidden_size\": 96", "\"hidden_size\": \"wide\"");
     std::fs::write(&cfg, text).unwrap();
     let err = fails(&dir);
-    assert!(err.contains("hidden_size") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("hidden_size") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -130,7 +189,10 @@ fn not_a_gguf_file() {
     let f = tmp.path().join("model.gguf");
     std::fs::write(&f, b"this is not a model at all, just text").unwrap();
     let err = fails(&f);
-    assert!(err.contains("model.gguf") && err.to_lowercase().contains("gguf"), "{err}");
+    assert!(
+        err.contains("model.gguf") && err.to_lowercase().contains("gguf"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,7 +213,15 @@ fn truncated_gguf() {
 
 #[test]
 fn token_id_outside_vocabulary() {
-    let out = tessera(&["generate", "--model", fixture("llama-gqa-tied").to_str().unwrap(), "--prompt-ids", "1,99999", "--max-new-tokens", "2"]);
+    let out = tessera(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa-tied").to_str().unwrap(),
+        "--prompt-ids",
+        "1,99999",
+        "--max-new-tokens",
+        "2",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("99999") && err.contains("vocabulary"), "{err}");
@@ -159,8 +229,17 @@ fn token_id_outside_vocabulary() {
 
 #[test]
 fn prompt_text_without_tokenizer_says_what_to_do() {
-    let out = tessera(&["generate", "--model", fixture("llama-gqa-tied").to_str().unwrap(), "--prompt", "hello"]);
+    let out = tessera(&[
+        "generate",
+        "--model",
+        fixture("llama-gqa-tied").to_str().unwrap(),
+        "--prompt",
+        "hello",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("no tokenizer") && err.contains("--prompt-ids"), "{err}");
+    assert!(
+        err.contains("no tokenizer") && err.contains("--prompt-ids"),
+        "{err}"
+    );
 }

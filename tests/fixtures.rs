@@ -9,12 +9,22 @@ use tessera_backend::{cpu::CpuBackend, WeightDType};
 use tessera_engine::{generate, GenerateRequest, Model, SamplingParams};
 use tessera_model::Checkpoint;
 
-const MODELS: &[&str] = &["llama-gqa-tied", "llama3-untied-bf16-sharded", "qwen2-bias-f16"];
+const MODELS: &[&str] = &[
+    "llama-gqa-tied",
+    "llama3-untied-bf16-sharded",
+    "qwen2-bias-f16",
+];
 
 fn load(name: &str, dtype: WeightDType) -> Model<CpuBackend> {
     let ckpt = Checkpoint::open(&fixture(name)).expect("fixture opens");
-    Model::load(CpuBackend::new(2).unwrap(), &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {})
-        .expect("fixture loads")
+    Model::load(
+        CpuBackend::new(2).unwrap(),
+        &ckpt.spec,
+        ckpt.source.as_ref(),
+        dtype,
+        |_, _| {},
+    )
+    .expect("fixture loads")
 }
 
 fn greedy(model: &Model<CpuBackend>, prompt: &[u32], n: usize) -> tessera_engine::Generation {
@@ -37,10 +47,16 @@ fn f32_matches_transformers_tokens_and_logits() {
             let prompt = ids(&case["prompt_ids"]);
             let want = ids(&case["greedy_ids"]);
             let gen = greedy(&model, &prompt, want.len());
-            assert_eq!(gen.generated_ids, want, "{name} case {i}: greedy tokens differ from transformers");
+            assert_eq!(
+                gen.generated_ids, want,
+                "{name} case {i}: greedy tokens differ from transformers"
+            );
             let ref_logits = read_npy(&fixture(name).join(case["logits"].as_str().unwrap()));
             let d = max_abs_diff(&gen.prompt_logits, &ref_logits);
-            assert!(d < 1e-3, "{name} case {i}: last-position logits differ by {d}");
+            assert!(
+                d < 1e-3,
+                "{name} case {i}: last-position logits differ by {d}"
+            );
         }
     }
 }
@@ -64,9 +80,18 @@ fn int8_stays_close_to_f32() {
             let b = greedy(&i8m, &prompt, 1);
             let n = a.prompt_logits.len() as f32;
             let mean = a.prompt_logits.iter().sum::<f32>() / n;
-            let std = (a.prompt_logits.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
+            let std = (a
+                .prompt_logits
+                .iter()
+                .map(|x| (x - mean).powi(2))
+                .sum::<f32>()
+                / n)
+                .sqrt();
             let d = max_abs_diff(&a.prompt_logits, &b.prompt_logits);
-            assert!(d < 0.2 * std, "{name} case {i}: int8 logits differ by {d} (std {std})");
+            assert!(
+                d < 0.2 * std,
+                "{name} case {i}: int8 logits differ by {d} (std {std})"
+            );
         }
     }
 }
@@ -75,7 +100,10 @@ fn int8_stays_close_to_f32() {
 fn cli_generate_matches_library_and_writes_logits() {
     let name = "llama-gqa-tied";
     let case = &expected(name)["cases"][1];
-    let prompt: Vec<String> = ids(&case["prompt_ids"]).iter().map(|x| x.to_string()).collect();
+    let prompt: Vec<String> = ids(&case["prompt_ids"])
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let npy = dir.path().join("logits.npy");
     let out = generate_json(&[
@@ -92,7 +120,10 @@ fn cli_generate_matches_library_and_writes_logits() {
     assert_eq!(ids(&out["prompt_ids"]), ids(&case["prompt_ids"]));
     assert_eq!(out["finish_reason"], "length");
     for key in ["load_s", "prefill_tokens_per_s", "decode_tokens_per_s"] {
-        assert!(out["timings"][key].as_f64().unwrap() > 0.0, "timings.{key} missing");
+        assert!(
+            out["timings"][key].as_f64().unwrap() > 0.0,
+            "timings.{key} missing"
+        );
     }
     let want = read_npy(&fixture(name).join(case["logits"].as_str().unwrap()));
     assert!(max_abs_diff(&read_npy(&npy), &want) < 1e-3);
@@ -105,14 +136,24 @@ fn sampling_is_reproducible_by_seed() {
         let req = GenerateRequest {
             prompt_ids: vec![5, 6, 7],
             max_new_tokens: 24,
-            sampling: SamplingParams { temperature: 1.0, top_p: 0.95, top_k: 50, seed, ..Default::default() },
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_p: 0.95,
+                top_k: 50,
+                seed,
+                ..Default::default()
+            },
             stop: vec![],
             eos_ids: vec![],
         };
         generate(&model, None, &req, |_| {}).unwrap().generated_ids
     };
     assert_eq!(run(11), run(11), "same seed must give the same tokens");
-    assert_ne!(run(11), run(12), "different seeds should give different samples");
+    assert_ne!(
+        run(11),
+        run(12),
+        "different seeds should give different samples"
+    );
 }
 
 #[test]

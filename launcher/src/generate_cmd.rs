@@ -26,9 +26,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens,
         sampling,
         stop: args.stop.clone(),
-        eos_ids: if args.ignore_eos { Vec::new() } else { ckpt.spec.eos_token_ids.clone() },
+        eos_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            ckpt.spec.eos_token_ids.clone()
+        },
     };
-    run_on(device, args.model.threads, Job { args: &args, ckpt: &ckpt, req })
+    run_on(
+        device,
+        args.model.threads,
+        Job {
+            args: &args,
+            ckpt: &ckpt,
+            req,
+        },
+    )
 }
 
 /// Token ids of the prompt: given directly, or tokenized (optionally chat-templated).
@@ -41,7 +53,10 @@ fn prompt_ids(args: &GenerateArgs, ckpt: &Checkpoint) -> Result<Vec<u32>> {
     }
     let text = args.prompt.as_deref().unwrap_or_default();
     let tok = ckpt.tokenizer.as_ref().with_context(|| {
-        format!("{} has no tokenizer; pass --prompt-ids instead of --prompt", ckpt.path.display())
+        format!(
+            "{} has no tokenizer; pass --prompt-ids instead of --prompt",
+            ckpt.path.display()
+        )
     })?;
     let ids = if args.chat {
         let rendered = tok.apply_chat_template(text)?;

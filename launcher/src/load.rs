@@ -13,29 +13,44 @@ use tessera_model::Checkpoint;
 pub fn open_checkpoint(model: &str) -> Result<Checkpoint> {
     if let Some(rest) = model.strip_prefix("dummy:") {
         let (shape, seed) = match rest.split_once(':') {
-            Some((s, seed)) => (s, seed.parse::<u64>().with_context(|| format!("dummy seed `{seed}` is not a number"))?),
+            Some((s, seed)) => (
+                s,
+                seed.parse::<u64>()
+                    .with_context(|| format!("dummy seed `{seed}` is not a number"))?,
+            ),
             None => (rest, 0),
         };
-        return tessera_model::dummy::open(shape, seed).with_context(|| format!("dummy model `{shape}`"));
+        return tessera_model::dummy::open(shape, seed)
+            .with_context(|| format!("dummy model `{shape}`"));
     }
     Checkpoint::open(Path::new(model)).with_context(|| format!("loading model {model}"))
 }
 
 /// Load the checkpoint's weights onto `backend`; returns the model and the seconds it took.
 /// Progress goes to stderr when it is a terminal.
-pub fn load_model<B: Backend>(backend: B, ckpt: &Checkpoint, args: &ModelArgs) -> Result<(Model<B>, f64)> {
+pub fn load_model<B: Backend>(
+    backend: B,
+    ckpt: &Checkpoint,
+    args: &ModelArgs,
+) -> Result<(Model<B>, f64)> {
     let dtype: WeightDType = args.dtype.parse().map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let model = Model::load(backend, &ckpt.spec, ckpt.source.as_ref(), dtype, |done, total| {
-        if show {
-            eprint!("\rloading layers {done}/{total}");
-            if done == total {
-                eprintln!();
+    let model = Model::load(
+        backend,
+        &ckpt.spec,
+        ckpt.source.as_ref(),
+        dtype,
+        |done, total| {
+            if show {
+                eprint!("\rloading layers {done}/{total}");
+                if done == total {
+                    eprintln!();
+                }
+                let _ = std::io::stderr().flush();
             }
-            let _ = std::io::stderr().flush();
-        }
-    })
+        },
+    )
     .with_context(|| format!("loading weights from {}", ckpt.path.display()))?;
     Ok((model, t0.elapsed().as_secs_f64()))
 }

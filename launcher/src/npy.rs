@@ -4,7 +4,10 @@ use std::io::Write;
 use std::path::Path;
 
 pub fn write_f32(path: &Path, data: &[f32]) -> std::io::Result<()> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}", data.len());
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        data.len()
+    );
     // Magic (6) + version (2) + header length (2) + header must be a multiple of 64, ending in '\n'.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));

@@ -10,13 +10,22 @@ use tessera_model::Checkpoint;
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let device: Device = args.model.device.parse()?;
     let ckpt = open_checkpoint(&args.model.model)?;
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
     let tok = ckpt
         .tokenizer
         .as_ref()
         .with_context(|| format!("{} has no tokenizer", ckpt.path.display()))?;
     let ids = tok.encode(&text, true)?;
-    run_on(device, args.model.threads, Job { args: &args, ckpt: &ckpt, ids })
+    run_on(
+        device,
+        args.model.threads,
+        Job {
+            args: &args,
+            ckpt: &ckpt,
+            ids,
+        },
+    )
 }
 
 struct Job<'a> {
@@ -31,9 +40,16 @@ impl BackendJob for Job<'_> {
         let (model, _) = load_model(backend, self.ckpt, &self.args.model)?;
         let ppl = tessera_engine::perplexity(&model, &self.ids)?;
         if self.args.json {
-            println!("{}", serde_json::json!({ "tokens": self.ids.len(), "perplexity": ppl, "dtype": self.args.model.dtype }));
+            println!(
+                "{}",
+                serde_json::json!({ "tokens": self.ids.len(), "perplexity": ppl, "dtype": self.args.model.dtype })
+            );
         } else {
-            println!("perplexity {ppl:.4} over {} tokens ({})", self.ids.len(), self.args.model.dtype);
+            println!(
+                "perplexity {ppl:.4} over {} tokens ({})",
+                self.ids.len(),
+                self.args.model.dtype
+            );
         }
         Ok(())
     }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -15,12 +18,18 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub fn expected(name: &str) -> Value {
     let p = fixture(name).join("expected.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
-        .expect("expected.json parses")
+    serde_json::from_str(
+        &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .expect("expected.json parses")
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 /// Read a 1-D little-endian float32 `.npy` file.
@@ -33,13 +42,23 @@ pub fn read_npy(path: &Path) -> Vec<f32> {
         (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12)
     };
     let header = std::str::from_utf8(&b[start..start + hlen]).expect("utf8 header");
-    assert!(header.contains("'<f4'"), "{}: not float32: {header}", path.display());
-    b[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    assert!(
+        header.contains("'<f4'"),
+        "{}: not float32: {header}",
+        path.display()
+    );
+    b[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The default real model, fetched by scripts/fetch-model.sh.
@@ -48,16 +67,25 @@ pub fn smollm2_path() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else if std::env::var_os("CI").is_some() {
-        panic!("{} is missing; the test command runs scripts/fetch-model.sh first", p.display());
+        panic!(
+            "{} is missing; the test command runs scripts/fetch-model.sh first",
+            p.display()
+        );
     } else {
-        eprintln!("skipped: {} is missing (run scripts/fetch-model.sh)", p.display());
+        eprintln!(
+            "skipped: {} is missing (run scripts/fetch-model.sh)",
+            p.display()
+        );
         None
     }
 }
 
 /// Run the real `tessera` binary.
 pub fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("spawn tessera")
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("spawn tessera")
 }
 
 /// Run `tessera generate ... --json` and parse its output.

@@ -14,5 +14,8 @@ pub enum BackendError {
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> BackendError {
-    BackendError::Shape { op, detail: detail.into() }
+    BackendError::Shape {
+        op,
+        detail: detail.into(),
+    }
 }

@@ -27,7 +27,9 @@ impl std::str::FromStr for WeightDType {
         match s {
             "f32" => Ok(WeightDType::F32),
             "int8" => Ok(WeightDType::Int8),
-            other => Err(format!("unknown weight dtype `{other}` (expected f32 or int8)")),
+            other => Err(format!(
+                "unknown weight dtype `{other}` (expected f32 or int8)"
+            )),
         }
     }
 }
@@ -101,8 +103,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     // ---- attention ----
-    fn kv_cache(&self, layers: usize, kv_heads: usize, head_dim: usize, capacity: usize)
-        -> Result<Self::KvCache>;
+    fn kv_cache(
+        &self,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+    ) -> Result<Self::KvCache>;
     /// Store `k`, `v` (`[n, kv_heads*head_dim]`) at positions `start_pos..start_pos+n`.
     fn kv_store(
         &self,

@@ -132,7 +132,10 @@ pub fn attention(
             let scores: Vec<f64> = (0..=last)
                 .map(|p| {
                     let kv = &k[p * kvw + kh * head_dim..][..head_dim];
-                    qv.iter().zip(kv).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>()
+                    qv.iter()
+                        .zip(kv)
+                        .map(|(a, b)| (*a as f64) * (*b as f64))
+                        .sum::<f64>()
                         * scale as f64
                 })
                 .collect();

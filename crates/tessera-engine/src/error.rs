@@ -15,8 +15,14 @@ pub enum EngineError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("prompt of {prompt} tokens plus {new} new tokens exceeds the context of {context} tokens")]
-    ContextExceeded { prompt: usize, new: usize, context: usize },
+    #[error(
+        "prompt of {prompt} tokens plus {new} new tokens exceeds the context of {context} tokens"
+    )]
+    ContextExceeded {
+        prompt: usize,
+        new: usize,
+        context: usize,
+    },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
     #[error("invalid sampling parameter `{name}`: {reason}")]

@@ -80,7 +80,12 @@ impl TextStream<'_> {
             return Ok((String::new(), false));
         };
         let mut text = tok.decode(ids, true)?;
-        let cut = self.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min();
+        let cut = self
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
         if let Some(c) = cut {
             text.truncate(c);
             return Ok((text, true));
@@ -130,7 +135,11 @@ pub fn generate<B: Backend>(
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
     let mut seq = model.new_sequence(req.prompt_ids.len() + req.max_new_tokens)?;
-    let mut stream = TextStream { tokenizer, stop: &req.stop, emitted: 0 };
+    let mut stream = TextStream {
+        tokenizer,
+        stop: &req.stop,
+        emitted: 0,
+    };
 
     let t0 = Instant::now();
     let logits = model.forward(&mut seq, &req.prompt_ids, false)?;
@@ -189,14 +198,28 @@ pub fn perplexity<B: Backend>(model: &Model<B>, ids: &[u32]) -> Result<f64> {
     }
     let mut seq = model.new_sequence(ids.len())?;
     if seq.capacity() < ids.len() {
-        return Err(EngineError::ContextExceeded { prompt: ids.len(), new: 0, context: seq.capacity() });
+        return Err(EngineError::ContextExceeded {
+            prompt: ids.len(),
+            new: 0,
+            context: seq.capacity(),
+        });
     }
     let logits = model.forward(&mut seq, ids, true)?;
     let vocab = model.spec().vocab_size;
     let mut nll = 0f64;
-    for (i, row) in logits.data.chunks_exact(vocab).take(ids.len() - 1).enumerate() {
+    for (i, row) in logits
+        .data
+        .chunks_exact(vocab)
+        .take(ids.len() - 1)
+        .enumerate()
+    {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+        let lse = row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
         nll += lse - row[ids[i + 1] as usize] as f64;
     }
     Ok((nll / (ids.len() - 1) as f64).exp())

@@ -51,10 +51,12 @@ impl<B: Backend> Sequence<B> {
 
 /// Read a tensor, checking its shape.
 fn read(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<HostTensor> {
-    let info = src.info(name).ok_or_else(|| tessera_model::ModelError::MissingTensor {
-        path: src.path().to_path_buf(),
-        tensor: name.to_string(),
-    })?;
+    let info = src
+        .info(name)
+        .ok_or_else(|| tessera_model::ModelError::MissingTensor {
+            path: src.path().to_path_buf(),
+            tensor: name.to_string(),
+        })?;
     if info.shape != expected {
         return Err(EngineError::WeightShape {
             path: src.path().display().to_string(),
@@ -129,19 +131,41 @@ impl<B: Backend> Model<B> {
                 None
             };
             let gate_up = stack_rows(vec![
-                read(src, &format!("{p}.mlp.gate_proj.weight"), &[s.intermediate_size, h])?,
-                read(src, &format!("{p}.mlp.up_proj.weight"), &[s.intermediate_size, h])?,
+                read(
+                    src,
+                    &format!("{p}.mlp.gate_proj.weight"),
+                    &[s.intermediate_size, h],
+                )?,
+                read(
+                    src,
+                    &format!("{p}.mlp.up_proj.weight"),
+                    &[s.intermediate_size, h],
+                )?,
             ]);
             layers.push(Layer {
-                attn_norm: backend.upload(&read(src, &format!("{p}.input_layernorm.weight"), &[h])?)?,
+                attn_norm: backend.upload(&read(
+                    src,
+                    &format!("{p}.input_layernorm.weight"),
+                    &[h],
+                )?)?,
                 qkv: backend.upload_linear(&qkv, dtype)?,
                 qkv_bias,
-                o: backend.upload_linear(&read(src, &format!("{p}.self_attn.o_proj.weight"), &[h, qn])?, dtype)?,
-                mlp_norm: backend
-                    .upload(&read(src, &format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+                o: backend.upload_linear(
+                    &read(src, &format!("{p}.self_attn.o_proj.weight"), &[h, qn])?,
+                    dtype,
+                )?,
+                mlp_norm: backend.upload(&read(
+                    src,
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?)?,
                 gate_up: backend.upload_linear(&gate_up, dtype)?,
                 down: backend.upload_linear(
-                    &read(src, &format!("{p}.mlp.down_proj.weight"), &[h, s.intermediate_size])?,
+                    &read(
+                        src,
+                        &format!("{p}.mlp.down_proj.weight"),
+                        &[h, s.intermediate_size],
+                    )?,
                     dtype,
                 )?,
             });
@@ -178,26 +202,46 @@ impl<B: Backend> Model<B> {
             self.spec.head_dim,
             capacity,
         )?;
-        Ok(Sequence { cache, len: 0, capacity })
+        Ok(Sequence {
+            cache,
+            len: 0,
+            capacity,
+        })
     }
 
     /// Run `ids` through the model after the positions already in `seq`, and
     /// return the logits of the last position (`all_logits == false`) or of
     /// every new position, as a host tensor `[rows, vocab]`.
-    pub fn forward(&self, seq: &mut Sequence<B>, ids: &[u32], all_logits: bool) -> Result<HostTensor> {
+    pub fn forward(
+        &self,
+        seq: &mut Sequence<B>,
+        ids: &[u32],
+        all_logits: bool,
+    ) -> Result<HostTensor> {
         if ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
         if seq.len + ids.len() > seq.capacity {
-            return Err(EngineError::ContextExceeded { prompt: seq.len, new: ids.len(), context: seq.capacity });
+            return Err(EngineError::ContextExceeded {
+                prompt: seq.len,
+                new: ids.len(),
+                context: seq.capacity,
+            });
         }
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.spec.vocab_size) {
-            return Err(EngineError::TokenOutOfRange { id: bad, vocab: self.spec.vocab_size });
+            return Err(EngineError::TokenOutOfRange {
+                id: bad,
+                vocab: self.spec.vocab_size,
+            });
         }
         let b = &self.backend;
         let s = &self.spec;
         let (hd, nh, nkv) = (s.head_dim, s.num_heads, s.num_kv_heads);
-        let shape = AttentionShape { num_heads: nh, num_kv_heads: nkv, head_dim: hd };
+        let shape = AttentionShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
         let start = seq.len;
         let mut x = b.embedding(&self.embed, ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -206,7 +250,9 @@ impl<B: Backend> Model<B> {
             if let Some(bias) = &layer.qkv_bias {
                 b.add_bias(&mut qkv, bias)?;
             }
-            let mut parts = b.split_cols(&qkv, &[nh * hd, nkv * hd, nkv * hd])?.into_iter();
+            let mut parts = b
+                .split_cols(&qkv, &[nh * hd, nkv * hd, nkv * hd])?
+                .into_iter();
             let (mut q, mut k, v) = match (parts.next(), parts.next(), parts.next()) {
                 (Some(q), Some(k), Some(v)) => (q, k, v),
                 _ => unreachable!("split_cols returns one tensor per width"),
@@ -224,7 +270,11 @@ impl<B: Backend> Model<B> {
             b.add_assign(&mut x, &d)?;
         }
         seq.len += ids.len();
-        let rows = if all_logits { x } else { b.slice_rows(&x, ids.len() - 1, 1)? };
+        let rows = if all_logits {
+            x
+        } else {
+            b.slice_rows(&x, ids.len() - 1, 1)?
+        };
         let hn = b.rms_norm(&rows, &self.norm, s.rms_norm_eps)?;
         let logits = b.matmul(&hn, self.lm_head.as_ref().unwrap_or(&self.embed))?;
         Ok(b.download(&logits)?)

@@ -19,7 +19,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -28,13 +34,19 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |name, reason: String| Err(EngineError::Sampling { name, reason });
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad("temperature", format!("{} must be a finite number >= 0", self.temperature));
+            return bad(
+                "temperature",
+                format!("{} must be a finite number >= 0", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} must be in (0, 1]", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return bad("repetition_penalty", format!("{} must be a finite number > 0", self.repetition_penalty));
+            return bad(
+                "repetition_penalty",
+                format!("{} must be a finite number > 0", self.repetition_penalty),
+            );
         }
         Ok(())
     }
@@ -75,7 +87,11 @@ impl Sampler {
             seen.dedup();
             for &t in &seen {
                 if let Some(x) = l.get_mut(t as usize) {
-                    *x = if *x < 0.0 { *x * p.repetition_penalty } else { *x / p.repetition_penalty };
+                    *x = if *x < 0.0 {
+                        *x * p.repetition_penalty
+                    } else {
+                        *x / p.repetition_penalty
+                    };
                 }
             }
         }
@@ -89,8 +105,10 @@ impl Sampler {
             idx.truncate(p.top_k);
         }
         let max = l[idx[0] as usize];
-        let mut probs: Vec<f64> =
-            idx.iter().map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         if p.top_p < 1.0 {
@@ -133,7 +151,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_demotes_seen_tokens() {
-        let p = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         // token 0 (logit 3) halves to 1.5 < 2.0
         assert_eq!(s.sample(&[3.0, 2.0], &[0]), 1);
@@ -143,7 +164,12 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_even_when_hot() {
-        let p = SamplingParams { temperature: 5.0, top_k: 1, seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            seed: 7,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 1.0, 0.5], &[]), 1);
@@ -153,7 +179,12 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // probs ~ [0.84, 0.11, 0.04, ...]: top_p 0.8 keeps only token 0
-        let p = SamplingParams { temperature: 1.0, top_p: 0.8, seed: 3, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.8,
+            seed: 3,
+            ..Default::default()
+        };
         let mut s = Sampler::new(p).unwrap();
         for _ in 0..50 {
             assert_eq!(s.sample(&[4.0, 2.0, 1.0, 0.0], &[]), 0);
@@ -164,7 +195,11 @@ mod tests {
     fn same_seed_same_tokens_and_different_seed_differs() {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
         let run = |seed| {
-            let p = SamplingParams { temperature: 1.0, seed, ..Default::default() };
+            let p = SamplingParams {
+                temperature: 1.0,
+                seed,
+                ..Default::default()
+            };
             let mut s = Sampler::new(p).unwrap();
             (0..30).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
         };
@@ -174,9 +209,19 @@ mod tests {
 
     #[test]
     fn invalid_values_are_rejected_by_name() {
-        let e = Sampler::new(SamplingParams { top_p: 0.0, ..Default::default() }).err().unwrap();
+        let e = Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("top_p"), "{e}");
-        let e = Sampler::new(SamplingParams { temperature: -1.0, ..Default::default() }).err().unwrap();
+        let e = Sampler::new(SamplingParams {
+            temperature: -1.0,
+            ..Default::default()
+        })
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("temperature"), "{e}");
     }
 }

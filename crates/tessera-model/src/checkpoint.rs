@@ -24,7 +24,12 @@ impl Checkpoint {
             let gguf = GgufFile::open(path)?;
             let spec = gguf.spec()?;
             let tokenizer = gguf.tokenizer()?;
-            Ok(Checkpoint { path: path.to_path_buf(), spec, source: Box::new(gguf), tokenizer })
+            Ok(Checkpoint {
+                path: path.to_path_buf(),
+                spec,
+                source: Box::new(gguf),
+                tokenizer,
+            })
         }
     }
 
@@ -35,7 +40,8 @@ impl Checkpoint {
         // generation_config.json's EOS list wins over config.json's.
         let gen_path = dir.join("generation_config.json");
         if gen_path.exists() {
-            let text = std::fs::read_to_string(&gen_path).map_err(|e| ModelError::io(&gen_path, e))?;
+            let text =
+                std::fs::read_to_string(&gen_path).map_err(|e| ModelError::io(&gen_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::format(&gen_path, format!("invalid JSON: {e}")))?;
             let eos = token_id_list(v.get("eos_token_id"));
@@ -45,6 +51,11 @@ impl Checkpoint {
         }
         let source = SafetensorsDir::open(dir)?;
         let tokenizer = Tokenizer::from_hf_dir(dir)?;
-        Ok(Checkpoint { path: dir.to_path_buf(), spec, source: Box::new(source), tokenizer })
+        Ok(Checkpoint {
+            path: dir.to_path_buf(),
+            spec,
+            source: Box::new(source),
+            tokenizer,
+        })
     }
 }

@@ -47,7 +47,13 @@ impl Int8Matrix {
                 }
             }
         }
-        Int8Matrix { rows, cols, group, q, scales }
+        Int8Matrix {
+            rows,
+            cols,
+            group,
+            q,
+            scales,
+        }
     }
 
     /// Back to f32 (for tests and for embedding lookups).
@@ -66,7 +72,9 @@ mod tests {
     #[test]
     fn quantize_roundtrip_error_is_within_half_a_step() {
         let cols = 300; // two full groups and a ragged one
-        let data: Vec<f32> = (0..2 * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let data: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let t = HostTensor::new(vec![2, cols], data.clone());
         let m = Int8Matrix::quantize(&t, 128);
         assert_eq!(m.groups_per_row(), 3);

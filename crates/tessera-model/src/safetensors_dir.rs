@@ -103,12 +103,22 @@ impl SafetensorsDir {
                 }
                 entries.insert(
                     tname.clone(),
-                    Entry { file: fi, dtype, shape: info.shape.clone(), start, end },
+                    Entry {
+                        file: fi,
+                        dtype,
+                        shape: info.shape.clone(),
+                        start,
+                        end,
+                    },
                 );
             }
             files.push((path, mmap));
         }
-        Ok(SafetensorsDir { dir: dir.to_path_buf(), files, entries })
+        Ok(SafetensorsDir {
+            dir: dir.to_path_buf(),
+            files,
+            entries,
+        })
     }
 }
 
@@ -124,7 +134,9 @@ fn elem_size(d: StorageDType) -> usize {
 fn decode_into(dtype: StorageDType, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
         StorageDType::F32 => out.extend(
-            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         ),
         StorageDType::F16 => out.extend(
             bytes
@@ -149,34 +161,46 @@ impl TensorSource for SafetensorsDir {
         sorted.keys().map(|k| k.to_string()).collect()
     }
     fn info(&self, name: &str) -> Option<TensorInfo> {
-        self.entries
-            .get(name)
-            .map(|e| TensorInfo { shape: e.shape.clone(), dtype: e.dtype })
+        self.entries.get(name).map(|e| TensorInfo {
+            shape: e.shape.clone(),
+            dtype: e.dtype,
+        })
     }
     fn read(&self, name: &str, slice: &Slice) -> Result<HostTensor> {
-        let e = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor {
-            path: self.dir.clone(),
-            tensor: name.to_string(),
-        })?;
-        let out_shape = slice.sliced_shape(&e.shape).ok_or_else(|| ModelError::BadSlice {
-            tensor: name.to_string(),
-            slice: slice.clone(),
-            shape: e.shape.clone(),
-        })?;
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.dir.clone(),
+                tensor: name.to_string(),
+            })?;
+        let out_shape = slice
+            .sliced_shape(&e.shape)
+            .ok_or_else(|| ModelError::BadSlice {
+                tensor: name.to_string(),
+                slice: slice.clone(),
+                shape: e.shape.clone(),
+            })?;
         let bytes = &self.files[e.file].1[e.start..e.end];
         let es = elem_size(e.dtype);
         let row_elems: usize = e.shape.iter().skip(1).product();
         let mut data = Vec::with_capacity(out_shape.iter().product());
         match slice {
             Slice::Full => decode_into(e.dtype, bytes, &mut data),
-            Slice::Rows(r) => {
-                decode_into(e.dtype, &bytes[r.start * row_elems * es..r.end * row_elems * es], &mut data)
-            }
+            Slice::Rows(r) => decode_into(
+                e.dtype,
+                &bytes[r.start * row_elems * es..r.end * row_elems * es],
+                &mut data,
+            ),
             Slice::Cols(c) => {
                 let cols = e.shape[1];
                 for row in 0..e.shape[0] {
                     let base = row * cols;
-                    decode_into(e.dtype, &bytes[(base + c.start) * es..(base + c.end) * es], &mut data);
+                    decode_into(
+                        e.dtype,
+                        &bytes[(base + c.start) * es..(base + c.end) * es],
+                        &mut data,
+                    );
                 }
             }
         }

@@ -14,7 +14,9 @@ pub const SUPPORTED_ARCHITECTURES: &str =
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1 style: long wavelengths scaled by `factor`, short ones kept,
     /// smooth blend in between.
     Llama3 {
@@ -79,13 +81,25 @@ impl ModelSpec {
             ));
         }
         if !self.head_dim.is_multiple_of(2) {
-            return Err(bad("head_dim", format!("{} is odd; RoPE needs an even head dimension", self.head_dim)));
+            return Err(bad(
+                "head_dim",
+                format!(
+                    "{} is odd; RoPE needs an even head dimension",
+                    self.head_dim
+                ),
+            ));
         }
         if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
-            return Err(bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps)));
+            return Err(bad(
+                "rms_norm_eps",
+                format!("{} must be positive", self.rms_norm_eps),
+            ));
         }
         if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
-            return Err(bad("rope_theta", format!("{} must be positive", self.rope_theta)));
+            return Err(bad(
+                "rope_theta",
+                format!("{} must be positive", self.rope_theta),
+            ));
         }
         Ok(())
     }
@@ -132,7 +146,11 @@ impl ModelSpec {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| ModelError::format(path, format!("config.json is not valid JSON: {e}")))?;
         let cfg = HfConfig { path, v: &v };
-        let architecture = match v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str) {
+        let architecture = match v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+        {
             Some(a) => a.to_string(),
             None => match v.get("model_type").and_then(Value::as_str) {
                 Some("llama") => "LlamaForCausalLM".into(),
@@ -171,7 +189,11 @@ impl ModelSpec {
         // transformers >= 5 writes `rope_parameters` (theta inside it) instead of
         // `rope_scaling` + `rope_theta`; accept both spellings.
         let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
-        let rope_scaling = match v.get("rope_scaling").filter(|r| !r.is_null()).or(rope_params) {
+        let rope_scaling = match v
+            .get("rope_scaling")
+            .filter(|r| !r.is_null())
+            .or(rope_params)
+        {
             None | Some(Value::Null) => RopeScaling::None,
             Some(rs) => {
                 let kind = rs
@@ -180,12 +202,17 @@ impl ModelSpec {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let f = |k: &str| -> Result<f32> {
-                    rs.get(k).and_then(Value::as_f64).map(|x| x as f32).ok_or_else(|| {
-                        cfg.err(&format!("rope_scaling.{k}"), "missing or not a number")
-                    })
+                    rs.get(k)
+                        .and_then(Value::as_f64)
+                        .map(|x| x as f32)
+                        .ok_or_else(|| {
+                            cfg.err(&format!("rope_scaling.{k}"), "missing or not a number")
+                        })
                 };
                 match kind {
-                    "linear" => RopeScaling::Linear { factor: f("factor")? },
+                    "linear" => RopeScaling::Linear {
+                        factor: f("factor")?,
+                    },
                     "llama3" => RopeScaling::Llama3 {
                         factor: f("factor")?,
                         low_freq_factor: f("low_freq_factor")?,
@@ -243,7 +270,11 @@ impl ModelSpec {
 pub(crate) fn token_id_list(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -264,10 +295,9 @@ impl HfConfig<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(key, &format!("expected a non-negative integer, found {x}"))),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(key, &format!("expected a non-negative integer, found {x}"))
+            }),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {

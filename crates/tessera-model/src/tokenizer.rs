@@ -51,7 +51,8 @@ impl Tokenizer {
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+            let text =
+                std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
             serde_json::from_str(&text)
                 .map_err(|e| ModelError::format(&cfg_path, format!("invalid JSON: {e}")))?
         } else {
@@ -60,7 +61,9 @@ impl Tokenizer {
         let token_str = |k: &str| -> Option<String> {
             match cfg.get(k) {
                 Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
+                Some(Value::Object(o)) => {
+                    o.get("content").and_then(Value::as_str).map(String::from)
+                }
                 _ => None,
             }
         };
@@ -95,10 +98,13 @@ impl Tokenizer {
     /// Encode text. `special` controls whether post-processing (e.g. a BOS
     /// token) is applied; a chat-templated prompt already contains its specials.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, special).map_err(|e| ModelError::Tokenizer {
-            path: self.origin.clone(),
-            reason: format!("encoding failed: {e}"),
-        })?;
+        let enc = self
+            .inner
+            .encode(text, special)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.origin.clone(),
+                reason: format!("encoding failed: {e}"),
+            })?;
         let mut ids = enc.get_ids().to_vec();
         if special && self.add_bos {
             if let Some(b) = self.bos_id {
@@ -112,10 +118,12 @@ impl Tokenizer {
 
     /// Decode ids to text, skipping special tokens when asked.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| ModelError::Tokenizer {
-            path: self.origin.clone(),
-            reason: format!("decoding failed: {e}"),
-        })
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| ModelError::Tokenizer {
+                path: self.origin.clone(),
+                reason: format!("decoding failed: {e}"),
+            })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -130,19 +138,28 @@ impl Tokenizer {
         })?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib_like::unknown_method);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", template)
             .map_err(|e| ModelError::ChatTemplate(format!("template does not parse: {e}")))?;
-        let tmpl = env.get_template("chat").map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => vec![minijinja::context!{ role => "user", content => user_message }],
             add_generation_prompt => true,
             bos_token => self.bos_token.clone().unwrap_or_default(),
             eos_token => self.eos_token.clone().unwrap_or_default(),
         };
-        tmpl.render(ctx).map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
+        tmpl.render(ctx)
+            .map_err(|e| ModelError::ChatTemplate(format!("rendering failed: {e}")))
     }
 }
 
@@ -171,7 +188,10 @@ mod minijinja_contrib_like {
                 "endswith" => Ok(Value::from(arg.is_some_and(|a| s.ends_with(a)))),
                 "upper" => Ok(Value::from(s.to_uppercase())),
                 "lower" => Ok(Value::from(s.to_lowercase())),
-                _ => Err(Error::new(ErrorKind::UnknownMethod, format!("string has no method {method}"))),
+                _ => Err(Error::new(
+                    ErrorKind::UnknownMethod,
+                    format!("string has no method {method}"),
+                )),
             };
         }
         if value.kind() == ValueKind::Map && method == "get" {
@@ -183,6 +203,9 @@ mod minijinja_contrib_like {
                 found
             });
         }
-        Err(Error::new(ErrorKind::UnknownMethod, format!("no method {method}")))
+        Err(Error::new(
+            ErrorKind::UnknownMethod,
+            format!("no method {method}"),
+        ))
     }
 }

@@ -20,7 +20,11 @@ pub struct CpuTensor {
 
 /// A weight matrix in its run-time layout.
 pub enum CpuLinear {
-    F32 { rows: usize, cols: usize, data: Vec<f32> },
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
     Int8(kernels::PackedInt8),
 }
 
@@ -44,7 +48,9 @@ impl CpuBackend {
     /// `threads == 0` means one per available core.
     pub fn new(threads: usize) -> Result<Self> {
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -52,8 +58,14 @@ impl CpuBackend {
             .num_threads(threads)
             .thread_name(|i| format!("tessera-cpu-{i}"))
             .build()
-            .map_err(|e| BackendError::Device(format!("cannot start {threads} CPU threads: {e}")))?;
-        Ok(CpuBackend { pool, threads, features: CpuFeatures::detect() })
+            .map_err(|e| {
+                BackendError::Device(format!("cannot start {threads} CPU threads: {e}"))
+            })?;
+        Ok(CpuBackend {
+            pool,
+            threads,
+            features: CpuFeatures::detect(),
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -76,7 +88,11 @@ impl Backend for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn name(&self) -> String {
-        format!("cpu ({}, {} threads)", self.features.int8_kernel_name(), self.threads)
+        format!(
+            "cpu ({}, {} threads)",
+            self.features.int8_kernel_name(),
+            self.threads
+        )
     }
 
     fn upload(&self, t: &HostTensor) -> Result<CpuTensor> {
@@ -94,13 +110,22 @@ impl Backend for CpuBackend {
 
     fn upload_linear(&self, w: &HostTensor, dtype: WeightDType) -> Result<CpuLinear> {
         if w.shape.len() != 2 {
-            return Err(shape_err("upload_linear", format!("expected a 2-D weight, got {:?}", w.shape)));
+            return Err(shape_err(
+                "upload_linear",
+                format!("expected a 2-D weight, got {:?}", w.shape),
+            ));
         }
         let (rows, cols) = w.dims2();
         Ok(match dtype {
-            WeightDType::F32 => CpuLinear::F32 { rows, cols, data: w.data.clone() },
+            WeightDType::F32 => CpuLinear::F32 {
+                rows,
+                cols,
+                data: w.data.clone(),
+            },
             WeightDType::Int8 => {
-                let packed = self.pool.install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
+                let packed = self
+                    .pool
+                    .install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
                 CpuLinear::Int8(packed)
             }
         })
@@ -115,16 +140,29 @@ impl Backend for CpuBackend {
 
     fn slice_rows(&self, x: &CpuTensor, start: usize, count: usize) -> Result<CpuTensor> {
         if start + count > x.rows {
-            return Err(shape_err("slice_rows", format!("rows {start}..{} of {}", start + count, x.rows)));
+            return Err(shape_err(
+                "slice_rows",
+                format!("rows {start}..{} of {}", start + count, x.rows),
+            ));
         }
-        Ok(tensor(count, x.cols, x.data[start * x.cols..(start + count) * x.cols].to_vec()))
+        Ok(tensor(
+            count,
+            x.cols,
+            x.data[start * x.cols..(start + count) * x.cols].to_vec(),
+        ))
     }
 
     fn split_cols(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {
         if widths.iter().sum::<usize>() != x.cols {
-            return Err(shape_err("split_cols", format!("widths {widths:?} do not sum to {}", x.cols)));
+            return Err(shape_err(
+                "split_cols",
+                format!("widths {widths:?} do not sum to {}", x.cols),
+            ));
         }
-        let mut outs: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(w * x.rows)).collect();
+        let mut outs: Vec<Vec<f32>> = widths
+            .iter()
+            .map(|w| Vec::with_capacity(w * x.rows))
+            .collect();
         for row in x.data.chunks_exact(x.cols) {
             let mut c = 0;
             for (o, w) in outs.iter_mut().zip(widths) {
@@ -132,7 +170,11 @@ impl Backend for CpuBackend {
                 c += w;
             }
         }
-        Ok(outs.into_iter().zip(widths).map(|(d, w)| tensor(x.rows, *w, d)).collect())
+        Ok(outs
+            .into_iter()
+            .zip(widths)
+            .map(|(d, w)| tensor(x.rows, *w, d))
+            .collect())
     }
 
     fn embedding(&self, table: &CpuLinear, ids: &[u32]) -> Result<CpuTensor> {
@@ -141,10 +183,15 @@ impl Backend for CpuBackend {
         for (o, &id) in out.chunks_exact_mut(hidden).zip(ids) {
             let id = id as usize;
             if id >= vocab {
-                return Err(shape_err("embedding", format!("token id {id} >= vocabulary size {vocab}")));
+                return Err(shape_err(
+                    "embedding",
+                    format!("token id {id} >= vocabulary size {vocab}"),
+                ));
             }
             match table {
-                CpuLinear::F32 { data, .. } => o.copy_from_slice(&data[id * hidden..(id + 1) * hidden]),
+                CpuLinear::F32 { data, .. } => {
+                    o.copy_from_slice(&data[id * hidden..(id + 1) * hidden])
+                }
                 CpuLinear::Int8(p) => p.dequantize_row(id, o),
             }
         }
@@ -153,19 +200,31 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
         if weight.data.len() != x.cols {
-            return Err(shape_err("rms_norm", format!("weight {} vs hidden {}", weight.data.len(), x.cols)));
+            return Err(shape_err(
+                "rms_norm",
+                format!("weight {} vs hidden {}", weight.data.len(), x.cols),
+            ));
         }
-        Ok(tensor(x.rows, x.cols, reference::rms_norm(&x.data, x.cols, &weight.data, eps)))
+        Ok(tensor(
+            x.rows,
+            x.cols,
+            reference::rms_norm(&x.data, x.cols, &weight.data, eps),
+        ))
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuLinear) -> Result<CpuTensor> {
         let (m, k) = self.linear_dims(w);
         if x.cols != k {
-            return Err(shape_err("matmul", format!("x is [{}, {}], weight is [{m}, {k}]", x.rows, x.cols)));
+            return Err(shape_err(
+                "matmul",
+                format!("x is [{}, {}], weight is [{m}, {k}]", x.rows, x.cols),
+            ));
         }
         let mut out = vec![0f32; x.rows * m];
         self.pool.install(|| match w {
-            CpuLinear::F32 { data, .. } => kernels::matmul_f32(self.features, &x.data, x.rows, k, data, m, &mut out),
+            CpuLinear::F32 { data, .. } => {
+                kernels::matmul_f32(self.features, &x.data, x.rows, k, data, m, &mut out)
+            }
             CpuLinear::Int8(p) => kernels::matmul_int8(self.features, &x.data, x.rows, p, &mut out),
         });
         Ok(tensor(x.rows, m, out))
@@ -173,7 +232,10 @@ impl Backend for CpuBackend {
 
     fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
         if bias.data.len() != x.cols {
-            return Err(shape_err("add_bias", format!("bias {} vs cols {}", bias.data.len(), x.cols)));
+            return Err(shape_err(
+                "add_bias",
+                format!("bias {} vs cols {}", bias.data.len(), x.cols),
+            ));
         }
         for row in x.data.chunks_exact_mut(x.cols) {
             for (a, b) in row.iter_mut().zip(&bias.data) {
@@ -185,7 +247,10 @@ impl Backend for CpuBackend {
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
         if (x.rows, x.cols) != (y.rows, y.cols) {
-            return Err(shape_err("add_assign", format!("[{}, {}] vs [{}, {}]", x.rows, x.cols, y.rows, y.cols)));
+            return Err(shape_err(
+                "add_assign",
+                format!("[{}, {}] vs [{}, {}]", x.rows, x.cols, y.rows, y.cols),
+            ));
         }
         for (a, b) in x.data.iter_mut().zip(&y.data) {
             *a += b;
@@ -197,18 +262,38 @@ impl Backend for CpuBackend {
         if !gate_up.cols.is_multiple_of(2) {
             return Err(shape_err("swiglu", format!("odd width {}", gate_up.cols)));
         }
-        Ok(tensor(gate_up.rows, gate_up.cols / 2, reference::swiglu(&gate_up.data, gate_up.cols)))
+        Ok(tensor(
+            gate_up.rows,
+            gate_up.cols / 2,
+            reference::swiglu(&gate_up.data, gate_up.cols),
+        ))
     }
 
-    fn rope(&self, x: &mut CpuTensor, heads: usize, head_dim: usize, start_pos: usize, inv_freq: &[f32]) -> Result<()> {
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        heads: usize,
+        head_dim: usize,
+        start_pos: usize,
+        inv_freq: &[f32],
+    ) -> Result<()> {
         if x.cols != heads * head_dim || inv_freq.len() != head_dim / 2 {
-            return Err(shape_err("rope", format!("cols {} vs {heads}x{head_dim}", x.cols)));
+            return Err(shape_err(
+                "rope",
+                format!("cols {} vs {heads}x{head_dim}", x.cols),
+            ));
         }
         reference::rope(&mut x.data, heads, head_dim, start_pos, inv_freq);
         Ok(())
     }
 
-    fn kv_cache(&self, layers: usize, kv_heads: usize, head_dim: usize, capacity: usize) -> Result<CpuKvCache> {
+    fn kv_cache(
+        &self,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+    ) -> Result<CpuKvCache> {
         let per_layer = kv_heads * capacity * head_dim;
         Ok(CpuKvCache {
             kv_heads,
@@ -219,13 +304,29 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn kv_store(&self, cache: &mut CpuKvCache, layer: usize, start_pos: usize, k: &CpuTensor, v: &CpuTensor) -> Result<()> {
+    fn kv_store(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        start_pos: usize,
+        k: &CpuTensor,
+        v: &CpuTensor,
+    ) -> Result<()> {
         let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
         if k.cols != kvh * hd || v.cols != kvh * hd || k.rows != v.rows {
-            return Err(shape_err("kv_store", format!("k [{}, {}], v [{}, {}], cache {kvh}x{hd}", k.rows, k.cols, v.rows, v.cols)));
+            return Err(shape_err(
+                "kv_store",
+                format!(
+                    "k [{}, {}], v [{}, {}], cache {kvh}x{hd}",
+                    k.rows, k.cols, v.rows, v.cols
+                ),
+            ));
         }
         if start_pos + k.rows > cap {
-            return Err(BackendError::CacheFull { pos: start_pos + k.rows, capacity: cap });
+            return Err(BackendError::CacheFull {
+                pos: start_pos + k.rows,
+                capacity: cap,
+            });
         }
         for (src, dst) in [(k, &mut cache.k[layer]), (v, &mut cache.v[layer])] {
             for i in 0..src.rows {
@@ -238,13 +339,33 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, q: &CpuTensor, cache: &CpuKvCache, layer: usize, start_pos: usize, shape: AttentionShape) -> Result<CpuTensor> {
-        let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
-        if q.cols != num_heads * head_dim || num_kv_heads != cache.kv_heads || head_dim != cache.head_dim {
-            return Err(shape_err("attention", format!("q cols {} for {num_heads}x{head_dim}", q.cols)));
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        cache: &CpuKvCache,
+        layer: usize,
+        start_pos: usize,
+        shape: AttentionShape,
+    ) -> Result<CpuTensor> {
+        let AttentionShape {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = shape;
+        if q.cols != num_heads * head_dim
+            || num_kv_heads != cache.kv_heads
+            || head_dim != cache.head_dim
+        {
+            return Err(shape_err(
+                "attention",
+                format!("q cols {} for {num_heads}x{head_dim}", q.cols),
+            ));
         }
         if start_pos + q.rows > cache.capacity {
-            return Err(BackendError::CacheFull { pos: start_pos + q.rows, capacity: cache.capacity });
+            return Err(BackendError::CacheFull {
+                pos: start_pos + q.rows,
+                capacity: cache.capacity,
+            });
         }
         let n = q.rows;
         let mut out = vec![0f32; q.data.len()];
@@ -252,14 +373,24 @@ impl Backend for CpuBackend {
         let cap = cache.capacity;
         // One task per (token, head): independent outputs, no locking.
         self.pool.install(|| {
-            out.par_chunks_mut(head_dim).enumerate().for_each(|(idx, o)| {
-                let (i, h) = (idx / num_heads, idx % num_heads);
-                let kh = h / (num_heads / num_kv_heads);
-                let qv = &q.data[idx * head_dim..(idx + 1) * head_dim];
-                let keys = &kc[kh * cap * head_dim..];
-                let vals = &vc[kh * cap * head_dim..];
-                kernels::attend_one(self.features, qv, keys, vals, start_pos + i + 1, head_dim, o);
-            })
+            out.par_chunks_mut(head_dim)
+                .enumerate()
+                .for_each(|(idx, o)| {
+                    let (i, h) = (idx / num_heads, idx % num_heads);
+                    let kh = h / (num_heads / num_kv_heads);
+                    let qv = &q.data[idx * head_dim..(idx + 1) * head_dim];
+                    let keys = &kc[kh * cap * head_dim..];
+                    let vals = &vc[kh * cap * head_dim..];
+                    kernels::attend_one(
+                        self.features,
+                        qv,
+                        keys,
+                        vals,
+                        start_pos + i + 1,
+                        head_dim,
+                        o,
+                    );
+                })
         });
         let _ = n;
         Ok(tensor(q.rows, q.cols, out))
