@@ -33,6 +33,6 @@ impl std::str::FromStr for Device {
 pub fn run_on<J: BackendJob>(device: Device, threads: usize, job: J) -> Result<J::Output> {
     match device {
         Device::Cpu => job.run(CpuBackend::new(threads).context("starting the CPU backend")?),
-        Device::Cuda(n) => bail!("device cuda:{n}: this build has no CUDA backend wired in yet"),
+        Device::Cuda(n) => job.run(crate::cuda_device::cuda_backend(n)?),
     }
 }

@@ -1,6 +1,7 @@
 //! `tessera`: the command-line front end. Thin glue over the library crates.
 
 mod cli;
+mod cuda_device;
 mod device;
 mod generate_cmd;
 mod load;

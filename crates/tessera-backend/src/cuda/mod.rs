@@ -1,1 +1,223 @@
-//! The CUDA backend. PLACEHOLDER: being written (issue 6).
+//! The CUDA backend: f32 activations in device memory, f32 or int8 weights,
+//! kernels compiled at run time by NVRTC, cuBLAS for large products.
+//!
+//! Invariants:
+//! - Nothing here calls into CUDA before [`CudaBackend::new`] has checked that
+//!   the driver library can be opened (cudarc panics otherwise), so a binary
+//!   built without CUDA runs everywhere and reports `Unavailable` cleanly.
+//! - All work goes to one stream, in order; the only host synchronisation is
+//!   `download`. Temporaries come from the driver's stream-ordered pool
+//!   (`cuMemAllocAsync`), kept warm by a release threshold, so the per-op
+//!   allocations of a decode step cost no `cudaMalloc` and no sync.
+
+mod linear;
+pub mod module;
+mod ops;
+mod tensor;
+
+pub use linear::{CudaLinear, Int8Weight, GEMV_MAX_ROWS};
+pub use tensor::CudaTensor;
+
+use crate::{BackendError, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig,
+};
+use module::Kernels;
+use std::sync::{Arc, Mutex};
+
+/// Keys and values of every layer: `[layer][kv_head][position][head_dim]`,
+/// so one head's keys are contiguous for the attention kernel.
+pub struct CudaKvCache {
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+/// One GPU, one stream, one cuBLAS handle and the compiled kernels.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    k: Kernels,
+    /// RoPE frequency tables already on the device (the engine passes the same one every call).
+    rope_tables: Mutex<Vec<(Vec<f32>, CudaSlice<f32>)>>,
+    name: String,
+    /// Defer small int8 products so residual adds and SwiGLU fuse into them.
+    fuse: bool,
+}
+
+/// Map a driver error to a `BackendError` naming the op.
+pub(crate) fn dev(op: &'static str) -> impl Fn(DriverError) -> BackendError {
+    move |e| BackendError::Device(format!("{op}: {e}"))
+}
+
+/// A 1-D launch covering `threads` threads in blocks of `block`.
+pub(crate) fn grid_for(threads: usize, block: u32) -> LaunchConfig {
+    let blocks = threads.div_ceil(block as usize).max(1) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Whether a CUDA driver and at least one GPU are present, without panicking.
+/// `Err` says what is missing.
+pub fn probe() -> Result<usize> {
+    let unavailable = |why: String| BackendError::Unavailable("CUDA".into(), why);
+    // SAFETY: only tries to open the shared library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(unavailable(
+            "the NVIDIA driver library (libcuda.so) was not found on this machine".into(),
+        ));
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| unavailable(format!("the CUDA driver failed to start: {e}")))?;
+    if count <= 0 {
+        return Err(unavailable("the CUDA driver reports no GPU".into()));
+    }
+    Ok(count as usize)
+}
+
+impl CudaBackend {
+    /// Open GPU `ordinal`. Returns `BackendError::Unavailable` (never panics)
+    /// when there is no driver, no such GPU, or cuBLAS / NVRTC cannot be loaded.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let count = probe()?;
+        if ordinal >= count {
+            return Err(BackendError::Unavailable(
+                format!("CUDA device {ordinal}"),
+                format!("this machine has {count} GPU(s), numbered 0..{}", count - 1),
+            ));
+        }
+        for (lib, present) in [
+            // SAFETY: each only tries to open a shared library.
+            ("cuBLAS (libcublas.so.13)", unsafe {
+                cudarc::cublas::sys::is_culib_present()
+            }),
+            ("NVRTC (libnvrtc.so.13)", unsafe {
+                cudarc::nvrtc::sys::is_culib_present()
+            }),
+        ] {
+            if !present {
+                return Err(BackendError::Unavailable(
+                    lib.into(),
+                    "not found; add its folder (e.g. site-packages/nvidia/cu13/lib) to LD_LIBRARY_PATH".into(),
+                ));
+            }
+        }
+        let ctx = CudaContext::new(ordinal).map_err(dev("create context"))?;
+        // One stream and stream-ordered frees: per-buffer events would only add work to every launch.
+        // SAFETY: called before any buffer or second stream exists.
+        unsafe { ctx.disable_event_tracking() };
+        keep_pool_warm(&ctx);
+        let stream = ctx.new_stream().map_err(dev("create stream"))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| BackendError::Device(format!("cannot create a cuBLAS handle: {e}")))?;
+        let k = Kernels::load(&ctx)?;
+        let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
+        let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let name = format!("cuda:{ordinal} ({gpu}, sm_{maj}{min}, {mem:.0} GiB)");
+        // TESSERA_CUDA_FUSE=0 turns the epilogue fusion off (for A/B timing).
+        let fuse = std::env::var("TESSERA_CUDA_FUSE").map(|v| v != "0").unwrap_or(true);
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            blas,
+            k,
+            rope_tables: Mutex::new(Vec::new()),
+            name,
+            fuse,
+        })
+    }
+
+    /// Turn the fusion of residual adds and SwiGLU into small int8 products
+    /// on or off. Results are bit-identical either way; only launches differ.
+    pub fn set_fusion(&mut self, on: bool) {
+        self.fuse = on;
+    }
+
+    /// The context, for callers that need driver-level access (streams, events).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every op is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Wait until every queued op has finished (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(dev("synchronize"))
+    }
+
+    /// Uninitialised device memory for `n` elements (at least one, so the
+    /// pointer is valid even for empty tensors).
+    fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller writes the buffer (by kernel or copy) before reading it.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(dev("allocate"))
+    }
+
+    /// The raw device address of a buffer, for kernels taking offsets.
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    fn launch_1d(
+        &self,
+        op: &'static str,
+        threads: usize,
+        b: &mut cudarc::driver::LaunchArgs<'_>,
+    ) -> Result<()> {
+        if threads == 0 {
+            return Ok(());
+        }
+        // SAFETY: each caller passes arguments matching its kernel's signature
+        // and buffers sized for `threads` elements.
+        unsafe { b.launch(grid_for(threads, 256)) }
+            .map(|_| ())
+            .map_err(dev(op))
+    }
+
+    fn rope_table(&self, inv_freq: &[f32]) -> Result<u64> {
+        let mut tables = self
+            .rope_tables
+            .lock()
+            .map_err(|_| BackendError::Device("rope table lock poisoned".into()))?;
+        if let Some((_, t)) = tables.iter().find(|(h, _)| h.as_slice() == inv_freq) {
+            return Ok(self.ptr(t));
+        }
+        let t = self.stream.clone_htod(inv_freq).map_err(dev("rope"))?;
+        let p = self.ptr(&t);
+        tables.push((inv_freq.to_vec(), t));
+        Ok(p)
+    }
+}
+
+/// Let the default memory pool keep freed memory instead of returning it to
+/// the driver at every sync, so steady-state allocations are pool hits.
+fn keep_pool_warm(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: plain driver queries on a valid device; failure only costs speed.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}
+
+
