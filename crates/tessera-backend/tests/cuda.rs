@@ -210,7 +210,7 @@ fn embedding_and_quantizer_are_exact() {
 
 #[test]
 fn matmul_f32_and_int8_match_reference() {
-    let Some(b) = backend("matmul_f32_and_int8_match_reference") else {
+    let Some(mut b) = backend("matmul_f32_and_int8_match_reference") else {
         return;
     };
     for (m, k) in [(77usize, 333usize), (130, 1000), (64, 4096 + 128)] {
@@ -236,14 +236,15 @@ fn matmul_f32_and_int8_match_reference() {
                 tol,
                 "matmul f32",
             );
-            let got = b.download(&b.matmul(&dx, &wq).unwrap()).unwrap();
-            let what = format!("matmul int8 n={n} m={m} k={k}");
-            assert_close(
-                &got.data,
-                &reference::matmul_f32(&x.data, n, k, &deq, m),
-                tol,
-                &what,
-            );
+            // Every one-row GEMV variant (1, 2, 4 weight rows per warp).
+            for rows in [None, Some(1), Some(2), Some(4)] {
+                b.set_gemv_rows(rows);
+                let got = b.download(&b.matmul(&dx, &wq).unwrap()).unwrap();
+                let what = format!("matmul int8 n={n} m={m} k={k} rows/warp {rows:?}");
+                let want = reference::matmul_f32(&x.data, n, k, &deq, m);
+                assert_close(&got.data, &want, tol, &what);
+            }
+            b.set_gemv_rows(None);
         }
         assert!(b
             .matmul(&b.upload(&host(1, k + 1, 1)).unwrap(), &wq)
@@ -270,8 +271,14 @@ fn fused_epilogues_match_unfused_and_reference() {
     };
     let (dgu, dwo) = (deq(&wgu), deq(&wo));
     let mut results = Vec::new();
-    for fused in [true, false] {
+    for (fused, rows) in [
+        (true, None),
+        (true, Some(4)),
+        (true, Some(2)),
+        (false, None),
+    ] {
         b.set_fusion(fused);
+        b.set_gemv_rows(rows);
         let gu = b.upload_linear(&wgu, WeightDType::Int8).unwrap();
         let o = b.upload_linear(&wo, WeightDType::Int8).unwrap();
         for n in [1usize, 3, 8] {
@@ -391,14 +398,23 @@ fn attention_prefill_and_decode_match_reference() {
 #[test]
 #[ignore]
 fn bench_gemv_and_small_ops() {
-    let Some(b) = backend("bench_gemv_and_small_ops") else {
+    let Some(mut b) = backend("bench_gemv_and_small_ops") else {
         return;
     };
     use std::time::Instant;
+    // Deferred products would not run at all: time the plain kernel.
+    b.set_fusion(false);
     for (m, k) in [(22016usize, 4096usize), (4096, 11008), (32000, 4096)] {
         let w = b.upload_linear(&host(m, k, 1), WeightDType::Int8).unwrap();
-        let bytes = (m * k.div_ceil(16) * 16 + m * k.div_ceil(128) * 4) as f64;
-        for n in [1usize, 8] {
+        let bytes = (m * k.div_ceil(16) * 16 + m * k.div_ceil(INT8_GROUP) * 4) as f64;
+        for (n, rows) in [
+            (1usize, None),
+            (1, Some(1)),
+            (1, Some(2)),
+            (1, Some(4)),
+            (8, None),
+        ] {
+            b.set_gemv_rows(rows);
             let x = b.upload(&host(n, k, 2)).unwrap();
             for _ in 0..3 {
                 b.matmul(&x, &w).unwrap();
@@ -411,11 +427,13 @@ fn bench_gemv_and_small_ops() {
             }
             b.synchronize().unwrap();
             let secs = t.elapsed().as_secs_f64() / iters as f64;
+            let r = rows.map(|r| format!("_r{r}")).unwrap_or_default();
             println!(
-                "BENCH gemv_i8_{m}x{k}_n{n}_gb_per_s {:.1}",
+                "BENCH gemv_i8_{m}x{k}_n{n}{r}_gb_per_s {:.1}",
                 bytes / secs / 1e9
             );
         }
+        b.set_gemv_rows(None);
     }
     let x = b.upload(&host(1, 4096, 3)).unwrap();
     let g = b.upload(&host(1, 4096, 4)).unwrap();

@@ -18,7 +18,7 @@ mod tokenizer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
-pub use quant::{Int8Matrix, INT8_GROUP};
+pub use quant::{Int8Matrix, INT8_GROUP, MAX_INT8_GROUP};
 pub use safetensors_dir::SafetensorsDir;
 pub use source::TensorSource;
 pub use spec::{ModelSpec, RopeScaling, SUPPORTED_ARCHITECTURES};

@@ -1,10 +1,14 @@
-//! The int8 weight format: symmetric, one f32 scale per group of at most
-//! [`INT8_GROUP`] consecutive input values of one output row.
+//! The int8 weight format: symmetric, one f32 scale per group of consecutive
+//! input values of one output row. Tessera quantizes with [`INT8_GROUP`]
+//! (see docs/int8.md); the format allows any group up to [`MAX_INT8_GROUP`].
 
 use crate::HostTensor;
 
-/// Largest number of input values sharing one scale.
+/// Group size Tessera quantizes with: one scale per 32 input values (docs/int8.md).
 pub const INT8_GROUP: usize = 32;
+
+/// Largest group the format (and every kernel) accepts.
+pub const MAX_INT8_GROUP: usize = 128;
 
 /// A `[rows, cols]` matrix quantized to int8 with per-row, per-group scales.
 /// Row `r`, group `g` covers columns `g*group .. min((g+1)*group, cols)`; the
@@ -29,7 +33,7 @@ impl Int8Matrix {
     /// are rounded to nearest. This is the reference quantizer.
     pub fn quantize(t: &HostTensor, group: usize) -> Int8Matrix {
         let (rows, cols) = t.dims2();
-        let group = group.clamp(1, INT8_GROUP);
+        let group = group.clamp(1, MAX_INT8_GROUP);
         let gpr = cols.div_ceil(group);
         let mut q = vec![0i8; rows * cols];
         let mut scales = vec![0f32; rows * gpr];

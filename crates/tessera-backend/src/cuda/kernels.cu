@@ -5,9 +5,9 @@
 // needs no include path at all.
 //
 // Int8 weights: `q` is [m, kp] int8 (kp = k rounded up to 16, padding is zero),
-// `scales` is [m, gpr] f32 with one scale per GROUP inputs of a row.
+// `scales` is [m, gpr] f32 with one scale per `group` inputs of a row
+// (tessera_model::INT8_GROUP, passed at launch; the GEMV needs a power of two >= 16).
 
-#define GROUP 128
 #define WARP 32
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -36,11 +36,11 @@ extern "C" __global__ void embedding_f32(const float* __restrict__ table, const 
 
 extern "C" __global__ void embedding_i8(const signed char* __restrict__ q, const float* __restrict__ scales,
                                         const unsigned* __restrict__ ids, unsigned id0, int hidden, int kp,
-                                        int gpr, float* __restrict__ out) {
+                                        int gpr, int group, float* __restrict__ out) {
     int i = blockIdx.x;
     unsigned id = ids ? ids[i] : id0;
     for (int c = threadIdx.x; c < hidden; c += blockDim.x)
-        out[(size_t)i * hidden + c] = (float)q[(size_t)id * kp + c] * scales[(size_t)id * gpr + c / GROUP];
+        out[(size_t)i * hidden + c] = (float)q[(size_t)id * kp + c] * scales[(size_t)id * gpr + c / group];
 }
 
 // ---------------------------------------------------------------- elementwise
@@ -125,13 +125,13 @@ extern "C" __global__ void split_cols4(const float* __restrict__ src, int rows, 
 
 // One warp per (row, group): the reference quantizer (max|w|/127, round half
 // away from zero), bit-identical to Int8Matrix::quantize (IEEE div, no fast math).
-extern "C" __global__ void quantize_i8(const float* __restrict__ w, int m, int k, int kp, int gpr,
+extern "C" __global__ void quantize_i8(const float* __restrict__ w, int m, int k, int kp, int gpr, int group,
                                        signed char* __restrict__ q, float* __restrict__ scales) {
     long long gw = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / WARP;
     int lane = threadIdx.x % WARP;
     if (gw >= (long long)m * gpr) return;
     int r = gw / gpr, g = gw % gpr;
-    int c0 = g * GROUP, c1 = min(c0 + GROUP, k);
+    int c0 = g * group, c1 = min(c0 + group, k);
     const float* src = w + (size_t)r * k;
     float amax = 0.f;
     for (int c = c0 + lane; c < c1; c += WARP) amax = fmaxf(amax, fabsf(src[c]));
@@ -147,121 +147,160 @@ extern "C" __global__ void quantize_i8(const float* __restrict__ w, int m, int k
 
 // Dequantize to an f32 [m, k] scratch matrix (for cuBLAS when n is large).
 extern "C" __global__ void dequantize_i8(const signed char* __restrict__ q, const float* __restrict__ scales, int m,
-                                         int k, int kp, int gpr, float* __restrict__ out) {
+                                         int k, int kp, int gpr, int group, float* __restrict__ out) {
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)m * k) return;
     int r = i / k, c = i % k;
-    out[i] = (float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / GROUP];
+    out[i] = (float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group];
 }
 
-// Sign-extend the four bytes of v and add their products with x0..x3.
-__device__ __forceinline__ float dot4(int v, float x0, float x1, float x2, float x3, float acc) {
-    acc = fmaf((float)((v << 24) >> 24), x0, acc);
-    acc = fmaf((float)((v << 16) >> 24), x1, acc);
-    acc = fmaf((float)((v << 8) >> 24), x2, acc);
-    return fmaf((float)(v >> 24), x3, acc);
+// The four signed bytes of v as floats, without I2F (a quarter-rate
+// instruction that made the GEMV compute-bound at ~60% of HBM bandwidth):
+// bias each byte to unsigned, place it in the mantissa of 2^23 with PRMT, and
+// subtract 2^23 + 128. Exact.
+__device__ __forceinline__ void unpack4(int v, float* f) {
+    unsigned u = (unsigned)v ^ 0x80808080u;
+    f[0] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7650)) - 8388736.0f;
+    f[1] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7651)) - 8388736.0f;
+    f[2] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7652)) - 8388736.0f;
+    f[3] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.0f;
 }
 
-#define GEMV_WARPS 8  // rows per block: one warp per weight row
-#define GEMV_UNROLL 4 // 16-byte loads in flight per lane
+#define GEMV_WARPS 8 // warps per block
 
-// sum_g scale[row, g] * sum_{c in g} q[row, c] * x[b, c] for the NB (>= n)
-// activation rows, reduced over the warp (every lane gets the sums). One warp
-// streams one weight row with 16-byte loads, so weight bytes are read exactly
-// once for all activation rows; x (small) comes through L1/L2.
-template <int NB>
-__device__ __forceinline__ void gemv_row(const signed char* __restrict__ q, const float* __restrict__ scales,
-                                         const float* __restrict__ x, int row, int k, int kp, int gpr, int n,
-                                         float (&acc)[NB]) {
+// Weight rows row0 .. row0+valid (valid <= R) against the NB (>= n) activation
+// rows: acc[r][b] = sum_g scale[row0+r, g] * sum_{c in g} q[row0+r, c] * x[b, c],
+// reduced over the warp (every lane gets the sums). Each lane keeps U*R
+// 16-byte weight loads in flight; with one activation row the x chunk is
+// loaded once and reused for the R weight rows, which cuts the L1 traffic
+// that otherwise caps the stream.
+template <int NB, int R, int U>
+__device__ __forceinline__ void gemv_rows(const signed char* __restrict__ q, const float* __restrict__ scales,
+                                          const float* __restrict__ x, int row0, int valid, int k, int kp,
+                                          int gpr, int gshift, int n, float (&acc)[R][NB]) {
     int lane = threadIdx.x % WARP;
-    const int4* wr = (const int4*)(q + (size_t)row * kp);
-    const float* sr = scales + (size_t)row * gpr;
     const bool vec_x = (k % 4) == 0;
 #pragma unroll
-    for (int b = 0; b < NB; b++) acc[b] = 0.f;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
     int chunks = kp / 16;
-    for (int base = lane; base < chunks; base += WARP * GEMV_UNROLL) {
-        int4 wv[GEMV_UNROLL];
+    for (int base = lane; base < chunks; base += WARP * U) {
+        int4 wv[U][R];
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            int ch = base + u * WARP;
-            wv[u] = ch < chunks ? __ldg(wr + ch) : make_int4(0, 0, 0, 0);
-        }
+        for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+            for (int r = 0; r < R; r++) {
+                int ch = base + u * WARP;
+                wv[u][r] = (ch < chunks && r < valid) ? __ldg((const int4*)(q + (size_t)(row0 + r) * kp) + ch)
+                                                      : make_int4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
             int ch = base + u * WARP;
             if (ch >= chunks) break;
             int c = ch * 16;
-            float s = __ldg(sr + c / GROUP);
-            int wq[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+            float s[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) s[r] = r < valid ? __ldg(scales + (size_t)(row0 + r) * gpr + (c >> gshift)) : 0.f;
 #pragma unroll
             for (int b = 0; b < NB; b++) {
                 if (b >= n) break;
                 const float* xb = x + (size_t)b * k + c;
-                float d = 0.f;
+                float xr[16];
                 if (vec_x && c + 16 <= k) {
 #pragma unroll
                     for (int j = 0; j < 4; j++) {
                         float4 xv = __ldg((const float4*)xb + j);
-                        d = dot4(wq[j], xv.x, xv.y, xv.z, xv.w, d);
+                        xr[4 * j] = xv.x;
+                        xr[4 * j + 1] = xv.y;
+                        xr[4 * j + 2] = xv.z;
+                        xr[4 * j + 3] = xv.w;
                     }
                 } else {
                     // Ragged tail (or unaligned x): padding weights are zero, guard x.
 #pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        float xs[4];
-#pragma unroll
-                        for (int e = 0; e < 4; e++) xs[e] = (c + 4 * j + e < k) ? xb[4 * j + e] : 0.f;
-                        d = dot4(wq[j], xs[0], xs[1], xs[2], xs[3], d);
-                    }
+                    for (int e = 0; e < 16; e++) xr[e] = (c + e < k) ? xb[e] : 0.f;
                 }
-                acc[b] = fmaf(s, d, acc[b]);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float wf[16];
+                    unpack4(wv[u][r].x, wf);
+                    unpack4(wv[u][r].y, wf + 4);
+                    unpack4(wv[u][r].z, wf + 8);
+                    unpack4(wv[u][r].w, wf + 12);
+                    float d = 0.f;
+#pragma unroll
+                    for (int e = 0; e < 16; e++) d = fmaf(wf[e], xr[e], d);
+                    acc[r][b] = fmaf(s[r], d, acc[r][b]);
+                }
             }
         }
     }
 #pragma unroll
-    for (int b = 0; b < NB; b++) acc[b] = warp_sum(acc[b]);
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[r][b] = warp_sum(acc[r][b]);
 }
 
 // W8A16-style product x [n, k] @ w[m, k]^T with a fused epilogue:
 //   mode 0: y[n, m]  = product
 //   mode 1: y[n, m] += product            (residual add fused in)
 //   mode 2: y[n, m/2] = silu(p[:, :m/2]) * p[:, m/2:]   (SwiGLU fused in; the
-//           warp computes gate row r and up row r + m/2)
+//           warp computes gate rows r.. and up rows r + m/2..)
 // Products are identical in every mode, so fusing changes no result bit.
-template <int NB>
+// Warps stride over groups of R output rows (a grid of a few blocks per SM
+// keeps loads flowing instead of churning through thousands of tiny blocks).
+template <int NB, int R, int U>
 __device__ __forceinline__ void gemv_i8(const signed char* __restrict__ q, const float* __restrict__ scales,
                                         const float* __restrict__ x, float* __restrict__ y, int m, int k, int kp,
-                                        int gpr, int n, int mode) {
-    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+                                        int gpr, int gshift, int n, int mode) {
+    int lane = threadIdx.x % WARP;
     int rows_out = mode == 2 ? m / 2 : m;
-    int row = blockIdx.x * GEMV_WARPS + warp;
-    if (row >= rows_out) return;
-    float a[NB];
-    gemv_row<NB>(q, scales, x, row, k, kp, gpr, n, a);
-    if (mode == 2) {
-        float u[NB];
-        gemv_row<NB>(q, scales, x, row + rows_out, k, kp, gpr, n, u);
-        if (lane == 0)
-            for (int b = 0; b < n && b < NB; b++) y[(size_t)b * rows_out + row] = a[b] / (1.0f + expf(-a[b])) * u[b];
-    } else if (lane == 0) {
-        for (int b = 0; b < n && b < NB; b++) {
-            size_t i = (size_t)b * m + row;
-            y[i] = mode == 1 ? y[i] + a[b] : a[b];
+    int groups = (rows_out + R - 1) / R;
+    int stride = gridDim.x * GEMV_WARPS;
+    for (int g = blockIdx.x * GEMV_WARPS + threadIdx.x / WARP; g < groups; g += stride) {
+        int row0 = g * R;
+        int valid = min(R, rows_out - row0);
+        float a[R][NB];
+        gemv_rows<NB, R, U>(q, scales, x, row0, valid, k, kp, gpr, gshift, n, a);
+        if (mode == 2) {
+            float u[R][NB];
+            gemv_rows<NB, R, U>(q, scales, x, row0 + rows_out, valid, k, kp, gpr, gshift, n, u);
+            if (lane == 0)
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+                        if (r < valid && b < n)
+                            y[(size_t)b * rows_out + row0 + r] = a[r][b] / (1.0f + expf(-a[r][b])) * u[r][b];
+        } else if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int b = 0; b < NB; b++)
+                    if (r < valid && b < n) {
+                        size_t i = (size_t)b * m + row0 + r;
+                        y[i] = mode == 1 ? y[i] + a[r][b] : a[r][b];
+                    }
         }
     }
 }
 
-#define GEMV_ENTRY(NB)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP) gemv_i8_##NB(                           \
+#define GEMV_ENTRY(NAME, NB, R, U)                                                                           \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * WARP) NAME(                                   \
         const signed char* __restrict__ q, const float* __restrict__ scales, const float* __restrict__ x,    \
-        float* __restrict__ y, int m, int k, int kp, int gpr, int n, int mode) {                            \
-        gemv_i8<NB>(q, scales, x, y, m, k, kp, gpr, n, mode);                                                \
+        float* __restrict__ y, int m, int k, int kp, int gpr, int gshift, int n, int mode) {                \
+        gemv_i8<NB, R, U>(q, scales, x, y, m, k, kp, gpr, gshift, n, mode);                                  \
     }
-GEMV_ENTRY(1)
-GEMV_ENTRY(2)
-GEMV_ENTRY(4)
-GEMV_ENTRY(8)
+// One activation row (decode): 1, 2 or 4 weight rows per warp, 8 loads in flight per lane.
+GEMV_ENTRY(gemv_i8_1_r1, 1, 1, 8)
+GEMV_ENTRY(gemv_i8_1_r2, 1, 2, 4)
+GEMV_ENTRY(gemv_i8_1_r4, 1, 4, 2)
+// A few activation rows: one weight row per warp.
+GEMV_ENTRY(gemv_i8_2, 2, 1, 4)
+GEMV_ENTRY(gemv_i8_4, 4, 1, 4)
+GEMV_ENTRY(gemv_i8_8, 8, 1, 4)
 
 // ---------------------------------------------------------------- attention
 

@@ -97,8 +97,16 @@ impl CudaBackend {
                 w: f32_w,
             });
         }
+        // The GEMV reads 16 weights per load and applies one scale to them.
+        if !(INT8_GROUP.is_power_of_two() && INT8_GROUP >= 16) {
+            return Err(BackendError::Unavailable(
+                "CUDA int8".into(),
+                format!("the int8 group size {INT8_GROUP} must be a power of two >= 16"),
+            ));
+        }
         let kp = cols.div_ceil(16) * 16;
         let gpr = cols.div_ceil(INT8_GROUP);
+        let group = INT8_GROUP as i32;
         let mut q = self
             .stream
             .alloc_zeros::<i8>((rows * kp).max(1))
@@ -113,6 +121,7 @@ impl CudaBackend {
                 .arg(&c)
                 .arg(&kp_i)
                 .arg(&gpr_i)
+                .arg(&group)
                 .arg(&mut q)
                 .arg(&mut scales);
             // SAFETY: buffers hold rows*cols f32, rows*kp i8 and rows*gpr f32 as the kernel expects.
@@ -144,7 +153,10 @@ impl CudaBackend {
                 if self.fuse {
                     // Decode: defer, so add_assign / swiglu can fuse their work
                     // into this product's epilogue.
-                    let p = PendingGemv { x: x_buf, w: wq.clone() };
+                    let p = PendingGemv {
+                        x: x_buf,
+                        w: wq.clone(),
+                    };
                     return Ok(CudaTensor::deferred(n, m, p));
                 }
                 let out = self.alloc::<f32>(n * m)?;
@@ -165,7 +177,14 @@ impl CudaBackend {
                 let mut scratch = self.alloc::<f32>(m * k)?;
                 let (m_i, k_i, kp_i, gpr_i) = (m as i32, k as i32, wq.kp as i32, wq.gpr as i32);
                 let mut b = self.stream.launch_builder(&self.k.dequantize_i8);
-                b.arg(&wq.q).arg(&wq.scales).arg(&m_i).arg(&k_i).arg(&kp_i).arg(&gpr_i);
+                let group = INT8_GROUP as i32;
+                b.arg(&wq.q)
+                    .arg(&wq.scales)
+                    .arg(&m_i)
+                    .arg(&k_i)
+                    .arg(&kp_i)
+                    .arg(&gpr_i)
+                    .arg(&group);
                 b.arg(&mut scratch);
                 // SAFETY: scratch holds m*k f32; q is [m, kp] and scales [m, gpr].
                 unsafe { b.launch(grid_for(m * k, 256)) }.map_err(dev("dequantize_i8"))?;
@@ -186,23 +205,56 @@ impl CudaBackend {
         y: u64,
         mode: GemvMode,
     ) -> Result<()> {
-        let variant = match n {
-            0 => return Ok(()),
-            1 => 0,
-            2 => 1,
-            3..=4 => 2,
-            5..=GEMV_MAX_ROWS => 3,
-            _ => return Err(shape_err("matmul", format!("GEMV path called with {n} rows"))),
+        let rows_out = if mode == GemvMode::SwiGlu {
+            w.rows / 2
+        } else {
+            w.rows
         };
-        let rows_out = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
+        let (f, rows_per_warp) = match n {
+            0 => return Ok(()),
+            1 => {
+                // More weight rows per warp cut L1 traffic for x and put more
+                // loads in flight; measured on an H100 (docs/gpu.md): 4 rows
+                // are best from ~8k rows up, 2 rows at 4096 rows (7B's o/down).
+                let r = self.gemv_rows.unwrap_or(if rows_out >= 8192 {
+                    4
+                } else if rows_out >= 2048 {
+                    2
+                } else {
+                    1
+                });
+                match r {
+                    4 => (&self.k.gemv_i8_1[2], 4),
+                    2 => (&self.k.gemv_i8_1[1], 2),
+                    _ => (&self.k.gemv_i8_1[0], 1),
+                }
+            }
+            2 => (&self.k.gemv_i8_n[0], 1),
+            3..=4 => (&self.k.gemv_i8_n[1], 1),
+            5..=GEMV_MAX_ROWS => (&self.k.gemv_i8_n[2], 1),
+            _ => {
+                return Err(shape_err(
+                    "matmul",
+                    format!("GEMV path called with {n} rows"),
+                ))
+            }
+        };
+        let groups = rows_out.div_ceil(rows_per_warp);
+        let blocks = groups.div_ceil(8).clamp(1, self.sm_count * 8);
         let (m_i, k_i, kp_i, gpr_i) = (w.rows as i32, w.cols as i32, w.kp as i32, w.gpr as i32);
         let (n_i, mode_i) = (n as i32, mode as i32);
-        let mut b = self.stream.launch_builder(&self.k.gemv_i8[variant]);
+        let mut b = self.stream.launch_builder(f);
         b.arg(&w.q).arg(&w.scales).arg(x).arg(&y);
-        b.arg(&m_i).arg(&k_i).arg(&kp_i).arg(&gpr_i).arg(&n_i).arg(&mode_i);
+        let gshift = INT8_GROUP.trailing_zeros() as i32;
+        b.arg(&m_i)
+            .arg(&k_i)
+            .arg(&kp_i)
+            .arg(&gpr_i)
+            .arg(&gshift)
+            .arg(&n_i)
+            .arg(&mode_i);
         let cfg = LaunchConfig {
-            // GEMV_WARPS (8) output rows per block.
-            grid_dim: (rows_out.div_ceil(8).max(1) as u32, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -283,7 +335,7 @@ impl CudaBackend {
                 unsafe { b.launch(cfg) }.map_err(dev("embedding"))?;
             }
             CudaLinear::Int8(wq) => {
-                let (kp, gpr) = (wq.kp as i32, wq.gpr as i32);
+                let (kp, gpr, group) = (wq.kp as i32, wq.gpr as i32, INT8_GROUP as i32);
                 let mut b = self.stream.launch_builder(&self.k.embedding_i8);
                 b.arg(&wq.q)
                     .arg(&wq.scales)
@@ -292,6 +344,7 @@ impl CudaBackend {
                     .arg(&hid)
                     .arg(&kp)
                     .arg(&gpr)
+                    .arg(&group)
                     .arg(&mut out);
                 // SAFETY: as above, with q [vocab, kp] and scales [vocab, gpr].
                 unsafe { b.launch(cfg) }.map_err(dev("embedding"))?;

@@ -48,6 +48,10 @@ pub struct CudaBackend {
     name: String,
     /// Defer small int8 products so residual adds and SwiGLU fuse into them.
     fuse: bool,
+    /// Streaming multiprocessors, for sizing GEMV grids.
+    sm_count: usize,
+    /// Forced weight rows per warp of the one-row GEMV (tests); `None` = by size.
+    gemv_rows: Option<usize>,
 }
 
 /// Map a driver error to a `BackendError` naming the op.
@@ -124,7 +128,15 @@ impl CudaBackend {
         let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
         let name = format!("cuda:{ordinal} ({gpu}, sm_{maj}{min}, {mem:.0} GiB)");
         // TESSERA_CUDA_FUSE=0 turns the epilogue fusion off (for A/B timing).
-        let fuse = std::env::var("TESSERA_CUDA_FUSE").map(|v| v != "0").unwrap_or(true);
+        let fuse = std::env::var("TESSERA_CUDA_FUSE")
+            .map(|v| v != "0")
+            .unwrap_or(true);
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map(|n| n.max(1) as usize)
+            .unwrap_or(108);
         Ok(CudaBackend {
             ctx,
             stream,
@@ -133,6 +145,8 @@ impl CudaBackend {
             rope_tables: Mutex::new(Vec::new()),
             name,
             fuse,
+            sm_count,
+            gemv_rows: None,
         })
     }
 
@@ -140,6 +154,12 @@ impl CudaBackend {
     /// on or off. Results are bit-identical either way; only launches differ.
     pub fn set_fusion(&mut self, on: bool) {
         self.fuse = on;
+    }
+
+    /// Force the one-activation-row GEMV variant (1, 2 or 4 weight rows per
+    /// warp) instead of choosing by matrix size; for tests and benchmarks.
+    pub fn set_gemv_rows(&mut self, rows: Option<usize>) {
+        self.gemv_rows = rows;
     }
 
     /// The context, for callers that need driver-level access (streams, events).
@@ -219,5 +239,3 @@ fn keep_pool_warm(ctx: &CudaContext) {
         }
     }
 }
-
-

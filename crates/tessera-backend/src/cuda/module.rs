@@ -94,8 +94,10 @@ pub struct Kernels {
     pub split_cols4: CudaFunction,
     pub quantize_i8: CudaFunction,
     pub dequantize_i8: CudaFunction,
-    /// `gemv_i8_{1,2,4,8}`: int8 products for up to that many activation rows.
-    pub gemv_i8: [CudaFunction; 4],
+    /// One activation row, 1 / 2 / 4 weight rows per warp.
+    pub gemv_i8_1: [CudaFunction; 3],
+    /// Up to 2 / 4 / 8 activation rows.
+    pub gemv_i8_n: [CudaFunction; 3],
     pub kv_store: CudaFunction,
     /// Attention for head_dim <= 128 and <= 256.
     pub attention_d128: CudaFunction,
@@ -131,12 +133,8 @@ impl Kernels {
             split_cols4: f("split_cols4")?,
             quantize_i8: f("quantize_i8")?,
             dequantize_i8: f("dequantize_i8")?,
-            gemv_i8: [
-                f("gemv_i8_1")?,
-                f("gemv_i8_2")?,
-                f("gemv_i8_4")?,
-                f("gemv_i8_8")?,
-            ],
+            gemv_i8_1: [f("gemv_i8_1_r1")?, f("gemv_i8_1_r2")?, f("gemv_i8_1_r4")?],
+            gemv_i8_n: [f("gemv_i8_2")?, f("gemv_i8_4")?, f("gemv_i8_8")?],
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,
             attention_d256: f("attention_d256")?,

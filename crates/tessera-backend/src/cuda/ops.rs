@@ -32,7 +32,9 @@ impl Backend for CudaBackend {
         let mut data = vec![0f32; n];
         if n > 0 {
             let buf = self.buf(t)?;
-            self.stream.memcpy_dtoh(&buf.slice(..n), &mut data).map_err(dev("download"))?;
+            self.stream
+                .memcpy_dtoh(&buf.slice(..n), &mut data)
+                .map_err(dev("download"))?;
         }
         self.synchronize()?;
         Ok(HostTensor::new(vec![t.rows, t.cols], data))
@@ -59,7 +61,9 @@ impl Backend for CudaBackend {
         if count * x.cols > 0 {
             let src = self.buf(x)?.slice(start * x.cols..(start + count) * x.cols);
             let mut dst = out.slice_mut(..count * x.cols);
-            self.stream.memcpy_dtod(&src, &mut dst).map_err(dev("slice_rows"))?;
+            self.stream
+                .memcpy_dtod(&src, &mut dst)
+                .map_err(dev("slice_rows"))?;
         }
         Ok(CudaTensor::ready(count, x.cols, out))
     }
@@ -72,7 +76,11 @@ impl Backend for CudaBackend {
         let src = self.buf(x)?;
         let mut outs = Vec::with_capacity(widths.len());
         for w in widths {
-            outs.push(CudaTensor::ready(x.rows, *w, self.alloc::<f32>(x.rows * w)?));
+            outs.push(CudaTensor::ready(
+                x.rows,
+                *w,
+                self.alloc::<f32>(x.rows * w)?,
+            ));
         }
         // Four pieces per launch: Q/K/V is one launch.
         let mut col0 = 0usize;
@@ -109,7 +117,11 @@ impl Backend for CudaBackend {
         if x.rows > 0 {
             let cols = x.cols as i32;
             let mut b = self.stream.launch_builder(&self.k.rms_norm);
-            b.arg(self.buf(x)?).arg(self.buf(weight)?).arg(&cols).arg(&eps).arg(&mut out);
+            b.arg(self.buf(x)?)
+                .arg(self.buf(weight)?)
+                .arg(&cols)
+                .arg(&eps)
+                .arg(&mut out);
             let block = if x.cols >= 4096 { 1024 } else { 256 };
             let cfg = LaunchConfig {
                 grid_dim: (x.rows as u32, 1, 1),
@@ -176,7 +188,10 @@ impl Backend for CudaBackend {
         let mut out = out;
         let (m_i, total) = (m as i32, (gate_up.rows * m) as i64);
         let mut b = self.stream.launch_builder(&self.k.swiglu);
-        b.arg(self.buf(gate_up)?).arg(&m_i).arg(&total).arg(&mut out);
+        b.arg(self.buf(gate_up)?)
+            .arg(&m_i)
+            .arg(&total)
+            .arg(&mut out);
         self.launch_1d("swiglu", gate_up.rows * m, &mut b)?;
         Ok(CudaTensor::ready(gate_up.rows, m, out))
     }
@@ -190,14 +205,27 @@ impl Backend for CudaBackend {
         inv_freq: &[f32],
     ) -> Result<()> {
         if x.cols != heads * head_dim || inv_freq.len() != head_dim / 2 {
-            return Err(shape_err("rope", format!("cols {} vs {heads}x{head_dim}", x.cols)));
+            return Err(shape_err(
+                "rope",
+                format!("cols {} vs {heads}x{head_dim}", x.cols),
+            ));
         }
         let table = self.rope_table(inv_freq)?;
         let threads = x.rows * heads * (head_dim / 2);
-        let (rows, h, hd, start) = (x.rows as i32, heads as i32, head_dim as i32, start_pos as i32);
+        let (rows, h, hd, start) = (
+            x.rows as i32,
+            heads as i32,
+            head_dim as i32,
+            start_pos as i32,
+        );
         let x_buf = self.buf_mut(x)?;
         let mut b = self.stream.launch_builder(&self.k.rope);
-        b.arg(x_buf).arg(&rows).arg(&h).arg(&hd).arg(&start).arg(&table);
+        b.arg(x_buf)
+            .arg(&rows)
+            .arg(&h)
+            .arg(&hd)
+            .arg(&start)
+            .arg(&table);
         self.launch_1d("rope", threads, &mut b)
     }
 
@@ -211,7 +239,14 @@ impl Backend for CudaBackend {
         let n = (layers * kv_heads * head_dim * capacity).max(1);
         let k = self.stream.alloc_zeros::<f32>(n).map_err(dev("kv_cache"))?;
         let v = self.stream.alloc_zeros::<f32>(n).map_err(dev("kv_cache"))?;
-        Ok(CudaKvCache { layers, kv_heads, head_dim, capacity, k, v })
+        Ok(CudaKvCache {
+            layers,
+            kv_heads,
+            head_dim,
+            capacity,
+            k,
+            v,
+        })
     }
 
     fn kv_store(
@@ -231,12 +266,23 @@ impl Backend for CudaBackend {
             return Err(shape_err("kv_store", detail));
         }
         if start_pos + k.rows > cap {
-            return Err(BackendError::CacheFull { pos: start_pos + k.rows, capacity: cap });
+            return Err(BackendError::CacheFull {
+                pos: start_pos + k.rows,
+                capacity: cap,
+            });
         }
         let layer_off = (layer * kvh * cap * hd * 4) as u64;
-        let (kc, vc) = (self.ptr(&cache.k) + layer_off, self.ptr(&cache.v) + layer_off);
-        let (n, kvh_i, hd_i, cap_i, start) =
-            (k.rows as i32, kvh as i32, hd as i32, cap as i32, start_pos as i32);
+        let (kc, vc) = (
+            self.ptr(&cache.k) + layer_off,
+            self.ptr(&cache.v) + layer_off,
+        );
+        let (n, kvh_i, hd_i, cap_i, start) = (
+            k.rows as i32,
+            kvh as i32,
+            hd as i32,
+            cap as i32,
+            start_pos as i32,
+        );
         let mut b = self.stream.launch_builder(&self.k.kv_store);
         b.arg(self.buf(k)?).arg(self.buf(v)?).arg(&kc).arg(&vc);
         b.arg(&n).arg(&kvh_i).arg(&hd_i).arg(&cap_i).arg(&start);
@@ -251,7 +297,11 @@ impl Backend for CudaBackend {
         start_pos: usize,
         shape: AttentionShape,
     ) -> Result<CudaTensor> {
-        let AttentionShape { num_heads, num_kv_heads, head_dim } = shape;
+        let AttentionShape {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = shape;
         if q.cols != num_heads * head_dim
             || num_kv_heads != cache.kv_heads
             || head_dim != cache.head_dim
@@ -259,7 +309,10 @@ impl Backend for CudaBackend {
             || num_heads % num_kv_heads != 0
             || layer >= cache.layers
         {
-            let detail = format!("q cols {} for {num_heads}x{head_dim}, layer {layer}", q.cols);
+            let detail = format!(
+                "q cols {} for {num_heads}x{head_dim}, layer {layer}",
+                q.cols
+            );
             return Err(shape_err("attention", detail));
         }
         if head_dim > 256 {
@@ -267,7 +320,10 @@ impl Backend for CudaBackend {
             return Err(shape_err("attention", detail));
         }
         if start_pos + q.rows > cache.capacity {
-            return Err(BackendError::CacheFull { pos: start_pos + q.rows, capacity: cache.capacity });
+            return Err(BackendError::CacheFull {
+                pos: start_pos + q.rows,
+                capacity: cache.capacity,
+            });
         }
         let mut out = self.alloc::<f32>(q.rows * q.cols)?;
         if q.rows == 0 {
@@ -275,14 +331,26 @@ impl Backend for CudaBackend {
         }
         let cap = cache.capacity;
         let layer_off = (layer * num_kv_heads * cap * head_dim * 4) as u64;
-        let (kc, vc) = (self.ptr(&cache.k) + layer_off, self.ptr(&cache.v) + layer_off);
+        let (kc, vc) = (
+            self.ptr(&cache.k) + layer_off,
+            self.ptr(&cache.v) + layer_off,
+        );
         let (h, kvh, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
         let (cap_i, start) = (cap as i32, start_pos as i32);
         let scale = 1.0f32 / (head_dim as f32).sqrt();
-        let f = if head_dim <= 128 { &self.k.attention_d128 } else { &self.k.attention_d256 };
+        let f = if head_dim <= 128 {
+            &self.k.attention_d128
+        } else {
+            &self.k.attention_d256
+        };
         let mut b = self.stream.launch_builder(f);
         b.arg(self.buf(q)?).arg(&kc).arg(&vc).arg(&mut out);
-        b.arg(&h).arg(&kvh).arg(&hd).arg(&cap_i).arg(&start).arg(&scale);
+        b.arg(&h)
+            .arg(&kvh)
+            .arg(&hd)
+            .arg(&cap_i)
+            .arg(&start)
+            .arg(&scale);
         let cfg = LaunchConfig {
             grid_dim: (q.rows as u32, num_heads as u32, 1),
             block_dim: (256, 1, 1),

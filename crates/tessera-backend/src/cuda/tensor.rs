@@ -34,12 +34,22 @@ impl CudaTensor {
     pub(crate) fn ready(rows: usize, cols: usize, buf: CudaSlice<f32>) -> Self {
         let data = OnceLock::new();
         let _ = data.set(Arc::new(buf));
-        CudaTensor { rows, cols, data, pending: None }
+        CudaTensor {
+            rows,
+            cols,
+            data,
+            pending: None,
+        }
     }
 
     /// A product computed when first needed (or fused into its consumer).
     pub(crate) fn deferred(rows: usize, cols: usize, p: PendingGemv) -> Self {
-        CudaTensor { rows, cols, data: OnceLock::new(), pending: Some(p) }
+        CudaTensor {
+            rows,
+            cols,
+            data: OnceLock::new(),
+            pending: Some(p),
+        }
     }
 
     /// The deferred product, if the values have not been computed yet.
@@ -102,7 +112,8 @@ impl CudaBackend {
             }
             *arc = Arc::new(copy);
         }
-        Arc::get_mut(arc)
-            .ok_or_else(|| BackendError::Device("internal: buffer still shared after a copy".into()))
+        Arc::get_mut(arc).ok_or_else(|| {
+            BackendError::Device("internal: buffer still shared after a copy".into())
+        })
     }
 }

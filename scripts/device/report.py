@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Collect the device check's outputs into OUTDIR/report.json and report.md.
+
+Inputs (written by scripts/device-check.sh):
+  env.json                      libraries and GPU (env_report.py)
+  op_tests.txt, op_tests.rc     the CUDA op test binary's output
+  runs/SHAPE-DEVICE-DTYPE.json  `tessera generate --json` (+ .npy prompt logits)
+  speed/SHAPE-cuda-int8.json    the same, long run, for tokens/s
+  baseline.json                 bandwidth and transformers (hf_baseline.py)
+Standard library only (the dry run on a build machine has no numpy).
+"""
+import ast
+import glob
+import json
+import os
+import re
+import struct
+import sys
+from array import array
+
+# vocab, hidden, intermediate, layers, heads, kv_heads (as tessera_model::dummy)
+SHAPES = {
+    "tiny": (1024, 256, 688, 4, 8, 4),
+    "small": (32000, 1024, 2816, 8, 16, 8),
+    "llama2-7b": (32000, 4096, 11008, 32, 32, 32),
+    "llama3-8b": (128256, 4096, 14336, 32, 32, 8),
+}
+
+
+# tessera_model::INT8_GROUP: inputs per int8 scale.
+INT8_GROUP = 32
+
+
+def int8_bytes_per_token(shape):
+    """Weight bytes one decode step streams: int8 rows padded to 16 bytes plus
+    one f32 scale per INT8_GROUP inputs, for every layer's matrices and the LM head."""
+    vocab, h, inter, layers, heads, kv = SHAPES[shape]
+    hd = h // heads
+
+    def mat(m, k):
+        return m * ((k + 15) // 16 * 16) + m * ((k + INT8_GROUP - 1) // INT8_GROUP) * 4
+
+    layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
+    return layers * layer + mat(vocab, h)
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def load_npy(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError(f"{path}: not a .npy file")
+    hlen = struct.unpack("<H", data[8:10])[0]
+    header = ast.literal_eval(data[10:10 + hlen].decode())
+    assert header["descr"] == "<f4", header
+    a = array("f")
+    a.frombytes(data[10 + hlen:])
+    return a
+
+
+def compare(out, shape, ref="cpu-f32"):
+    runs = {}
+    for p in glob.glob(os.path.join(out, "runs", f"{shape}-*.json")):
+        runs[os.path.basename(p)[len(shape) + 1:-5]] = load_json(p)
+    base = runs.get(ref)
+    result = {"reference": ref, "runs": {}}
+    for name, r in sorted(runs.items()):
+        entry = {"ok": r is not None}
+        if r is not None:
+            entry["generated_ids"] = r["generated_ids"]
+            entry["backend"] = r.get("backend")
+        if r is not None and base is not None and name != ref:
+            a, b = base["generated_ids"], r["generated_ids"]
+            entry["tokens_identical"] = a == b
+            entry["first_divergence"] = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+            try:
+                la = load_npy(os.path.join(out, "runs", f"{shape}-{ref}.npy"))
+                lb = load_npy(os.path.join(out, "runs", f"{shape}-{name}.npy"))
+                diff = max(abs(x - y) for x, y in zip(la, lb))
+                scale = max(abs(x) for x in la)
+                entry["max_abs_logit_diff"] = diff
+                entry["max_abs_logit"] = scale
+            except (OSError, ValueError, AssertionError) as e:
+                entry["logits_error"] = str(e)
+        result["runs"][name] = entry
+    return result
+
+
+def main():
+    out = sys.argv[1]
+    rep = {"env": load_json(os.path.join(out, "env.json")), "build": None}
+    try:
+        with open(os.path.join(out, "BUILD")) as f:
+            rep["build"] = f.read().strip()
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(out, "op_tests.txt")) as f:
+            txt = f.read()
+        m = re.search(r"test result: (\w+)\. (\d+) passed; (\d+) failed", txt)
+        rep["op_tests"] = {
+            "result": m.group(1) if m else "did not finish",
+            "passed": int(m.group(2)) if m else 0,
+            "failed": int(m.group(3)) if m else None,
+            "skipped_no_device": txt.count("skipped: no CUDA device"),
+        }
+    except OSError:
+        rep["op_tests"] = {"result": "not run"}
+    base = load_json(os.path.join(out, "baseline.json")) or {}
+    bw = base.get("d2d_copy_gb_per_s")
+    rep["micro"] = {}
+    try:
+        with open(os.path.join(out, "bench.txt")) as f:
+            # libtest may print "test NAME ... " before a BENCH line.
+            for m in re.finditer(r"BENCH (\S+) ([-+0-9.eE]+)", f.read()):
+                rep["micro"][m.group(1)] = float(m.group(2))
+    except (OSError, ValueError):
+        pass
+    for tag in ("", "_unfused"):
+        step = rep["micro"].get(f"decode_step_7b_shape{tag}_tokens_per_s")
+        if step and bw:
+            roof = bw * 1e9 / int8_bytes_per_token("llama2-7b")
+            rep["micro"][f"decode_step_7b_shape{tag}_roofline_fraction"] = round(step / roof, 4)
+    rep["correctness"] = {s: compare(out, s) for s in ("tiny", "small")
+                          if glob.glob(os.path.join(out, "runs", f"{s}-*.json"))}
+    rep["baseline"] = base
+    rep["speed"] = {}
+    for p in sorted(glob.glob(os.path.join(out, "speed", "*.json"))):
+        name = os.path.basename(p)[:-5]
+        r = load_json(p)
+        if r is None:
+            rep["speed"][name] = {"error": "run failed (see log)"}
+            continue
+        shape = name.split("-cuda")[0].split("-cpu")[0]
+        t = r["timings"]
+        e = {"backend": r.get("backend"), "dtype": r.get("dtype"),
+             "prompt_tokens": len(r["prompt_ids"]), "generated": len(r["generated_ids"]),
+             "load_s": t["load_s"], "prefill_tokens_per_s": t["prefill_tokens_per_s"],
+             "decode_tokens_per_s": t["decode_tokens_per_s"]}
+        if shape in SHAPES and r.get("dtype") == "int8":
+            b = int8_bytes_per_token(shape)
+            e["weight_bytes_per_token"] = b
+            if bw:
+                e["roofline_tokens_per_s"] = bw * 1e9 / b
+                e["roofline_fraction"] = t["decode_tokens_per_s"] / e["roofline_tokens_per_s"]
+                e["achieved_weight_gb_per_s"] = b * t["decode_tokens_per_s"] / 1e9
+        hf = base.get("hf") or {}
+        if hf.get("shape") == shape and hf.get("decode_tokens_per_s"):
+            e["vs_transformers_bf16"] = t["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+        rep["speed"][name] = e
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(rep, f, indent=2)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(markdown(rep))
+    print(markdown(rep))
+
+
+def fmt(v, spec=".1f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(rep):
+    env = rep.get("env") or {}
+    gpu = env.get("gpu") or {}
+    lines = [f"# Tessera device check: {gpu.get('name', 'no GPU')} (driver {gpu.get('driver', '-')})", ""]
+    libs = [f"{l['name']} {l.get('version', '-')}" for l in env.get("libraries", []) if l.get("loaded")]
+    lines += [f"Libraries loaded: {', '.join(libs) or 'none'}", ""]
+    if rep.get("build"):
+        lines += ["Build: " + rep["build"].replace("\n", "; "), ""]
+    ot = rep.get("op_tests", {})
+    lines += [f"CUDA op tests: {ot.get('result')} ({ot.get('passed')} passed, {ot.get('failed')} failed, "
+              f"{ot.get('skipped_no_device', 0)} skipped for lack of a device)", ""]
+    lines += ["## Correctness (greedy, 32 tokens, reference: CPU f32)", "",
+              "| shape | run | tokens identical | first divergence | max abs logit diff | max abs logit |",
+              "|---|---|---|---|---|---|"]
+    for shape, c in rep.get("correctness", {}).items():
+        for name, e in c["runs"].items():
+            if name == c["reference"]:
+                continue
+            lines.append(f"| {shape} | {name} | {e.get('tokens_identical', '-')} | {e.get('first_divergence', '-')} | "
+                         f"{fmt(e.get('max_abs_logit_diff'), '.2e')} | {fmt(e.get('max_abs_logit'), '.3f')} |")
+    base = rep.get("baseline", {})
+    hf = base.get("hf") or {}
+    lines += ["", "## Speed (batch 1)", "",
+              f"Device-to-device copy: {fmt(base.get('d2d_copy_gb_per_s'))} GB/s (read + write counted); "
+              f"pinned host-to-device: {fmt(base.get('h2d_pinned_gb_per_s'))} GB/s", "",
+              "| run | prompt | prefill tok/s | decode tok/s | weight GB/token | roofline tok/s | % of roofline | vs transformers bf16 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, e in rep.get("speed", {}).items():
+        if "error" in e:
+            lines.append(f"| {name} | {e['error']} | | | | | | |")
+            continue
+        frac = e.get("roofline_fraction")
+        vs = f"{e['vs_transformers_bf16']:.2f}x" if e.get("vs_transformers_bf16") else "-"
+        lines.append(f"| {name} | {e['prompt_tokens']} | {fmt(e['prefill_tokens_per_s'])} | {fmt(e['decode_tokens_per_s'])} | "
+                     f"{fmt(e.get('weight_bytes_per_token', 0) / 1e9, '.2f')} | {fmt(e.get('roofline_tokens_per_s'))} | "
+                     f"{fmt(frac * 100 if frac else None)} | {vs} |")
+    if hf:
+        lines.append(f"| transformers {hf.get('transformers')} {hf.get('shape')} bf16 | {hf.get('prompt_len')} | "
+                     f"{fmt(hf.get('prefill_tokens_per_s'))} | {fmt(hf.get('decode_tokens_per_s'))} | | | | 1.00x |")
+    elif base.get("error"):
+        lines.append(f"| transformers | failed: {base['error']} | | | | | | |")
+    if rep.get("micro"):
+        lines += ["", "Kernel micro-benchmarks (weight GB/s of one int8 product; microseconds per small op):", ""]
+        lines += [f"- {k}: {v}" for k, v in rep["micro"].items()]
+    lines += ["", "Batch 16: not measured, the engine runs one sequence per step (no batching yet).",
+              "Offloaded (stage-3 streaming) decode: not measured, the streamer is not implemented yet.",
+              "NCCL: not exercised by this check.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
