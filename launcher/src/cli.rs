@@ -20,6 +20,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Perplexity of a text file under the model.
     Perplexity(PerplexityArgs),
+    /// Time load, prefill and decode; report speed, peak memory and kernels.
+    Bench(BenchArgs),
 }
 
 /// Where the model comes from and how it runs.
@@ -91,6 +93,25 @@ pub struct PerplexityArgs {
     /// A UTF-8 text file.
     #[arg(long)]
     pub file: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths to time prefill at (comma-separated). The prompt token ids
+    /// are synthetic: id(i) = (i * 7919 + 1) mod vocab_size.
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub prompt_lens: Vec<usize>,
+    /// Tokens to decode one at a time (batch 1), from an empty cache.
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
+    /// Timed repetitions of each measurement (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

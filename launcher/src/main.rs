@@ -1,5 +1,6 @@
 //! `tessera`: the command-line front end. Thin glue over the library crates.
 
+mod bench_cmd;
 mod cli;
 mod cuda_device;
 mod device;
@@ -15,6 +16,7 @@ fn main() {
     let result = match cli.command {
         cli::Command::Generate(args) => generate_cmd::run(args),
         cli::Command::Perplexity(args) => perplexity_cmd::run(args),
+        cli::Command::Bench(args) => bench_cmd::run(args),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line: "loading X: file Y: reason".
