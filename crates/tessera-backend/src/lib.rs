@@ -5,6 +5,7 @@
 //! CPU and CUDA implementations are interchangeable. Every op has a plain
 //! reference implementation (`reference` module) that fast paths are tested against.
 
+mod checks;
 pub mod cpu;
 pub mod cuda;
 mod error;

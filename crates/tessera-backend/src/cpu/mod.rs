@@ -4,6 +4,7 @@
 pub mod features;
 pub mod kernels;
 
+use crate::checks::{self, CacheGeometry};
 use crate::error::shape_err;
 use crate::{reference, AttentionShape, Backend, BackendError, Result, WeightDType};
 use features::CpuFeatures;
@@ -36,6 +37,17 @@ pub struct CpuKvCache {
     capacity: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+}
+
+impl CpuKvCache {
+    fn geometry(&self) -> CacheGeometry {
+        CacheGeometry {
+            layers: self.k.len(),
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        }
+    }
 }
 
 pub struct CpuBackend {
@@ -277,12 +289,7 @@ impl Backend for CpuBackend {
         start_pos: usize,
         inv_freq: &[f32],
     ) -> Result<()> {
-        if x.cols != heads * head_dim || inv_freq.len() != head_dim / 2 {
-            return Err(shape_err(
-                "rope",
-                format!("cols {} vs {heads}x{head_dim}", x.cols),
-            ));
-        }
+        checks::rope(x.cols, heads, head_dim, inv_freq)?;
         reference::rope(&mut x.data, heads, head_dim, start_pos, inv_freq);
         Ok(())
     }
@@ -312,22 +319,14 @@ impl Backend for CpuBackend {
         k: &CpuTensor,
         v: &CpuTensor,
     ) -> Result<()> {
+        checks::kv_store(
+            &cache.geometry(),
+            layer,
+            start_pos,
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+        )?;
         let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
-        if k.cols != kvh * hd || v.cols != kvh * hd || k.rows != v.rows {
-            return Err(shape_err(
-                "kv_store",
-                format!(
-                    "k [{}, {}], v [{}, {}], cache {kvh}x{hd}",
-                    k.rows, k.cols, v.rows, v.cols
-                ),
-            ));
-        }
-        if start_pos + k.rows > cap {
-            return Err(BackendError::CacheFull {
-                pos: start_pos + k.rows,
-                capacity: cap,
-            });
-        }
         for (src, dst) in [(k, &mut cache.k[layer]), (v, &mut cache.v[layer])] {
             for i in 0..src.rows {
                 for h in 0..kvh {
@@ -352,21 +351,7 @@ impl Backend for CpuBackend {
             num_kv_heads,
             head_dim,
         } = shape;
-        if q.cols != num_heads * head_dim
-            || num_kv_heads != cache.kv_heads
-            || head_dim != cache.head_dim
-        {
-            return Err(shape_err(
-                "attention",
-                format!("q cols {} for {num_heads}x{head_dim}", q.cols),
-            ));
-        }
-        if start_pos + q.rows > cache.capacity {
-            return Err(BackendError::CacheFull {
-                pos: start_pos + q.rows,
-                capacity: cache.capacity,
-            });
-        }
+        checks::attention(&cache.geometry(), layer, start_pos, (q.rows, q.cols), shape)?;
         let n = q.rows;
         let mut out = vec![0f32; q.data.len()];
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);

@@ -37,6 +37,17 @@ pub struct CudaKvCache {
     v: CudaSlice<f32>,
 }
 
+impl CudaKvCache {
+    fn geometry(&self) -> crate::checks::CacheGeometry {
+        crate::checks::CacheGeometry {
+            layers: self.layers,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        }
+    }
+}
+
 /// One GPU, one stream, one cuBLAS handle and the compiled kernels.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,

@@ -3,8 +3,9 @@
 
 use super::linear::GemvMode;
 use super::{dev, CudaBackend, CudaKvCache, CudaLinear, CudaTensor};
+use crate::checks;
 use crate::error::shape_err;
-use crate::{AttentionShape, Backend, BackendError, Result, WeightDType};
+use crate::{AttentionShape, Backend, Result, WeightDType};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use tessera_model::HostTensor;
 
@@ -204,12 +205,7 @@ impl Backend for CudaBackend {
         start_pos: usize,
         inv_freq: &[f32],
     ) -> Result<()> {
-        if x.cols != heads * head_dim || inv_freq.len() != head_dim / 2 {
-            return Err(shape_err(
-                "rope",
-                format!("cols {} vs {heads}x{head_dim}", x.cols),
-            ));
-        }
+        checks::rope(x.cols, heads, head_dim, inv_freq)?;
         let table = self.rope_table(inv_freq)?;
         let threads = x.rows * heads * (head_dim / 2);
         let (rows, h, hd, start) = (
@@ -258,19 +254,13 @@ impl Backend for CudaBackend {
         v: &CudaTensor,
     ) -> Result<()> {
         let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
-        if k.cols != kvh * hd || v.cols != kvh * hd || k.rows != v.rows || layer >= cache.layers {
-            let detail = format!(
-                "k [{}, {}], v [{}, {}], cache {kvh}x{hd}, layer {layer}",
-                k.rows, k.cols, v.rows, v.cols
-            );
-            return Err(shape_err("kv_store", detail));
-        }
-        if start_pos + k.rows > cap {
-            return Err(BackendError::CacheFull {
-                pos: start_pos + k.rows,
-                capacity: cap,
-            });
-        }
+        checks::kv_store(
+            &cache.geometry(),
+            layer,
+            start_pos,
+            (k.rows, k.cols),
+            (v.rows, v.cols),
+        )?;
         let layer_off = (layer * kvh * cap * hd * 4) as u64;
         let (kc, vc) = (
             self.ptr(&cache.k) + layer_off,
@@ -302,28 +292,10 @@ impl Backend for CudaBackend {
             num_kv_heads,
             head_dim,
         } = shape;
-        if q.cols != num_heads * head_dim
-            || num_kv_heads != cache.kv_heads
-            || head_dim != cache.head_dim
-            || num_kv_heads == 0
-            || num_heads % num_kv_heads != 0
-            || layer >= cache.layers
-        {
-            let detail = format!(
-                "q cols {} for {num_heads}x{head_dim}, layer {layer}",
-                q.cols
-            );
-            return Err(shape_err("attention", detail));
-        }
+        checks::attention(&cache.geometry(), layer, start_pos, (q.rows, q.cols), shape)?;
         if head_dim > 256 {
             let detail = format!("head_dim {head_dim} > 256 is not supported on CUDA");
             return Err(shape_err("attention", detail));
-        }
-        if start_pos + q.rows > cache.capacity {
-            return Err(BackendError::CacheFull {
-                pos: start_pos + q.rows,
-                capacity: cache.capacity,
-            });
         }
         let mut out = self.alloc::<f32>(q.rows * q.cols)?;
         if q.rows == 0 {
