@@ -4,7 +4,7 @@
 // Index loops are kept on purpose: the reference must read like the math.
 #![allow(clippy::needless_range_loop)]
 
-use tessera_model::Int8Matrix;
+use tessera_model::{quantize_group, Int8Matrix};
 
 /// Hugging Face's LlamaRMSNorm in f32: `w * (x / sqrt(mean(x^2) + eps))`.
 pub fn rms_norm(x: &[f32], cols: usize, w: &[f32], eps: f32) -> Vec<f32> {
@@ -43,13 +43,7 @@ pub fn quantize_row(x: &[f32], group: usize) -> (Vec<i8>, Vec<f32>) {
     for g in 0..groups {
         let c0 = g * group;
         let c1 = (c0 + group).min(x.len());
-        let amax = x[c0..c1].iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        s[g] = scale;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        for c in c0..c1 {
-            q[c] = (x[c] * inv).round().clamp(-127.0, 127.0) as i8;
-        }
+        s[g] = quantize_group(&x[c0..c1], &mut q[c0..c1]);
     }
     (q, s)
 }

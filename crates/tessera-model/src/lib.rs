@@ -19,7 +19,7 @@ mod tokenizer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
-pub use quant::{Int8Matrix, INT8_GROUP, MAX_INT8_GROUP};
+pub use quant::{quantize_group, Int8Matrix, INT8_GROUP, MAX_INT8_GROUP};
 pub use safetensors_dir::SafetensorsDir;
 pub use shard::{Parallelism, RankParams, ShardPlan};
 pub use source::TensorSource;

@@ -24,6 +24,19 @@ pub struct Int8Matrix {
     pub scales: Vec<f32>,
 }
 
+/// Quantize one group: `scale = max|x| / 127`, values rounded to nearest.
+/// Returns the scale. The single definition of int8 rounding, for weights and
+/// (in the reference kernels) activations alike.
+pub fn quantize_group(src: &[f32], dst: &mut [i8]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    scale
+}
+
 impl Int8Matrix {
     pub fn groups_per_row(&self) -> usize {
         self.cols.div_ceil(self.group)
@@ -41,14 +54,10 @@ impl Int8Matrix {
             for g in 0..gpr {
                 let c0 = g * group;
                 let c1 = (c0 + group).min(cols);
-                let src = &t.data[r * cols + c0..r * cols + c1];
-                let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = amax / 127.0;
-                scales[r * gpr + g] = scale;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                for (dst, v) in q[r * cols + c0..r * cols + c1].iter_mut().zip(src) {
-                    *dst = (v * inv).round().clamp(-127.0, 127.0) as i8;
-                }
+                scales[r * gpr + g] = quantize_group(
+                    &t.data[r * cols + c0..r * cols + c1],
+                    &mut q[r * cols + c0..r * cols + c1],
+                );
             }
         }
         Int8Matrix {
