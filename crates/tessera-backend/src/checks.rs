@@ -81,3 +81,15 @@ pub(crate) fn attention(
     }
     fits(cache, start_pos, q.0)
 }
+
+/// `concat_rows`: at least one part, all with the same column count. Returns `(rows, cols)`.
+pub(crate) fn concat_rows(dims: &[(usize, usize)]) -> Result<(usize, usize)> {
+    let Some(&(_, cols)) = dims.first() else {
+        return Err(shape_err("concat_rows", "no tensors to concatenate"));
+    };
+    if let Some((i, d)) = dims.iter().enumerate().find(|(_, d)| d.1 != cols) {
+        let detail = format!("part {i} has {} columns, part 0 has {cols}", d.1);
+        return Err(shape_err("concat_rows", detail));
+    }
+    Ok((dims.iter().map(|d| d.0).sum(), cols))
+}

@@ -7,6 +7,8 @@ pub enum BackendError {
     CacheFull { pos: usize, capacity: usize },
     #[error("device error: {0}")]
     Device(String),
+    #[error("collective failed: {0}")]
+    Collective(#[from] tessera_comm::CommError),
     #[error("{0} is not available: {1}")]
     Unavailable(String, String),
 }

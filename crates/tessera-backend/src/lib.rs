@@ -12,6 +12,7 @@ mod error;
 pub mod reference;
 
 pub use error::{BackendError, Result};
+use tessera_comm::Collective;
 use tessera_model::HostTensor;
 
 /// Weight element type at run time.
@@ -78,6 +79,8 @@ pub trait Backend: Send + Sync {
     fn slice_rows(&self, x: &Self::Tensor, start: usize, count: usize) -> Result<Self::Tensor>;
     /// Split columns into consecutive pieces of the given widths.
     fn split_cols(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+    /// Stack tensors with equal column counts by rows (the inverse of `slice_rows`).
+    fn concat_rows(&self, parts: &[&Self::Tensor]) -> Result<Self::Tensor>;
 
     // ---- ops ----
     /// Gather rows `ids` of an `[vocab, hidden]` weight (dequantized) -> `[ids.len(), hidden]`.
@@ -130,4 +133,18 @@ pub trait Backend: Send + Sync {
         start_pos: usize,
         shape: AttentionShape,
     ) -> Result<Self::Tensor>;
+
+    // ---- tensor parallelism ----
+    /// Sum `x` element-wise over the ranks of `comm`, in place: the all-reduce
+    /// after a row-parallel product. This default goes through host memory;
+    /// a backend with a device transport (NCCL) overrides it.
+    fn all_reduce_sum(&self, x: &mut Self::Tensor, comm: &mut dyn Collective) -> Result<()> {
+        if comm.world() == 1 {
+            return Ok(());
+        }
+        let mut host = self.download(x)?;
+        comm.all_reduce_sum(&mut host.data)?;
+        *x = self.upload(&host)?;
+        Ok(())
+    }
 }

@@ -27,6 +27,13 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("invalid sampling parameter `{name}`: {reason}")]
     Sampling { name: &'static str, reason: String },
+    #[error("shard plan is rank {} of {} but the collective is rank {} of {}", plan.0, plan.1, comm.0, comm.1)]
+    ShardMismatch {
+        plan: (usize, usize),
+        comm: (usize, usize),
+    },
+    #[error("{0} is unusable after a panic in another thread")]
+    Poisoned(&'static str),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
 }

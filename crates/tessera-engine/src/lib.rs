@@ -10,5 +10,5 @@ mod sampler;
 
 pub use error::{EngineError, Result};
 pub use generate::{generate, perplexity, FinishReason, GenerateRequest, Generation};
-pub use model::{Model, Sequence};
+pub use model::{BatchEntry, Model, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

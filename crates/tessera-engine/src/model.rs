@@ -1,25 +1,36 @@
-//! The Llama-family forward pass, generic over `Backend`.
+//! The Llama-family forward pass, generic over `Backend`, on one shard of
+//! the weights (the whole model when the world size is 1).
+//!
+//! Tensor parallelism follows `ShardPlan`: Q/K/V and gate/up are column
+//! slices, o_proj and down_proj row slices whose partial products are summed
+//! with one all-reduce each per layer; embedding, LM head and norms are
+//! replicated, so every rank ends a step holding the full logits.
 
 use crate::{EngineError, Result};
+use std::sync::Mutex;
 use tessera_backend::{AttentionShape, Backend, WeightDType};
-use tessera_model::{HostTensor, ModelSpec, Slice, TensorSource};
+use tessera_comm::{Collective, Local};
+use tessera_model::{HostTensor, ModelSpec, ShardPlan, Slice, TensorSource};
 
 struct Layer<B: Backend> {
     attn_norm: B::Tensor,
-    /// Q, K and V stacked by rows, so one activation quantization serves all three.
+    /// This rank's Q, K and V rows stacked, so one activation quantization serves all three.
     qkv: B::Linear,
     qkv_bias: Option<B::Tensor>,
+    /// Row-parallel: this rank's columns of o_proj.
     o: B::Linear,
     mlp_norm: B::Tensor,
-    /// gate and up stacked by rows: `[2*intermediate, hidden]`.
+    /// This rank's gate and up rows stacked: `[2*local_intermediate, hidden]`.
     gate_up: B::Linear,
+    /// Row-parallel: this rank's columns of down_proj.
     down: B::Linear,
 }
 
-/// A loaded model on one backend.
+/// A loaded model (or one rank's shard of it) on one backend.
 pub struct Model<B: Backend> {
     backend: B,
     spec: ModelSpec,
+    plan: ShardPlan,
     dtype: WeightDType,
     inv_freq: Vec<f32>,
     embed: B::Linear,
@@ -27,6 +38,8 @@ pub struct Model<B: Backend> {
     lm_head: Option<B::Linear>,
     norm: B::Tensor,
     layers: Vec<Layer<B>>,
+    /// Sums the row-parallel partial products; `Local` when the world is 1.
+    comm: Mutex<Box<dyn Collective>>,
 }
 
 /// Per-sequence state: the KV cache and how many positions it holds.
@@ -49,8 +62,22 @@ impl<B: Backend> Sequence<B> {
     }
 }
 
-/// Read a tensor, checking its shape.
-fn read(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<HostTensor> {
+/// One sequence's part of a batched forward step.
+pub struct BatchEntry<'a, B: Backend> {
+    pub seq: &'a mut Sequence<B>,
+    /// New token ids, appended after the positions already in `seq`.
+    pub ids: &'a [u32],
+    /// Logits of every new position (`true`) or of the last one only.
+    pub all_logits: bool,
+}
+
+/// Read this rank's slice of a tensor, checking the full tensor's shape first.
+fn read(
+    src: &dyn TensorSource,
+    plan: &ShardPlan,
+    name: &str,
+    expected: &[usize],
+) -> Result<HostTensor> {
     let info = src
         .info(name)
         .ok_or_else(|| tessera_model::ModelError::MissingTensor {
@@ -65,7 +92,12 @@ fn read(src: &dyn TensorSource, name: &str, expected: &[usize]) -> Result<HostTe
             expected: expected.to_vec(),
         });
     }
-    Ok(src.read(name, &Slice::Full)?)
+    let slice = if plan.world() == 1 {
+        Slice::Full
+    } else {
+        plan.slice_for(name)
+    };
+    Ok(src.read(name, &slice)?)
 }
 
 /// Stack 2-D tensors with equal column counts by rows (or 1-D ones end to end).
@@ -90,16 +122,46 @@ impl<B: Backend> Model<B> {
         spec: &ModelSpec,
         src: &dyn TensorSource,
         dtype: WeightDType,
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let plan = ShardPlan::new(spec, 1, 0)?;
+        Self::load_shard(
+            backend,
+            spec,
+            src,
+            dtype,
+            plan,
+            Box::new(Local),
+            on_progress,
+        )
+    }
+
+    /// Load the slices of `plan`'s rank only (see `ShardPlan::slice_for`);
+    /// `comm` joins this rank to the others of its tensor-parallel group.
+    pub fn load_shard(
+        backend: B,
+        spec: &ModelSpec,
+        src: &dyn TensorSource,
+        dtype: WeightDType,
+        plan: ShardPlan,
+        comm: Box<dyn Collective>,
         mut on_progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
+        if comm.world() != plan.world() || comm.rank() != plan.rank() {
+            return Err(EngineError::ShardMismatch {
+                plan: (plan.rank(), plan.world()),
+                comm: (comm.rank(), comm.world()),
+            });
+        }
         let s = spec;
         let (h, hd) = (s.hidden_size, s.head_dim);
         let (qn, kvn) = (s.num_heads * hd, s.num_kv_heads * hd);
-        let embed_t = read(src, "model.embed_tokens.weight", &[s.vocab_size, h])?;
+        let read = |name: &str, shape: &[usize]| read(src, &plan, name, shape);
+        let embed_t = read("model.embed_tokens.weight", &[s.vocab_size, h])?;
         let embed = backend.upload_linear(&embed_t, dtype)?;
         drop(embed_t);
         let lm_head = if src.info("lm_head.weight").is_some() && !s.tie_word_embeddings {
-            let t = read(src, "lm_head.weight", &[s.vocab_size, h])?;
+            let t = read("lm_head.weight", &[s.vocab_size, h])?;
             Some(backend.upload_linear(&t, dtype)?)
         } else if s.tie_word_embeddings {
             None
@@ -110,64 +172,44 @@ impl<B: Backend> Model<B> {
             }
             .into());
         };
-        let norm = backend.upload(&read(src, "model.norm.weight", &[h])?)?;
+        let norm = backend.upload(&read("model.norm.weight", &[h])?)?;
         let total = s.num_layers;
+        let inter = s.intermediate_size;
         let mut layers = Vec::with_capacity(total);
         for l in 0..total {
             let p = format!("model.layers.{l}");
             let qkv = stack_rows(vec![
-                read(src, &format!("{p}.self_attn.q_proj.weight"), &[qn, h])?,
-                read(src, &format!("{p}.self_attn.k_proj.weight"), &[kvn, h])?,
-                read(src, &format!("{p}.self_attn.v_proj.weight"), &[kvn, h])?,
+                read(&format!("{p}.self_attn.q_proj.weight"), &[qn, h])?,
+                read(&format!("{p}.self_attn.k_proj.weight"), &[kvn, h])?,
+                read(&format!("{p}.self_attn.v_proj.weight"), &[kvn, h])?,
             ]);
             let qkv_bias = if s.attention_bias {
                 let b = stack_rows(vec![
-                    read(src, &format!("{p}.self_attn.q_proj.bias"), &[qn])?,
-                    read(src, &format!("{p}.self_attn.k_proj.bias"), &[kvn])?,
-                    read(src, &format!("{p}.self_attn.v_proj.bias"), &[kvn])?,
+                    read(&format!("{p}.self_attn.q_proj.bias"), &[qn])?,
+                    read(&format!("{p}.self_attn.k_proj.bias"), &[kvn])?,
+                    read(&format!("{p}.self_attn.v_proj.bias"), &[kvn])?,
                 ]);
                 Some(backend.upload(&b)?)
             } else {
                 None
             };
             let gate_up = stack_rows(vec![
-                read(
-                    src,
-                    &format!("{p}.mlp.gate_proj.weight"),
-                    &[s.intermediate_size, h],
-                )?,
-                read(
-                    src,
-                    &format!("{p}.mlp.up_proj.weight"),
-                    &[s.intermediate_size, h],
-                )?,
+                read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
+                read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
             ]);
+            let o = read(&format!("{p}.self_attn.o_proj.weight"), &[h, qn])?;
+            let down = read(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?;
             layers.push(Layer {
-                attn_norm: backend.upload(&read(
-                    src,
-                    &format!("{p}.input_layernorm.weight"),
-                    &[h],
-                )?)?,
+                attn_norm: backend.upload(&read(&format!("{p}.input_layernorm.weight"), &[h])?)?,
                 qkv: backend.upload_linear(&qkv, dtype)?,
                 qkv_bias,
-                o: backend.upload_linear(
-                    &read(src, &format!("{p}.self_attn.o_proj.weight"), &[h, qn])?,
-                    dtype,
-                )?,
+                o: backend.upload_linear(&o, dtype)?,
                 mlp_norm: backend.upload(&read(
-                    src,
                     &format!("{p}.post_attention_layernorm.weight"),
                     &[h],
                 )?)?,
                 gate_up: backend.upload_linear(&gate_up, dtype)?,
-                down: backend.upload_linear(
-                    &read(
-                        src,
-                        &format!("{p}.mlp.down_proj.weight"),
-                        &[h, s.intermediate_size],
-                    )?,
-                    dtype,
-                )?,
+                down: backend.upload_linear(&down, dtype)?,
             });
             on_progress(l + 1, total);
         }
@@ -175,11 +217,13 @@ impl<B: Backend> Model<B> {
             inv_freq: spec.rope_inv_freq(),
             backend,
             spec: spec.clone(),
+            plan,
             dtype,
             embed,
             lm_head,
             norm,
             layers,
+            comm: Mutex::new(comm),
         })
     }
 
@@ -192,13 +236,17 @@ impl<B: Backend> Model<B> {
     pub fn dtype(&self) -> WeightDType {
         self.dtype
     }
+    /// Which part of the weights this model holds.
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
 
     /// A new sequence with room for `capacity` positions (clamped to the model's context).
     pub fn new_sequence(&self, capacity: usize) -> Result<Sequence<B>> {
         let capacity = capacity.min(self.spec.max_position_embeddings).max(1);
         let cache = self.backend.kv_cache(
             self.spec.num_layers,
-            self.spec.num_kv_heads,
+            self.plan.local_kv_heads(),
             self.spec.head_dim,
             capacity,
         )?;
@@ -218,32 +266,70 @@ impl<B: Backend> Model<B> {
         ids: &[u32],
         all_logits: bool,
     ) -> Result<HostTensor> {
-        if ids.is_empty() {
+        let mut batch = [BatchEntry {
+            seq,
+            ids,
+            all_logits,
+        }];
+        let mut out = self.forward_batch(&mut batch)?;
+        Ok(out.remove(0))
+    }
+
+    /// Check one entry before anything runs, so a bad entry changes no state.
+    fn check_entry(&self, e: &BatchEntry<'_, B>) -> Result<()> {
+        if e.ids.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if seq.len + ids.len() > seq.capacity {
+        if e.seq.len + e.ids.len() > e.seq.capacity {
             return Err(EngineError::ContextExceeded {
-                prompt: seq.len,
-                new: ids.len(),
-                context: seq.capacity,
+                prompt: e.seq.len,
+                new: e.ids.len(),
+                context: e.seq.capacity,
             });
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= self.spec.vocab_size) {
+        if let Some(&bad) = e.ids.iter().find(|&&i| i as usize >= self.spec.vocab_size) {
             return Err(EngineError::TokenOutOfRange {
                 id: bad,
                 vocab: self.spec.vocab_size,
             });
         }
+        Ok(())
+    }
+
+    /// One forward step over several sequences at once: the linear layers see
+    /// the rows of every sequence together (one weight pass for the batch),
+    /// RoPE, the KV cache and attention run per sequence. Returns, per entry,
+    /// its logits as in [`Model::forward`]. Every rank of a tensor-parallel
+    /// group must call this with the same batch.
+    pub fn forward_batch(&self, batch: &mut [BatchEntry<'_, B>]) -> Result<Vec<HostTensor>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for e in batch.iter() {
+            self.check_entry(e)?;
+        }
         let b = &self.backend;
         let s = &self.spec;
-        let (hd, nh, nkv) = (s.head_dim, s.num_heads, s.num_kv_heads);
+        let hd = s.head_dim;
+        let (nh, nkv) = (self.plan.local_heads(), self.plan.local_kv_heads());
         let shape = AttentionShape {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
         };
-        let start = seq.len;
-        let mut x = b.embedding(&self.embed, ids)?;
+        // Row range of each entry in the stacked activations.
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut ids = Vec::new();
+        for e in batch.iter() {
+            rows.push((ids.len(), e.ids.len(), e.seq.len));
+            ids.extend_from_slice(e.ids);
+        }
+        let mut comm = self
+            .comm
+            .lock()
+            .map_err(|_| EngineError::Poisoned("the collective"))?;
+        let tp = comm.world() > 1;
+        let mut x = b.embedding(&self.embed, &ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = b.rms_norm(&x, &layer.attn_norm, s.rms_norm_eps)?;
             let mut qkv = b.matmul(&hn, &layer.qkv)?;
@@ -257,26 +343,78 @@ impl<B: Backend> Model<B> {
                 (Some(q), Some(k), Some(v)) => (q, k, v),
                 _ => unreachable!("split_cols returns one tensor per width"),
             };
-            b.rope(&mut q, nh, hd, start, &self.inv_freq)?;
-            b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
-            b.kv_store(&mut seq.cache, l, start, &k, &v)?;
-            let attn = b.attention(&q, &seq.cache, l, start, shape)?;
-            let o = b.matmul(&attn, &layer.o)?;
+            let attn = if batch.len() == 1 {
+                let start = rows[0].2;
+                b.rope(&mut q, nh, hd, start, &self.inv_freq)?;
+                b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
+                b.kv_store(&mut batch[0].seq.cache, l, start, &k, &v)?;
+                b.attention(&q, &batch[0].seq.cache, l, start, shape)?
+            } else {
+                let mut outs = Vec::with_capacity(batch.len());
+                for (e, &(r0, n, start)) in batch.iter_mut().zip(&rows) {
+                    let mut qi = b.slice_rows(&q, r0, n)?;
+                    let mut ki = b.slice_rows(&k, r0, n)?;
+                    let vi = b.slice_rows(&v, r0, n)?;
+                    b.rope(&mut qi, nh, hd, start, &self.inv_freq)?;
+                    b.rope(&mut ki, nkv, hd, start, &self.inv_freq)?;
+                    b.kv_store(&mut e.seq.cache, l, start, &ki, &vi)?;
+                    outs.push(b.attention(&qi, &e.seq.cache, l, start, shape)?);
+                }
+                b.concat_rows(&outs.iter().collect::<Vec<_>>())?
+            };
+            let mut o = b.matmul(&attn, &layer.o)?;
+            if tp {
+                b.all_reduce_sum(&mut o, comm.as_mut())?;
+            }
             b.add_assign(&mut x, &o)?;
             let hn = b.rms_norm(&x, &layer.mlp_norm, s.rms_norm_eps)?;
             let gu = b.matmul(&hn, &layer.gate_up)?;
             let m = b.swiglu(&gu)?;
-            let d = b.matmul(&m, &layer.down)?;
+            let mut d = b.matmul(&m, &layer.down)?;
+            if tp {
+                b.all_reduce_sum(&mut d, comm.as_mut())?;
+            }
             b.add_assign(&mut x, &d)?;
         }
-        seq.len += ids.len();
-        let rows = if all_logits {
+        drop(comm);
+        for (e, &(_, n, _)) in batch.iter_mut().zip(&rows) {
+            e.seq.len += n;
+        }
+        // The rows whose logits are wanted, per entry.
+        let wanted: Vec<(usize, usize)> = batch
+            .iter()
+            .zip(&rows)
+            .map(|(e, &(r0, n, _))| {
+                if e.all_logits {
+                    (r0, n)
+                } else {
+                    (r0 + n - 1, 1)
+                }
+            })
+            .collect();
+        let total_rows = ids.len();
+        let x = if wanted.len() == 1 && wanted[0] == (0, total_rows) {
             x
+        } else if wanted.len() == 1 {
+            b.slice_rows(&x, wanted[0].0, wanted[0].1)?
         } else {
-            b.slice_rows(&x, ids.len() - 1, 1)?
+            let parts = wanted
+                .iter()
+                .map(|&(r0, n)| b.slice_rows(&x, r0, n))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            b.concat_rows(&parts.iter().collect::<Vec<_>>())?
         };
-        let hn = b.rms_norm(&rows, &self.norm, s.rms_norm_eps)?;
+        let hn = b.rms_norm(&x, &self.norm, s.rms_norm_eps)?;
         let logits = b.matmul(&hn, self.lm_head.as_ref().unwrap_or(&self.embed))?;
-        Ok(b.download(&logits)?)
+        let logits = b.download(&logits)?;
+        let vocab = s.vocab_size;
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut at = 0;
+        for &(_, n) in &wanted {
+            let data = logits.data[at * vocab..(at + n) * vocab].to_vec();
+            out.push(HostTensor::new(vec![n, vocab], data));
+            at += n;
+        }
+        Ok(out)
     }
 }

@@ -164,6 +164,25 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn concat_rows(&self, parts: &[&CpuTensor]) -> Result<CpuTensor> {
+        let dims: Vec<_> = parts.iter().map(|p| (p.rows, p.cols)).collect();
+        let (rows, cols) = checks::concat_rows(&dims)?;
+        let mut data = Vec::with_capacity(rows * cols);
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        Ok(tensor(rows, cols, data))
+    }
+
+    fn all_reduce_sum(
+        &self,
+        x: &mut CpuTensor,
+        comm: &mut dyn tessera_comm::Collective,
+    ) -> Result<()> {
+        comm.all_reduce_sum(&mut x.data)?;
+        Ok(())
+    }
+
     fn split_cols(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {
         if widths.iter().sum::<usize>() != x.cols {
             return Err(shape_err(

@@ -69,6 +69,25 @@ impl Backend for CudaBackend {
         Ok(CudaTensor::ready(count, x.cols, out))
     }
 
+    fn concat_rows(&self, parts: &[&CudaTensor]) -> Result<CudaTensor> {
+        let dims: Vec<_> = parts.iter().map(|p| (p.rows, p.cols)).collect();
+        let (rows, cols) = checks::concat_rows(&dims)?;
+        let mut out = self.alloc::<f32>((rows * cols).max(1))?;
+        let mut at = 0;
+        for p in parts {
+            let n = p.rows * p.cols;
+            if n > 0 {
+                let src = self.buf(p)?.slice(..n);
+                let mut dst = out.slice_mut(at..at + n);
+                self.stream
+                    .memcpy_dtod(&src, &mut dst)
+                    .map_err(dev("concat_rows"))?;
+            }
+            at += n;
+        }
+        Ok(CudaTensor::ready(rows, cols, out))
+    }
+
     fn split_cols(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
         if widths.iter().sum::<usize>() != x.cols {
             let detail = format!("widths {widths:?} do not sum to {}", x.cols);
