@@ -23,7 +23,11 @@ const BATCH8_UNAVAILABLE: &str =
     "the engine decodes one sequence per forward call; batched decode does not exist yet";
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let device: Device = args.model.device.parse()?;
+    let device: Device = args
+        .model
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     if args.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -208,8 +212,8 @@ struct Job<'a> {
 }
 
 impl BackendJob for Job<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, backend: B) -> Result<()> {
+    type Output = Result<()>;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
         let args = self.args;
         let backend_name = backend.name();
         let (model, load_secs) = load_model(backend, self.ckpt, &args.model)?;

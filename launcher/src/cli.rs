@@ -22,6 +22,10 @@ pub enum Command {
     Perplexity(PerplexityArgs),
     /// Time load, prefill and decode; report speed, peak memory and kernels.
     Bench(BenchArgs),
+    /// Start one worker process per device from a YAML config and generate through them.
+    Launch(LaunchArgs),
+    /// One rank of a launch (started by `tessera launch`, or by a scheduler with --join).
+    Worker(WorkerArgs),
 }
 
 /// Where the model comes from and how it runs.
@@ -45,12 +49,15 @@ pub struct ModelArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenOptions,
+}
+
+/// The prompt, sampling and output of one generation (`generate` and `launch`).
+#[derive(Args, Clone)]
+pub struct GenOptions {
     /// The prompt text.
-    #[arg(
-        long,
-        conflicts_with = "prompt_ids",
-        required_unless_present = "prompt_ids"
-    )]
+    #[arg(long, conflicts_with = "prompt_ids")]
     pub prompt: Option<String>,
     /// The prompt as comma-separated token ids (for models without a tokenizer).
     #[arg(long, value_delimiter = ',')]
@@ -84,6 +91,48 @@ pub struct GenerateArgs {
     /// Write the full-vocabulary logits at the last prompt position to this .npy file.
     #[arg(long)]
     pub dump_logits: Option<PathBuf>,
+}
+
+impl GenOptions {
+    pub fn has_prompt(&self) -> bool {
+        self.prompt.is_some() || self.prompt_ids.is_some()
+    }
+}
+
+#[derive(Args)]
+pub struct LaunchArgs {
+    /// The YAML config (see docs/config.md).
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub gen: GenOptions,
+    /// Do not spawn workers: wait for `tessera worker --join` processes started
+    /// by an outside scheduler to register at this address (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join_listen: Option<String>,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Serve the control plane on this unix socket (spawned by `tessera launch`).
+    #[arg(long, conflicts_with = "join", required_unless_present = "join")]
+    pub socket: Option<PathBuf>,
+    /// Register with the launcher at HOST:PORT (started by an outside scheduler).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// With --join: the TCP address to serve the control plane on; the host must
+    /// be reachable by the launcher and the other workers.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// With --join: how long to keep trying to reach the launcher, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub join_timeout: u64,
+    #[arg(long)]
+    pub rank: usize,
+    #[arg(long)]
+    pub world: usize,
+    /// The launcher's pid; the worker exits when it does.
+    #[arg(long)]
+    pub parent_pid: Option<u32>,
 }
 
 #[derive(Args)]

@@ -3,7 +3,6 @@
 use crate::cli::ModelArgs;
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 use tessera_backend::{Backend, WeightDType};
 use tessera_engine::Model;
@@ -11,19 +10,7 @@ use tessera_model::Checkpoint;
 
 /// Open `--model`: a path, or `dummy:SHAPE[:SEED]`.
 pub fn open_checkpoint(model: &str) -> Result<Checkpoint> {
-    if let Some(rest) = model.strip_prefix("dummy:") {
-        let (shape, seed) = match rest.split_once(':') {
-            Some((s, seed)) => (
-                s,
-                seed.parse::<u64>()
-                    .with_context(|| format!("dummy seed `{seed}` is not a number"))?,
-            ),
-            None => (rest, 0),
-        };
-        return tessera_model::dummy::open(shape, seed)
-            .with_context(|| format!("dummy model `{shape}`"));
-    }
-    Checkpoint::open(Path::new(model)).with_context(|| format!("loading model {model}"))
+    tessera_worker::open_checkpoint(model).with_context(|| format!("loading model {model}"))
 }
 
 /// Load the checkpoint's weights onto `backend`; returns the model and the seconds it took.

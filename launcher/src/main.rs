@@ -2,12 +2,13 @@
 
 mod bench_cmd;
 mod cli;
-mod cuda_device;
 mod device;
 mod generate_cmd;
+mod launch;
 mod load;
 mod npy;
 mod perplexity_cmd;
+mod worker_cmd;
 
 use clap::Parser;
 
@@ -17,6 +18,8 @@ fn main() {
         cli::Command::Generate(args) => generate_cmd::run(args),
         cli::Command::Perplexity(args) => perplexity_cmd::run(args),
         cli::Command::Bench(args) => bench_cmd::run(args),
+        cli::Command::Launch(args) => launch::run(args),
+        cli::Command::Worker(args) => worker_cmd::run(args),
     };
     if let Err(e) = result {
         // `{:#}` prints the whole context chain on one line: "loading X: file Y: reason".

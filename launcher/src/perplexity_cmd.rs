@@ -8,7 +8,11 @@ use tessera_backend::Backend;
 use tessera_model::Checkpoint;
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
-    let device: Device = args.model.device.parse()?;
+    let device: Device = args
+        .model
+        .device
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--{e}"))?;
     let ckpt = open_checkpoint(&args.model.model)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
@@ -35,8 +39,8 @@ struct Job<'a> {
 }
 
 impl BackendJob for Job<'_> {
-    type Output = ();
-    fn run<B: Backend>(self, backend: B) -> Result<()> {
+    type Output = Result<()>;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
         let (model, _) = load_model(backend, self.ckpt, &self.args.model)?;
         let ppl = tessera_engine::perplexity(&model, &self.ids)?;
         if self.args.json {

@@ -115,12 +115,13 @@ impl TextStream<'_> {
     }
 }
 
-/// Generate from `req`; `on_text` receives each newly stable piece of text.
+/// Generate from `req` on a model in this process; `on_text` receives each
+/// newly stable piece of text.
 pub fn generate<B: Backend>(
     model: &Model<B>,
     tokenizer: Option<&Tokenizer>,
     req: &GenerateRequest,
-    mut on_text: impl FnMut(&str),
+    on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     if req.prompt_ids.is_empty() {
         return Err(EngineError::EmptyPrompt);
@@ -133,8 +134,39 @@ pub fn generate<B: Backend>(
             context,
         });
     }
-    let mut sampler = Sampler::new(req.sampling.clone())?;
     let mut seq = model.new_sequence(req.prompt_ids.len() + req.max_new_tokens)?;
+    generate_with(
+        |ids: &[u32]| Ok(model.forward(&mut seq, ids, false)?.data),
+        context,
+        tokenizer,
+        req,
+        on_text,
+    )
+}
+
+/// The generation loop over any forward step: `step(ids)` appends `ids` to
+/// the sequence and returns the logits of its last position. The launcher
+/// uses it with a step that runs on worker processes, so one-shot generation
+/// through the workers samples, stops and streams exactly like `generate`.
+pub fn generate_with<E: From<EngineError>>(
+    mut step: impl FnMut(&[u32]) -> std::result::Result<Vec<f32>, E>,
+    context: usize,
+    tokenizer: Option<&Tokenizer>,
+    req: &GenerateRequest,
+    mut on_text: impl FnMut(&str),
+) -> std::result::Result<Generation, E> {
+    if req.prompt_ids.is_empty() {
+        return Err(EngineError::EmptyPrompt.into());
+    }
+    if req.prompt_ids.len() + req.max_new_tokens > context {
+        return Err(EngineError::ContextExceeded {
+            prompt: req.prompt_ids.len(),
+            new: req.max_new_tokens,
+            context,
+        }
+        .into());
+    }
+    let mut sampler = Sampler::new(req.sampling.clone())?;
     let mut stream = TextStream {
         tokenizer,
         stop: &req.stop,
@@ -142,9 +174,8 @@ pub fn generate<B: Backend>(
     };
 
     let t0 = Instant::now();
-    let logits = model.forward(&mut seq, &req.prompt_ids, false)?;
+    let prompt_logits = step(&req.prompt_ids)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
-    let prompt_logits = logits.data;
 
     let mut history = req.prompt_ids.clone();
     let mut generated: Vec<u32> = Vec::new();
@@ -176,7 +207,7 @@ pub fn generate<B: Backend>(
         if generated.len() == req.max_new_tokens {
             break;
         }
-        logits = model.forward(&mut seq, &[next], false)?.data;
+        logits = step(&[next])?;
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     Ok(Generation {

@@ -9,6 +9,6 @@ mod model;
 mod sampler;
 
 pub use error::{EngineError, Result};
-pub use generate::{generate, perplexity, FinishReason, GenerateRequest, Generation};
+pub use generate::{generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation};
 pub use model::{BatchEntry, Model, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -1,0 +1,151 @@
+//! One rank's loaded model and its sequences, behind a device-free interface.
+
+use crate::device::{open_checkpoint, run_on, BackendJob, Device};
+use crate::{Result, WorkerError};
+use std::collections::HashMap;
+use tessera_backend::{Backend, WeightDType};
+use tessera_comm::Collective;
+use tessera_engine::{BatchEntry, Model, Sequence};
+use tessera_model::ShardPlan;
+use tessera_proto::worker::{SeqLogits, StepReply, StepRequest};
+
+/// A loaded shard: runs steps, whatever the backend.
+pub trait ShardEngine: Send {
+    fn step(&mut self, req: &StepRequest, rank: usize) -> Result<StepReply>;
+    /// Backend description, e.g. `cpu (avx512-vnni, 1 threads)`.
+    fn backend_name(&self) -> String;
+}
+
+struct Loaded<B: Backend> {
+    model: Model<B>,
+    seqs: HashMap<u64, Sequence<B>>,
+}
+
+impl<B: Backend> ShardEngine for Loaded<B> {
+    fn step(&mut self, req: &StepRequest, rank: usize) -> Result<StepReply> {
+        for id in &req.drop {
+            self.seqs.remove(id);
+        }
+        // Check the batch and make its new sequences before anything runs.
+        let mut seen = std::collections::HashSet::new();
+        for s in &req.seqs {
+            if !seen.insert(s.seq_id) {
+                return Err(WorkerError::BadRequest(format!(
+                    "sequence {} appears twice in one step",
+                    s.seq_id
+                )));
+            }
+            if !self.seqs.contains_key(&s.seq_id) {
+                let cap = s.capacity as usize;
+                if cap == 0 {
+                    return Err(WorkerError::BadRequest(format!(
+                        "new sequence {} needs a capacity",
+                        s.seq_id
+                    )));
+                }
+                let seq = self.model.new_sequence(cap)?;
+                self.seqs.insert(s.seq_id, seq);
+            }
+        }
+        // Take the step's sequences out of the map so each gets its own `&mut`.
+        let mut taken: Vec<(u64, Sequence<B>)> = Vec::with_capacity(req.seqs.len());
+        for s in &req.seqs {
+            if let Some(seq) = self.seqs.remove(&s.seq_id) {
+                taken.push((s.seq_id, seq));
+            }
+        }
+        let result = {
+            let mut batch: Vec<BatchEntry<'_, B>> = taken
+                .iter_mut()
+                .zip(&req.seqs)
+                .map(|((_, seq), s)| BatchEntry {
+                    seq,
+                    ids: &s.ids,
+                    all_logits: s.all_logits,
+                })
+                .collect();
+            self.model.forward_batch(&mut batch)
+        };
+        for (id, seq) in taken {
+            self.seqs.insert(id, seq);
+        }
+        let logits = result?;
+        let send = rank == 0 || req.logits_from_all_ranks;
+        let seqs = req
+            .seqs
+            .iter()
+            .zip(logits)
+            .map(|(s, l)| SeqLogits {
+                seq_id: s.seq_id,
+                rows: l.shape[0] as u32,
+                logits: if send {
+                    l.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        Ok(StepReply {
+            seqs,
+            live_sequences: self.seqs.len() as u32,
+        })
+    }
+
+    fn backend_name(&self) -> String {
+        self.model.backend().name()
+    }
+}
+
+/// What `Load` asks for.
+pub struct LoadSpec {
+    pub model: String,
+    pub dtype: WeightDType,
+    pub device: Device,
+    pub threads: usize,
+    pub rank: usize,
+    pub world: usize,
+}
+
+struct LoadJob<'a, F: FnMut(usize, usize)> {
+    spec: &'a LoadSpec,
+    comm: Box<dyn Collective>,
+    progress: F,
+}
+
+impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
+    type Output = Result<Box<dyn ShardEngine>>;
+    fn run<B: Backend + 'static>(self, backend: B) -> Self::Output {
+        let ckpt = open_checkpoint(&self.spec.model)?;
+        let plan = ShardPlan::new(&ckpt.spec, self.spec.world, self.spec.rank)?;
+        let model = Model::load_shard(
+            backend,
+            &ckpt.spec,
+            ckpt.source.as_ref(),
+            self.spec.dtype,
+            plan,
+            self.comm,
+            self.progress,
+        )?;
+        Ok(Box::new(Loaded {
+            model,
+            seqs: HashMap::new(),
+        }))
+    }
+}
+
+/// Open the checkpoint and load this rank's shard onto the requested device.
+pub fn load(
+    spec: &LoadSpec,
+    comm: Box<dyn Collective>,
+    progress: impl FnMut(usize, usize),
+) -> Result<Box<dyn ShardEngine>> {
+    run_on(
+        spec.device,
+        spec.threads,
+        LoadJob {
+            spec,
+            comm,
+            progress,
+        },
+    )?
+}

@@ -1,0 +1,208 @@
+//! `tessera launch CONFIG`: check the config and the model, start one worker
+//! per device, and (one-shot mode) generate through them.
+//!
+//! Everything that can be checked before a process starts is checked first:
+//! the YAML, that the model opens, that its heads split over the workers, the
+//! weight dtype, and that CUDA devices exist.
+
+mod group;
+mod progress;
+
+use crate::cli::LaunchArgs;
+use crate::generate_cmd::{report, request};
+use anyhow::{anyhow, bail, Context, Result};
+use group::{GroupSpec, WorkerGroup};
+use progress::LoadBar;
+use std::time::Instant;
+use tessera_backend::WeightDType;
+use tessera_config::{Config, DType, ModelFormat, ResolvedCollective, RestartPolicy};
+use tessera_engine::{generate_with, EngineError};
+use tessera_model::ShardPlan;
+use tessera_proto::worker::{SeqStep, StepRequest, Transport};
+
+/// Errors of the generation loop: an engine error, or a worker group failure.
+#[derive(Debug)]
+struct LoopError(anyhow::Error);
+
+impl From<EngineError> for LoopError {
+    fn from(e: EngineError) -> Self {
+        LoopError(e.into())
+    }
+}
+
+fn model_name(cfg: &Config) -> Result<String> {
+    match (cfg.model.format, &cfg.model.dummy, &cfg.model.path) {
+        (ModelFormat::Dummy, Some(d), _) => Ok(format!("dummy:{}:{}", d.shape, d.seed)),
+        (_, _, Some(p)) => Ok(p.display().to_string()),
+        _ => bail!("the config names no model (model.path, or model.format: dummy with model.dummy)"),
+    }
+}
+
+fn dtype_name(d: DType) -> Result<&'static str> {
+    let name = match d {
+        DType::F32 => "f32",
+        DType::Int8 => "int8",
+        DType::Bf16 => "bf16",
+        DType::F16 => "f16",
+    };
+    name.parse::<WeightDType>()
+        .map_err(|e| anyhow!("model.dtype: {e}"))?;
+    Ok(name)
+}
+
+pub fn run(args: LaunchArgs) -> Result<()> {
+    let cfg = Config::from_file(&args.config)?;
+    let model = model_name(&cfg)?;
+    let dtype = dtype_name(cfg.model.dtype)?;
+    let ckpt = crate::load::open_checkpoint(&model)?;
+    if cfg.model.format == ModelFormat::Gguf && !ckpt.path.is_file() {
+        bail!("model.format is gguf but {} is not a file", ckpt.path.display());
+    }
+    if cfg.model.format == ModelFormat::Hf && !ckpt.path.is_dir() {
+        bail!("model.format is hf but {} is not a directory", ckpt.path.display());
+    }
+    let world = cfg.parallelism.tensor_parallel as usize;
+    let plans = ShardPlan::all(&ckpt.spec, world)
+        .with_context(|| format!("splitting {model} over tensor_parallel {world}"))?;
+    let devices: Vec<String> = cfg.parallelism.devices.iter().map(|d| d.to_string()).collect();
+    if devices.iter().any(|d| d.starts_with("cuda")) {
+        let count = tessera_backend::cuda::probe()
+            .map_err(|e| anyhow!("parallelism.devices lists CUDA devices, but {e}"))?;
+        for d in &cfg.parallelism.devices {
+            if let tessera_config::Device::Cuda(n) = d {
+                if *n as usize >= count {
+                    bail!("parallelism.devices: cuda:{n} does not exist (this machine has {count} GPUs)");
+                }
+            }
+        }
+    }
+    if !args.gen.has_prompt() {
+        bail!(
+            "serving the gRPC inference API is not implemented yet; \
+             run one-shot with --prompt TEXT (or --prompt-ids)"
+        );
+    }
+    let req = request(&args.gen, &ckpt)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let transport = match cfg.parallelism.resolved_collective() {
+        ResolvedCollective::Local => Transport::Local,
+        ResolvedCollective::Tcp => Transport::Tcp,
+        ResolvedCollective::Nccl => Transport::Nccl,
+    };
+    let sup = &cfg.supervision;
+    let spec = GroupSpec {
+        model: model.clone(),
+        dtype: dtype.to_string(),
+        devices,
+        threads: cfg.parallelism.threads_per_worker(cores),
+        transport,
+        start_timeout: sup.worker_start_timeout,
+        step_timeout: sup.step_timeout,
+        collective_timeout: sup.collective_timeout,
+        join_listen: args.join_listen.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+
+    let max_restarts = match sup.restart_policy {
+        RestartPolicy::Never => 0,
+        RestartPolicy::OnFailure => sup.max_restarts,
+    };
+    let mut attempt = 0;
+    loop {
+        let t0 = Instant::now();
+        let mut bar = LoadBar::new(world);
+        let result = rt.block_on(WorkerGroup::start(&spec, &mut bar)).and_then(|group| {
+            let load_secs = t0.elapsed().as_secs_f64();
+            let context = ckpt.spec.max_position_embeddings;
+            let capacity = (req.prompt_ids.len() + req.max_new_tokens) as u32;
+            let stream = !args.gen.json;
+            let gen = generate_with(
+                |ids: &[u32]| -> Result<Vec<f32>, LoopError> {
+                    let step = StepRequest {
+                        seqs: vec![SeqStep {
+                            seq_id: 1,
+                            ids: ids.to_vec(),
+                            capacity,
+                            all_logits: false,
+                        }],
+                        drop: vec![],
+                        logits_from_all_ranks: false,
+                    };
+                    let reply = rt.block_on(group.step(step)).map_err(LoopError)?;
+                    let bytes = reply
+                        .seqs
+                        .first()
+                        .map(|s| s.logits.as_slice())
+                        .ok_or_else(|| LoopError(anyhow!("rank 0 returned no logits")))?;
+                    Ok(bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect())
+                },
+                context,
+                ckpt.tokenizer.as_ref(),
+                &req,
+                |piece| {
+                    if stream {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(piece.as_bytes());
+                        let _ = out.flush();
+                    }
+                },
+            );
+            match gen {
+                Ok(gen) => {
+                    let info = group.info.clone();
+                    rt.block_on(group.shutdown());
+                    Ok((gen, info, load_secs))
+                }
+                Err(LoopError(e)) => {
+                    group.abort();
+                    Err(e)
+                }
+            }
+        });
+        match result {
+            Ok((gen, info, load_secs)) => {
+                let bytes_per_param = match dtype {
+                    "int8" => 1.0 + 4.0 / tessera_model::INT8_GROUP as f64,
+                    "bf16" | "f16" => 2.0,
+                    _ => 4.0,
+                };
+                let workers: Vec<_> = info
+                    .iter()
+                    .zip(&plans)
+                    .map(|(w, p)| {
+                        serde_json::json!({
+                            "rank": w.rank,
+                            "pid": w.pid,
+                            "place": w.place,
+                            "backend": w.backend,
+                            "peak_rss_bytes": w.peak_rss_bytes,
+                            "weight_bytes_estimate": p.bytes_per_rank(&ckpt.spec, bytes_per_param),
+                        })
+                    })
+                    .collect();
+                let backend = info.first().map(|w| w.backend.clone()).unwrap_or_default();
+                let extra = serde_json::json!({
+                    "tensor_parallel": world,
+                    "collective": format!("{transport:?}").to_lowercase(),
+                    "restarts": attempt,
+                    "workers": workers,
+                });
+                return report(&args.gen, &gen, &backend, dtype, load_secs, extra);
+            }
+            Err(e) if attempt < max_restarts => {
+                attempt += 1;
+                eprintln!("error: {e:#}");
+                eprintln!("restarting the workers ({attempt} of {max_restarts}, restart_policy: on-failure)");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
