@@ -253,10 +253,15 @@ impl NcclCollective {
             )
         };
         if !matches!(r, R::ncclSuccess | R::ncclInProgress) || comm.is_null() {
+            let detail = describe(r, Some(comm));
+            if !comm.is_null() {
+                // SAFETY: a communicator NCCL handed back; never used again.
+                let _ = unsafe { nsys::ncclCommAbort(comm) };
+            }
             return Err(CommError::Nccl(format!(
                 "ncclCommInitRankConfig (rank {rank} of {world}, device {}): {}",
                 ctx.ordinal(),
-                describe(r, Some(comm))
+                detail
             )));
         }
         let mut me = NcclCollective {
@@ -271,8 +276,8 @@ impl NcclCollective {
             scratch_bytes: 0,
             poisoned: None,
         };
+        // `config` stays in scope (alive) until initialisation has settled.
         me.settle("init")?;
-        drop(config);
         Ok(me)
     }
 

@@ -392,7 +392,7 @@ fn read_data_header(
         });
     }
     let p = h.payload as usize;
-    if p > remaining || p > FRAME_PAYLOAD || p % elem != 0 || (p == 0 && remaining > 0) {
+    if p > remaining || p > FRAME_PAYLOAD || !p.is_multiple_of(elem) || (p == 0 && remaining > 0) {
         return Err(link.mismatch(
             op,
             format!("frame of {p} payload bytes where {remaining} bytes remain"),

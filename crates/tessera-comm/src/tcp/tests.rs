@@ -277,6 +277,7 @@ fn mixed_collectives_keep_the_ring_in_step() {
 
 fn assert_names_rank(e: &CommError, rank: usize) {
     let s = e.to_string();
+    eprintln!("{s}");
     assert!(
         s.contains(&format!("rank {rank} ")),
         "error does not name rank {rank}: {s}"
@@ -327,8 +328,8 @@ fn a_peer_killed_mid_collective_fails_the_others_within_the_timeout() {
         );
         assert_names_rank(&e, 2);
     }
-    for r in 0..2 {
-        let e = rings[r].barrier().unwrap_err();
+    for ring in rings.iter_mut().take(2) {
+        let e = ring.barrier().unwrap_err();
         assert!(matches!(e, CommError::Aborted(_)), "{e}");
     }
 }
@@ -400,6 +401,7 @@ fn a_stale_run_token_is_refused() {
     assert!(start.elapsed() < Duration::from_secs(4));
     for r in out {
         let e = r.unwrap_err();
+        eprintln!("{e}");
         assert!(matches!(e, CommError::Rendezvous(_)), "{e}");
         assert!(e.to_string().contains("run token"), "{e}");
     }
@@ -419,6 +421,7 @@ fn a_world_size_mismatch_is_refused() {
     );
     for r in out {
         let e = r.unwrap_err();
+        eprintln!("{e}");
         assert!(e.to_string().contains("world size"), "{e}");
     }
 }
@@ -467,6 +470,7 @@ fn different_collectives_on_different_ranks_are_an_error() {
         }
     });
     for e in out {
+        eprintln!("{e}");
         assert!(matches!(e, CommError::Mismatch { .. }), "{e}");
     }
     // Ranks 0 and 1 say root 0, rank 2 says root 1. Rank 1 receives what it
