@@ -20,12 +20,46 @@ pub enum CommError {
         #[source]
         source: std::io::Error,
     },
+    /// The peer is alive but called a different collective, or sent bytes that
+    /// are not this protocol.
+    #[error("{op}: peer rank {peer} ({addr}) is out of step with this rank: {detail}")]
+    Mismatch {
+        op: &'static str,
+        peer: usize,
+        addr: String,
+        detail: String,
+    },
+    /// The peer failed first and passed its reason along the ring.
+    #[error("{op}: peer rank {peer} ({addr}) aborted the collective: {reason}")]
+    PeerAborted {
+        op: &'static str,
+        peer: usize,
+        addr: String,
+        reason: String,
+    },
+    /// A device collective did not finish within the timeout; the communicator
+    /// was aborted (NCCL cannot tell which peer is missing).
+    #[error("{op}: {transport} collective did not complete within {timeout_ms} ms; communicator aborted ({detail})")]
+    Watchdog {
+        op: &'static str,
+        transport: &'static str,
+        timeout_ms: u64,
+        detail: String,
+    },
     #[error("rendezvous failed: {0}")]
     Rendezvous(String),
     #[error("NCCL: {0}")]
     Nccl(String),
     #[error("the communicator was aborted by an earlier failure: {0}")]
     Aborted(String),
+}
+
+impl CommError {
+    /// True for every "a peer did not answer in time" failure, whichever
+    /// transport reported it ([`CommError::Timeout`] or [`CommError::Watchdog`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, CommError::Timeout { .. } | CommError::Watchdog { .. })
+    }
 }
 
 pub type Result<T, E = CommError> = std::result::Result<T, E>;
