@@ -116,7 +116,7 @@ impl Worker for Service {
                 let ip: std::net::IpAddr = req.bind_host.parse().map_err(|_| {
                     Status::invalid_argument(format!("bind_host `{}` is not an IP address", req.bind_host))
                 })?;
-                let ring = tessera_comm::tcp::PendingRing::bind(st.rank, st.world, SocketAddr::new(ip, 0))
+                let ring = tessera_comm::TcpRing::bind(st.rank, st.world, SocketAddr::new(ip, 0))
                     .map_err(WorkerError::from)?;
                 reply.address = ring.local_addr().to_string();
                 Some(PendingComm::Tcp(ring))

@@ -117,20 +117,23 @@ struct Registry {
     tx: mpsc::UnboundedSender<()>,
 }
 
+struct RegistryService(Arc<Registry>);
+
 #[tonic::async_trait]
-impl Rendezvous for Arc<Registry> {
+impl Rendezvous for RegistryService {
     async fn join(
         &self,
         req: tonic::Request<JoinRequest>,
     ) -> Result<tonic::Response<JoinReply>, tonic::Status> {
         let j = req.into_inner();
-        if j.world as usize != self.world || j.rank as usize >= self.world {
+        let me = &self.0;
+        if j.world as usize != me.world || j.rank as usize >= me.world {
             return Err(tonic::Status::invalid_argument(format!(
                 "worker says rank {} of {}, but this launch has tensor_parallel {}",
-                j.rank, j.world, self.world
+                j.rank, j.world, me.world
             )));
         }
-        let mut joined = self
+        let mut joined = me
             .joined
             .lock()
             .map_err(|_| tonic::Status::internal("registry lock poisoned"))?;
@@ -142,7 +145,7 @@ impl Rendezvous for Arc<Registry> {
             )));
         }
         *slot = Some(j);
-        let _ = self.tx.send(());
+        let _ = me.tx.send(());
         Ok(tonic::Response::new(JoinReply {}))
     }
 }
@@ -206,7 +209,7 @@ impl WorkerGroup {
 
         let mut info = Vec::with_capacity(world);
         let mut plain = Vec::with_capacity(world);
-        for (rank, ((mut c, pid), place)) in clients.into_iter().zip(places).enumerate() {
+        for (rank, ((mut c, _pid), place)) in clients.into_iter().zip(places).enumerate() {
             let hello = c
                 .hello(HelloRequest {})
                 .await
@@ -567,7 +570,7 @@ async fn accept_joins(
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
-        .add_service(RendezvousServer::new(registry.clone()))
+        .add_service(RendezvousServer::new(RegistryService(registry.clone())))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {
