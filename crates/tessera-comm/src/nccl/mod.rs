@@ -40,7 +40,8 @@ pub const UNIQUE_ID_BYTES: usize = 128;
 /// communicator's own stream. Backends with data already on the device use
 /// the `*_device` entry points (reach them through [`Collective::as_any_mut`]).
 /// After a failure or timeout the communicator is aborted and every later
-/// call returns [`CommError::Aborted`].
+/// call returns [`CommError::Aborted`]. Dropping it finalizes the
+/// communicator, which may take up to the timeout when a peer is gone.
 pub struct NcclCollective {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
