@@ -1,10 +1,13 @@
 /// Errors from a collective. Each names the peer or the rule that was broken.
 #[derive(Debug, thiserror::Error)]
 pub enum CommError {
+    /// Buffers of the wrong length here, or of different lengths on different ranks.
     #[error("{op}: buffer length mismatch: {detail}")]
     Length { op: &'static str, detail: String },
+    /// A rank (or root) outside `0..world`.
     #[error("invalid rank {rank} for world size {world}")]
     Rank { rank: usize, world: usize },
+    /// A peer sent or accepted nothing for the whole timeout.
     #[error("{op}: peer rank {peer} ({addr}) did not respond within {timeout_ms} ms")]
     Timeout {
         op: &'static str,
@@ -12,6 +15,7 @@ pub enum CommError {
         addr: String,
         timeout_ms: u64,
     },
+    /// The connection to a peer broke (it exited, or reset the connection).
     #[error("{op}: connection to peer rank {peer} ({addr}) failed: {source}")]
     Peer {
         op: &'static str,
@@ -46,10 +50,13 @@ pub enum CommError {
         timeout_ms: u64,
         detail: String,
     },
+    /// Joining the group failed (unreachable peer, refused handshake, bad arguments).
     #[error("rendezvous failed: {0}")]
     Rendezvous(String),
+    /// The NCCL or CUDA libraries are missing, or NCCL/CUDA reported an error.
     #[error("NCCL: {0}")]
     Nccl(String),
+    /// A call after the communicator failed; carries the first failure.
     #[error("the communicator was aborted by an earlier failure: {0}")]
     Aborted(String),
 }
@@ -62,4 +69,5 @@ impl CommError {
     }
 }
 
+/// `Result` with [`CommError`].
 pub type Result<T, E = CommError> = std::result::Result<T, E>;

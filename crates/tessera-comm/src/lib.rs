@@ -40,8 +40,10 @@
 //! transfer, and must exceed the longest compute skew between ranks). A peer
 //! that dies closes its sockets, which its neighbours see at once. The first
 //! rank to fail sends its reason to its right neighbour ([`CommError::PeerAborted`]
-//! carries it on) and shuts its sockets, so the failure sweeps the ring
-//! quickly. A failed ring is poisoned: later calls return [`CommError::Aborted`].
+//! carries it on) and closes that socket, so the failure sweeps the ring
+//! quickly and every rank's error names the first cause. A failed ring is
+//! poisoned: later calls return [`CommError::Aborted`]; drop it to close
+//! its remaining socket.
 //!
 //! **Rendezvous.** Each rank calls [`TcpRing::bind`] and reports
 //! [`PendingRing::local_addr`] to the launcher; the launcher sends every rank

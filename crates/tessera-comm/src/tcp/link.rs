@@ -238,7 +238,10 @@ impl Wire {
     }
 
     /// Marks the ring dead: tells the right neighbour why (when the stream is
-    /// at a frame boundary) and shuts both sockets so both neighbours fail fast.
+    /// at a frame boundary) and shuts that socket, so the failure travels on
+    /// round the ring with its first cause. The left socket stays open until
+    /// the ring is dropped: closing it would make the left neighbour, which
+    /// learns of the failure from its own left, blame this rank instead.
     pub fn abort(&mut self, op: Op, seq: u32, reason: &str) {
         if self.right_clean {
             let t = self.right.timeout.min(ABORT_WRITE_TIMEOUT);
@@ -246,7 +249,6 @@ impl Wire {
             let _ = wire::write_abort(&mut &self.right.stream, op, seq, reason);
         }
         let _ = self.right.stream.shutdown(Shutdown::Both);
-        let _ = self.left.stream.shutdown(Shutdown::Both);
         self.right_clean = false;
     }
 }

@@ -24,8 +24,9 @@ use crate::{Collective, CommError, Result};
 ///
 /// Each rank holds two sockets: one to its right neighbour `(rank + 1) % world`,
 /// which it writes to, and one from its left neighbour, which it reads from.
-/// After any failure the ring is poisoned: its sockets are shut, the right
-/// neighbour is told why, and every later call returns [`CommError::Aborted`].
+/// After any failure the ring is poisoned: the right neighbour is told why and
+/// its socket closed, and every later call returns [`CommError::Aborted`].
+/// Drop a poisoned ring to close the other socket.
 #[derive(Debug)]
 pub struct TcpRing {
     rank: usize,

@@ -11,7 +11,11 @@
 //! [`CommError::Watchdog`]. The price is that every call waits for its
 //! collective to finish on the device before returning.
 
-use std::ffi::{c_void, CStr};
+mod library;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,119 +25,14 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaStream, DriverError};
 use cudarc::nccl::sys as nsys;
 use nsys::ncclResult_t as R;
 
+use library::{cuda_err, describe, require_version, Backoff, ConfigPrefix};
+pub use library::{probe, version};
+use library::{CONFIG_MAGIC, CONFIG_PREFIX_BYTES, CONFIG_VERSION};
+
 use crate::{Collective, CommError, Result};
 
 /// Bytes of an NCCL unique id (`ncclUniqueId`).
 pub const UNIQUE_ID_BYTES: usize = 128;
-
-/// Oldest NCCL with non-blocking communicators and `ncclCommFinalize`.
-const MIN_VERSION: (u32, u32, u32) = (2, 14, 0);
-
-/// The leading fields of `ncclConfig_t`, as of NCCL 2.14. NCCL copies only
-/// `size` bytes and gives every later field its default, so this prefix is
-/// understood by every NCCL from 2.14 on, whatever layout cudarc was built for.
-#[repr(C)]
-struct ConfigPrefix {
-    size: usize,
-    magic: u32,
-    version: u32,
-    blocking: i32,
-}
-
-/// `size` covers the fields above without the struct's tail padding.
-const CONFIG_PREFIX_BYTES: usize = std::mem::size_of::<usize>() + 12;
-const CONFIG_MAGIC: u32 = 0xcafe_beef;
-const CONFIG_VERSION: u32 = 21400;
-
-/// Checks that the CUDA driver and NCCL libraries can be loaded, without
-/// calling into either. Every entry point of this module calls it first.
-pub fn probe() -> Result<()> {
-    // SAFETY: only tries to open the libraries by name.
-    if !unsafe { dsys::is_culib_present() } {
-        return Err(CommError::Nccl(
-            "the CUDA driver library (libcuda.so) was not found: NCCL needs an NVIDIA GPU and driver".into(),
-        ));
-    }
-    // SAFETY: as above.
-    if !unsafe { nsys::is_culib_present() } {
-        return Err(CommError::Nccl(
-            "libnccl was not found: cudarc opens `libnccl.so` (not `libnccl.so.2`); \
-             put a symlink named libnccl.so pointing to libnccl.so.2 in a folder on LD_LIBRARY_PATH"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
-/// The loaded NCCL's version as (major, minor, patch).
-pub fn version() -> Result<(u32, u32, u32)> {
-    probe()?;
-    let mut code = 0;
-    // SAFETY: the library is present; the out-pointer is valid.
-    let r = unsafe { nsys::ncclGetVersion(&mut code) };
-    if r != R::ncclSuccess {
-        return Err(CommError::Nccl(format!(
-            "ncclGetVersion: {}",
-            describe(r, None)
-        )));
-    }
-    let code = code.max(0) as u32;
-    // NCCL 2.9 moved from major*1000 + minor*100 + patch to major*10000 + minor*100 + patch.
-    Ok(if code >= 10000 {
-        (code / 10000, code / 100 % 100, code % 100)
-    } else {
-        (code / 1000, code / 100 % 10, code % 100)
-    })
-}
-
-fn require_version() -> Result<()> {
-    let v = version()?;
-    if v < MIN_VERSION {
-        return Err(CommError::Nccl(format!(
-            "NCCL {}.{}.{} is too old: non-blocking communicators need {}.{}.{} or newer",
-            v.0, v.1, v.2, MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
-        )));
-    }
-    Ok(())
-}
-
-/// NCCL's name and text for `r`, plus the communicator's last error when known.
-fn describe(r: R, comm: Option<nsys::ncclComm_t>) -> String {
-    // SAFETY: NCCL returns static NUL-terminated strings (or null).
-    let text = |p: *const std::ffi::c_char| {
-        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
-    };
-    let mut s = format!("{r:?}");
-    if let Some(t) = text(unsafe { nsys::ncclGetErrorString(r) }) {
-        s.push_str(&format!(" ({t})"));
-    }
-    if let Some(c) = comm.filter(|c| !c.is_null()) {
-        if let Some(t) = text(unsafe { nsys::ncclGetLastError(c) }).filter(|t| !t.is_empty()) {
-            s.push_str(&format!(": {t}"));
-        }
-    }
-    s
-}
-
-fn cuda_err(what: &str, e: DriverError) -> CommError {
-    CommError::Nccl(format!("{what}: CUDA error {e}"))
-}
-
-/// Polls fast at first (small collectives finish in microseconds), then backs off.
-struct Backoff(Instant);
-
-impl Backoff {
-    fn pause(&self) {
-        let waited = self.0.elapsed();
-        if waited < Duration::from_micros(200) {
-            std::hint::spin_loop();
-        } else if waited < Duration::from_millis(5) {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
-}
 
 /// One rank of an NCCL communicator; implements [`Collective`].
 ///
@@ -141,7 +40,8 @@ impl Backoff {
 /// communicator's own stream. Backends with data already on the device use
 /// the `*_device` entry points (reach them through [`Collective::as_any_mut`]).
 /// After a failure or timeout the communicator is aborted and every later
-/// call returns [`CommError::Aborted`].
+/// call returns [`CommError::Aborted`]. Dropping it finalizes the
+/// communicator, which may take up to the timeout when a peer is gone.
 pub struct NcclCollective {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -657,62 +557,5 @@ impl Drop for NcclCollective {
             // SAFETY: our allocation; all work on it has finished or was aborted.
             let _ = unsafe { dres::free_sync(self.scratch) };
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gpu_present() -> bool {
-        probe().is_ok() && CudaContext::device_count().is_ok_and(|n| n > 0)
-    }
-
-    #[test]
-    fn without_libraries_every_entry_point_errors_instead_of_panicking() {
-        if probe().is_ok() {
-            eprintln!("CUDA and NCCL are present here; the no-library path is not exercised");
-            return;
-        }
-        let e = probe().unwrap_err().to_string();
-        assert!(e.contains("not found"), "{e}");
-        assert!(matches!(version(), Err(CommError::Nccl(_))));
-        assert!(matches!(
-            NcclCollective::unique_id(),
-            Err(CommError::Nccl(_))
-        ));
-        let r = NcclCollective::new(0, 0, 1, [0; UNIQUE_ID_BYTES], Duration::from_secs(1));
-        match r {
-            Err(CommError::Nccl(m)) => assert!(m.contains("not found"), "{m}"),
-            other => panic!("expected an NCCL error, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn config_prefix_matches_nccl_layout() {
-        // size_t size; unsigned magic; unsigned version; int blocking.
-        assert_eq!(std::mem::offset_of!(ConfigPrefix, magic), 8);
-        assert_eq!(std::mem::offset_of!(ConfigPrefix, version), 12);
-        assert_eq!(std::mem::offset_of!(ConfigPrefix, blocking), 16);
-        assert_eq!(CONFIG_PREFIX_BYTES, 20);
-    }
-
-    #[test]
-    #[ignore = "needs a GPU, libcuda and libnccl"]
-    fn world_of_one_all_reduce_and_gather() {
-        assert!(gpu_present(), "no GPU or NCCL here");
-        let id = NcclCollective::unique_id().unwrap();
-        let mut c = NcclCollective::new(0, 0, 1, id, Duration::from_secs(30)).unwrap();
-        let mut v: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-        let want = v.clone();
-        c.all_reduce_sum(&mut v).unwrap();
-        assert_eq!(v, want);
-        let mut out = vec![0.0; 1000];
-        c.all_gather(&want, &mut out).unwrap();
-        assert_eq!(out, want);
-        let mut b = vec![7u8; 10];
-        c.broadcast(&mut b, 0).unwrap();
-        assert_eq!(b, vec![7u8; 10]);
-        c.barrier().unwrap();
     }
 }
