@@ -55,6 +55,8 @@ fn bench_json_fields() {
         "4",
         "--reps",
         "2",
+        "--decode-batch",
+        "2",
         "--json",
     ]);
     assert!(
@@ -88,7 +90,14 @@ fn bench_json_fields() {
     }
     check_measurement(&v["decode"], 4, 2);
     assert_eq!(v["decode"]["batch"].as_u64(), Some(1));
-    assert_eq!(v["decode_batch8"]["available"], false);
+    assert_eq!(v["decode_batch"]["batch"].as_u64(), Some(2));
+    let (b1, b2) = (
+        v["decode"]["tokens_per_s"]["median"].as_f64().unwrap(),
+        v["decode_batch"]["tokens_per_s"]["median"]
+            .as_f64()
+            .unwrap(),
+    );
+    assert!(b1 > 0.0 && b2 > 0.0, "decode rates {b1} {b2}");
 
     if cfg!(target_os = "linux") {
         let peak = num(&v, "peak_rss_bytes");

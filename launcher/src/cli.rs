@@ -158,6 +158,10 @@ pub struct BenchArgs {
     /// Tokens to decode one at a time (batch 1), from an empty cache.
     #[arg(long, default_value_t = 128)]
     pub decode_tokens: usize,
+    /// Also decode this many sequences stepped together (total tokens/s of the
+    /// batch); 1 skips the batched measurement.
+    #[arg(long, default_value_t = 8)]
+    pub decode_batch: usize,
     /// Timed repetitions of each measurement (after one untimed warm-up).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,

@@ -5,6 +5,10 @@ use anyhow::Result;
 pub use tessera_worker::{BackendJob, Device};
 
 /// Run `job` on the backend for `device`; `--device` errors name the flag.
-pub fn run_on<T, J: BackendJob<Output = Result<T>>>(device: Device, threads: usize, job: J) -> Result<T> {
+pub fn run_on<T, J: BackendJob<Output = Result<T>>>(
+    device: Device,
+    threads: usize,
+    job: J,
+) -> Result<T> {
     tessera_worker::run_on(device, threads, job).map_err(|e| anyhow::anyhow!("--device {e}"))?
 }

@@ -72,7 +72,7 @@ fn gpu_tp2() {
     assert_eq!(c.model.path, None);
     let dummy = c.model.dummy.as_ref().expect("dummy section");
     assert_eq!(dummy.shape, "llama2-7b");
-    assert_eq!(c.model.dtype, DType::F16);
+    assert_eq!(c.model.dtype, DType::Int8);
     assert_eq!(
         c.parallelism.devices,
         vec![Device::Cuda(0), Device::Cuda(1)]

@@ -9,6 +9,8 @@ mod model;
 mod sampler;
 
 pub use error::{EngineError, Result};
-pub use generate::{generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation};
+pub use generate::{
+    generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation,
+};
 pub use model::{BatchEntry, Model, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -77,7 +77,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + 
 
 #[tonic::async_trait]
 impl Worker for Service {
-    async fn hello(&self, _: Request<HelloRequest>) -> std::result::Result<Response<HelloReply>, Status> {
+    async fn hello(
+        &self,
+        _: Request<HelloRequest>,
+    ) -> std::result::Result<Response<HelloReply>, Status> {
         Ok(Response::new(HelloReply {
             rank: self.0.rank as u32,
             world: self.0.world as u32,
@@ -114,7 +117,10 @@ impl Worker for Service {
             Ok(Transport::Local) => None,
             Ok(Transport::Tcp) => {
                 let ip: std::net::IpAddr = req.bind_host.parse().map_err(|_| {
-                    Status::invalid_argument(format!("bind_host `{}` is not an IP address", req.bind_host))
+                    Status::invalid_argument(format!(
+                        "bind_host `{}` is not an IP address",
+                        req.bind_host
+                    ))
                 })?;
                 let ring = tessera_comm::TcpRing::bind(st.rank, st.world, SocketAddr::new(ip, 0))
                     .map_err(WorkerError::from)?;
@@ -131,7 +137,12 @@ impl Worker for Service {
                     device: req.cuda_device as usize,
                 })
             }
-            Err(_) => return Err(Status::invalid_argument(format!("unknown transport {}", req.transport))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown transport {}",
+                    req.transport
+                )))
+            }
         };
         *lock(&st.pending, "the collective")? = pending;
         Ok(Response::new(reply))
@@ -154,7 +165,9 @@ impl Worker for Service {
                         .iter()
                         .map(|p| {
                             p.parse::<SocketAddr>().map_err(|_| {
-                                WorkerError::BadRequest(format!("peer address `{p}` is not host:port"))
+                                WorkerError::BadRequest(format!(
+                                    "peer address `{p}` is not host:port"
+                                ))
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
@@ -204,11 +217,9 @@ impl Worker for Service {
         let comm: Box<dyn Collective> = match lock(&st.comm, "the collective")?.take() {
             Some(c) => c,
             None if st.world == 1 => Box::new(Local),
-            None => {
-                return Err(Status::failed_precondition(
-                    "Load before ConnectComm: the collective of a multi-rank group is not connected",
-                ))
-            }
+            None => return Err(Status::failed_precondition(
+                "Load before ConnectComm: the collective of a multi-rank group is not connected",
+            )),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
@@ -241,19 +252,30 @@ impl Worker for Service {
             };
             let _ = tx.blocking_send(msg);
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn ready(&self, _: Request<ReadyRequest>) -> std::result::Result<Response<ReadyReply>, Status> {
+    async fn ready(
+        &self,
+        _: Request<ReadyRequest>,
+    ) -> std::result::Result<Response<ReadyReply>, Status> {
         let engine = lock(&self.0.engine, "the model")?;
         Ok(Response::new(ReadyReply {
             ready: engine.is_some(),
             peak_rss_bytes: peak_rss_bytes().unwrap_or(0),
-            backend: engine.as_ref().map(|e| e.backend_name()).unwrap_or_default(),
+            backend: engine
+                .as_ref()
+                .map(|e| e.backend_name())
+                .unwrap_or_default(),
         }))
     }
 
-    async fn step(&self, req: Request<StepRequest>) -> std::result::Result<Response<StepReply>, Status> {
+    async fn step(
+        &self,
+        req: Request<StepRequest>,
+    ) -> std::result::Result<Response<StepReply>, Status> {
         let req = req.into_inner();
         let st = self.0.clone();
         let reply = tokio::task::spawn_blocking(move || -> Result<StepReply> {
@@ -313,7 +335,13 @@ fn die_with_parent(parent: u32) {
     {
         // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
         unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
         }
     }
     // The parent may have died before the prctl: then we were re-parented.
@@ -348,10 +376,11 @@ pub async fn serve(opts: WorkerOptions) -> Result<()> {
     match &opts.endpoint {
         Endpoint::Unix(path) => {
             let _ = std::fs::remove_file(path);
-            let listener = tokio::net::UnixListener::bind(path).map_err(|source| WorkerError::Io {
-                what: format!("binding control socket {}", path.display()),
-                source,
-            })?;
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|source| WorkerError::Io {
+                    what: format!("binding control socket {}", path.display()),
+                    source,
+                })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             server.serve_with_incoming_shutdown(incoming, stop).await?;
         }
@@ -386,7 +415,9 @@ async fn join_launcher(launcher: &str, addr: SocketAddr, opts: &WorkerOptions) -
         .unwrap_or_default();
     loop {
         let attempt = async {
-            let mut client = RendezvousClient::connect(url.clone()).await.map_err(|e| e.to_string())?;
+            let mut client = RendezvousClient::connect(url.clone())
+                .await
+                .map_err(|e| e.to_string())?;
             client
                 .join(JoinRequest {
                     rank: opts.rank as u32,

@@ -199,7 +199,9 @@ impl WorkerGroup {
                         .with_context(|| format!("rank {} address `{}`", j.rank, j.address))?
                         .connect()
                         .await
-                        .with_context(|| format!("connecting to rank {} at {}", j.rank, j.address))?;
+                        .with_context(|| {
+                            format!("connecting to rank {} at {}", j.rank, j.address)
+                        })?;
                     clients.push((client(ch), j.pid));
                     places.push(j.address);
                 }
@@ -241,7 +243,10 @@ impl WorkerGroup {
                 // Let a spawned worker's exit status (more precise) arrive first.
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if !cl.load(Ordering::SeqCst) {
-                    report_death(&tx, format!("worker rank {rank} ({pl}, pid {}) {why}", hello.pid));
+                    report_death(
+                        &tx,
+                        format!("worker rank {rank} ({pl}, pid {}) {why}", hello.pid),
+                    );
                 }
             });
             info.push(WorkerInfo {
@@ -290,7 +295,12 @@ impl WorkerGroup {
                     cuda_device,
                 })
                 .await
-                .map_err(|s| anyhow!("worker rank {rank}: preparing the collective: {}", s.message()))?
+                .map_err(|s| {
+                    anyhow!(
+                        "worker rank {rank}: preparing the collective: {}",
+                        s.message()
+                    )
+                })?
                 .into_inner();
             peers.push(r.address);
             if rank == 0 {
@@ -312,18 +322,25 @@ impl WorkerGroup {
         let calls = self.clients.iter().enumerate().map(|(rank, c)| {
             let (mut c, req) = (c.clone(), req.clone());
             tokio::spawn(async move {
-                c.connect_comm(req)
-                    .await
-                    .map_err(|s| anyhow!("worker rank {rank}: connecting the collective: {}", s.message()))
+                c.connect_comm(req).await.map_err(|s| {
+                    anyhow!(
+                        "worker rank {rank}: connecting the collective: {}",
+                        s.message()
+                    )
+                })
             })
         });
         let calls: Vec<_> = calls.collect();
-        self.watch(async {
-            for h in calls {
-                h.await??;
-            }
-            Ok(())
-        }, spec.collective_timeout + Duration::from_secs(5), "connecting the collective")
+        self.watch(
+            async {
+                for h in calls {
+                    h.await??;
+                }
+                Ok(())
+            },
+            spec.collective_timeout + Duration::from_secs(5),
+            "connecting the collective",
+        )
         .await?;
 
         // Load all shards at once, merging progress into one bar.
@@ -440,20 +457,19 @@ impl WorkerGroup {
 
     /// One engine step on every rank; returns rank 0's reply.
     pub async fn step(&self, req: StepRequest) -> Result<StepReply> {
-        let calls: Vec<_> = self
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(rank, c)| {
-                let (mut c, req) = (c.clone(), req.clone());
-                tokio::spawn(async move {
-                    c.step(req)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(|s| anyhow!("worker rank {rank}: step failed: {}", s.message()))
+        let calls: Vec<_> =
+            self.clients
+                .iter()
+                .enumerate()
+                .map(|(rank, c)| {
+                    let (mut c, req) = (c.clone(), req.clone());
+                    tokio::spawn(async move {
+                        c.step(req).await.map(|r| r.into_inner()).map_err(|s| {
+                            anyhow!("worker rank {rank}: step failed: {}", s.message())
+                        })
+                    })
                 })
-            })
-            .collect();
+                .collect();
         self.watch(
             async {
                 let mut first = None;
@@ -541,7 +557,10 @@ fn spawn_worker(
             a.remove(&pid);
         }
         if !cl.load(Ordering::SeqCst) {
-            report_death(&tx, format!("worker rank {rank} (pid {pid}) {}", describe(status)));
+            report_death(
+                &tx,
+                format!("worker rank {rank} (pid {pid}) {}", describe(status)),
+            );
         }
     });
     Ok(pid)

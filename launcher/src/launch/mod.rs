@@ -34,7 +34,9 @@ fn model_name(cfg: &Config) -> Result<String> {
     match (cfg.model.format, &cfg.model.dummy, &cfg.model.path) {
         (ModelFormat::Dummy, Some(d), _) => Ok(format!("dummy:{}:{}", d.shape, d.seed)),
         (_, _, Some(p)) => Ok(p.display().to_string()),
-        _ => bail!("the config names no model (model.path, or model.format: dummy with model.dummy)"),
+        _ => {
+            bail!("the config names no model (model.path, or model.format: dummy with model.dummy)")
+        }
     }
 }
 
@@ -53,18 +55,28 @@ fn dtype_name(d: DType) -> Result<&'static str> {
 pub fn run(args: LaunchArgs) -> Result<()> {
     let cfg = Config::from_file(&args.config)?;
     let model = model_name(&cfg)?;
-    let dtype = dtype_name(cfg.model.dtype)?;
     let ckpt = crate::load::open_checkpoint(&model)?;
     if cfg.model.format == ModelFormat::Gguf && !ckpt.path.is_file() {
-        bail!("model.format is gguf but {} is not a file", ckpt.path.display());
+        bail!(
+            "model.format is gguf but {} is not a file",
+            ckpt.path.display()
+        );
     }
     if cfg.model.format == ModelFormat::Hf && !ckpt.path.is_dir() {
-        bail!("model.format is hf but {} is not a directory", ckpt.path.display());
+        bail!(
+            "model.format is hf but {} is not a directory",
+            ckpt.path.display()
+        );
     }
     let world = cfg.parallelism.tensor_parallel as usize;
     let plans = ShardPlan::all(&ckpt.spec, world)
         .with_context(|| format!("splitting {model} over tensor_parallel {world}"))?;
-    let devices: Vec<String> = cfg.parallelism.devices.iter().map(|d| d.to_string()).collect();
+    let devices: Vec<String> = cfg
+        .parallelism
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
     if devices.iter().any(|d| d.starts_with("cuda")) {
         let count = tessera_backend::cuda::probe()
             .map_err(|e| anyhow!("parallelism.devices lists CUDA devices, but {e}"))?;
@@ -76,6 +88,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             }
         }
     }
+    let dtype = dtype_name(cfg.model.dtype)?;
     if !args.gen.has_prompt() {
         bail!(
             "serving the gRPC inference API is not implemented yet; \
@@ -83,7 +96,9 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         );
     }
     let req = request(&args.gen, &ckpt)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let transport = match cfg.parallelism.resolved_collective() {
         ResolvedCollective::Local => Transport::Local,
         ResolvedCollective::Tcp => Transport::Tcp,
@@ -115,58 +130,59 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     loop {
         let t0 = Instant::now();
         let mut bar = LoadBar::new(world);
-        let result = rt.block_on(WorkerGroup::start(&spec, &mut bar)).and_then(|group| {
-            let load_secs = t0.elapsed().as_secs_f64();
-            let context = ckpt.spec.max_position_embeddings;
-            let capacity = (req.prompt_ids.len() + req.max_new_tokens) as u32;
-            let stream = !args.gen.json;
-            let gen = generate_with(
-                |ids: &[u32]| -> Result<Vec<f32>, LoopError> {
-                    let step = StepRequest {
-                        seqs: vec![SeqStep {
-                            seq_id: 1,
-                            ids: ids.to_vec(),
-                            capacity,
-                            all_logits: false,
-                        }],
-                        drop: vec![],
-                        logits_from_all_ranks: false,
-                    };
-                    let reply = rt.block_on(group.step(step)).map_err(LoopError)?;
-                    let bytes = reply
-                        .seqs
-                        .first()
-                        .map(|s| s.logits.as_slice())
-                        .ok_or_else(|| LoopError(anyhow!("rank 0 returned no logits")))?;
-                    Ok(bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect())
-                },
-                context,
-                ckpt.tokenizer.as_ref(),
-                &req,
-                |piece| {
-                    if stream {
-                        use std::io::Write;
-                        let mut out = std::io::stdout().lock();
-                        let _ = out.write_all(piece.as_bytes());
-                        let _ = out.flush();
+        let result =
+            rt.block_on(WorkerGroup::start(&spec, &mut bar))
+                .and_then(|group| {
+                    let load_secs = t0.elapsed().as_secs_f64();
+                    let context = ckpt.spec.max_position_embeddings;
+                    let capacity = (req.prompt_ids.len() + req.max_new_tokens) as u32;
+                    let stream = !args.gen.json;
+                    let gen = generate_with(
+                        |ids: &[u32]| -> Result<Vec<f32>, LoopError> {
+                            let step = StepRequest {
+                                seqs: vec![SeqStep {
+                                    seq_id: 1,
+                                    ids: ids.to_vec(),
+                                    capacity,
+                                    all_logits: false,
+                                }],
+                                drop: vec![],
+                                logits_from_all_ranks: false,
+                            };
+                            let reply = rt.block_on(group.step(step)).map_err(LoopError)?;
+                            let bytes =
+                                reply.seqs.first().map(|s| s.logits.as_slice()).ok_or_else(
+                                    || LoopError(anyhow!("rank 0 returned no logits")),
+                                )?;
+                            Ok(bytes
+                                .chunks_exact(4)
+                                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                .collect())
+                        },
+                        context,
+                        ckpt.tokenizer.as_ref(),
+                        &req,
+                        |piece| {
+                            if stream {
+                                use std::io::Write;
+                                let mut out = std::io::stdout().lock();
+                                let _ = out.write_all(piece.as_bytes());
+                                let _ = out.flush();
+                            }
+                        },
+                    );
+                    match gen {
+                        Ok(gen) => {
+                            let info = group.info.clone();
+                            rt.block_on(group.shutdown());
+                            Ok((gen, info, load_secs))
+                        }
+                        Err(LoopError(e)) => {
+                            group.abort();
+                            Err(e)
+                        }
                     }
-                },
-            );
-            match gen {
-                Ok(gen) => {
-                    let info = group.info.clone();
-                    rt.block_on(group.shutdown());
-                    Ok((gen, info, load_secs))
-                }
-                Err(LoopError(e)) => {
-                    group.abort();
-                    Err(e)
-                }
-            }
-        });
+                });
         match result {
             Ok((gen, info, load_secs)) => {
                 let bytes_per_param = match dtype {

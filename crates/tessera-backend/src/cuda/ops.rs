@@ -88,6 +88,39 @@ impl Backend for CudaBackend {
         Ok(CudaTensor::ready(rows, cols, out))
     }
 
+    /// With NCCL the sum happens in device memory on this backend's stream;
+    /// any other transport goes through host memory.
+    fn all_reduce_sum(
+        &self,
+        x: &mut CudaTensor,
+        comm: &mut dyn tessera_comm::Collective,
+    ) -> Result<()> {
+        if comm.world() == 1 {
+            return Ok(());
+        }
+        if comm.as_any_mut().is::<tessera_comm::NcclCollective>() {
+            let n = x.rows * x.cols;
+            let ptr = {
+                let buf = self.buf_mut(x)?;
+                self.ptr(buf)
+            };
+            if let Some(nccl) = comm
+                .as_any_mut()
+                .downcast_mut::<tessera_comm::NcclCollective>()
+            {
+                // SAFETY: `ptr` holds `n` f32 of `x`, which we hold exclusively
+                // (buf_mut); the call is ordered on our stream and returns
+                // only when the collective has completed.
+                unsafe { nccl.all_reduce_sum_device(ptr, n, self.stream.cu_stream()) }?;
+            }
+            return Ok(());
+        }
+        let mut host = self.download(x)?;
+        comm.all_reduce_sum(&mut host.data)?;
+        *x = self.upload(&host)?;
+        Ok(())
+    }
+
     fn split_cols(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
         if widths.iter().sum::<usize>() != x.cols {
             let detail = format!("widths {widths:?} do not sum to {}", x.cols);
