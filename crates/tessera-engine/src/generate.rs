@@ -65,36 +65,64 @@ impl Generation {
     }
 }
 
-/// Tracks decoded text and what has been streamed, holding back text that
-/// might still become a stop string or an incomplete UTF-8 character.
-struct TextStream<'a> {
-    tokenizer: Option<&'a Tokenizer>,
-    stop: &'a [String],
+/// Incremental detokenization for streaming: decodes the generated ids,
+/// cuts at the first stop string, and hands out only text that can no longer
+/// change (it holds back an incomplete UTF-8 character and any suffix that
+/// could still grow into a stop string).
+#[derive(Debug, Clone)]
+pub struct TextStream {
+    stop: Vec<String>,
     emitted: usize,
+    text: String,
+    stopped: bool,
 }
 
-impl TextStream<'_> {
-    /// Returns (full text so far, whether a stop string matched).
-    fn text(&self, ids: &[u32]) -> Result<(String, bool)> {
-        let Some(tok) = self.tokenizer else {
-            return Ok((String::new(), false));
-        };
-        let mut text = tok.decode(ids, true)?;
-        let cut = self
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| text.find(s.as_str()))
-            .min();
-        if let Some(c) = cut {
-            text.truncate(c);
-            return Ok((text, true));
+impl TextStream {
+    pub fn new(stop: Vec<String>) -> Self {
+        TextStream {
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            emitted: 0,
+            text: String::new(),
+            stopped: false,
         }
-        Ok((text, false))
     }
 
-    /// The part of `text` that is safe to emit now.
-    fn stable_end(&self, text: &str, finished: bool) -> usize {
+    /// Decode `ids` (all generated ids so far); `finished` says no more will
+    /// come. Returns the newly stable text; `stopped()` tells whether a stop
+    /// string ended it.
+    pub fn update(
+        &mut self,
+        tokenizer: Option<&Tokenizer>,
+        ids: &[u32],
+        finished: bool,
+    ) -> Result<String> {
+        let Some(tok) = tokenizer else {
+            return Ok(String::new());
+        };
+        let mut text = tok.decode(ids, true)?;
+        if let Some(c) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(c);
+            self.stopped = true;
+        }
+        self.text = text;
+        let end = self.stable_end(finished || self.stopped);
+        let piece = self.text[self.emitted..end].to_string();
+        self.emitted = end;
+        Ok(piece)
+    }
+
+    /// Whether a stop string matched (the text is cut before it).
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The whole text so far (stop string excluded).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn stable_end(&self, finished: bool) -> usize {
+        let text = &self.text;
         if finished {
             return text.len();
         }
@@ -103,7 +131,7 @@ impl TextStream<'_> {
             end -= '\u{FFFD}'.len_utf8();
         }
         // Hold back the longest suffix that is a prefix of some stop string.
-        for s in self.stop {
+        for s in &self.stop {
             for k in (1..s.len()).rev() {
                 if s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
                     end = end.min(text[..end].len() - k);
@@ -167,11 +195,7 @@ pub fn generate_with<E: From<EngineError>>(
         .into());
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
-    let mut stream = TextStream {
-        tokenizer,
-        stop: &req.stop,
-        emitted: 0,
-    };
+    let mut stream = TextStream::new(req.stop.clone());
 
     let t0 = Instant::now();
     let prompt_logits = step(&req.prompt_ids)?;
@@ -180,7 +204,6 @@ pub fn generate_with<E: From<EngineError>>(
     let mut history = req.prompt_ids.clone();
     let mut generated: Vec<u32> = Vec::new();
     let mut finish = FinishReason::Length;
-    let mut text = String::new();
     let t1 = Instant::now();
     let mut logits = prompt_logits.clone();
     while generated.len() < req.max_new_tokens {
@@ -188,13 +211,11 @@ pub fn generate_with<E: From<EngineError>>(
         generated.push(next);
         history.push(next);
         let is_eos = req.eos_ids.contains(&next);
-        let (t, stopped) = stream.text(&generated)?;
-        text = t;
-        let done = is_eos || stopped || generated.len() == req.max_new_tokens;
-        let end = stream.stable_end(&text, done);
-        if end > stream.emitted {
-            on_text(&text[stream.emitted..end]);
-            stream.emitted = end;
+        let done = is_eos || generated.len() == req.max_new_tokens;
+        let piece = stream.update(tokenizer, &generated, done)?;
+        let stopped = stream.stopped();
+        if !piece.is_empty() {
+            on_text(&piece);
         }
         if is_eos {
             finish = FinishReason::Eos;
@@ -213,7 +234,7 @@ pub fn generate_with<E: From<EngineError>>(
     Ok(Generation {
         prompt_ids: req.prompt_ids.clone(),
         generated_ids: generated,
-        text,
+        text: stream.text().to_string(),
         finish_reason: finish,
         prompt_logits,
         prefill_secs,
