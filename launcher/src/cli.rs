@@ -109,6 +109,10 @@ pub struct LaunchArgs {
     /// by an outside scheduler to register at this address (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     pub join_listen: Option<String>,
+    /// Serve the gRPC API here instead of `server.grpc_address` (port 0: any free port;
+    /// the address is printed on stderr as `ready: ... on ADDR`).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub grpc_address: Option<String>,
 }
 
 #[derive(Args)]

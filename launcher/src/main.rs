@@ -8,6 +8,7 @@ mod launch;
 mod load;
 mod npy;
 mod perplexity_cmd;
+mod serve;
 mod worker_cmd;
 
 use clap::Parser;

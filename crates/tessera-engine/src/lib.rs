@@ -10,7 +10,7 @@ mod sampler;
 
 pub use error::{EngineError, Result};
 pub use generate::{
-    generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation,
+    generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation, TextStream,
 };
 pub use model::{BatchEntry, Model, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -455,6 +455,19 @@ impl WorkerGroup {
         }
     }
 
+    /// Resolves when a worker of the group dies, with what happened.
+    pub async fn died(&self) -> String {
+        let mut death = self.death.clone();
+        loop {
+            if let Some(d) = death.borrow_and_update().clone() {
+                return d;
+            }
+            if death.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// One engine step on every rank; returns rank 0's reply.
     pub async fn step(&self, req: StepRequest) -> Result<StepReply> {
         let calls: Vec<_> =

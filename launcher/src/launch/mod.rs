@@ -5,8 +5,8 @@
 //! the YAML, that the model opens, that its heads split over the workers, the
 //! weight dtype, and that CUDA devices exist.
 
-mod group;
-mod progress;
+pub(crate) mod group;
+pub(crate) mod progress;
 
 use crate::cli::LaunchArgs;
 use crate::generate_cmd::{report, request};
@@ -52,6 +52,24 @@ fn dtype_name(d: DType) -> Result<&'static str> {
     Ok(name)
 }
 
+/// The model name clients use: the checkpoint's file or folder name without
+/// extension (`SmolLM2-135M-Instruct.Q4_1`), or `dummy-SHAPE`.
+fn served_name(cfg: &Config) -> String {
+    match (&cfg.model.dummy, &cfg.model.path) {
+        (Some(d), _) if cfg.model.format == ModelFormat::Dummy => format!("dummy-{}", d.shape),
+        (_, Some(p)) => {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            name.strip_suffix(".gguf")
+                .map(str::to_string)
+                .unwrap_or(name)
+        }
+        _ => "model".into(),
+    }
+}
+
 pub fn run(args: LaunchArgs) -> Result<()> {
     let cfg = Config::from_file(&args.config)?;
     let model = model_name(&cfg)?;
@@ -89,13 +107,6 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         }
     }
     let dtype = dtype_name(cfg.model.dtype)?;
-    if !args.gen.has_prompt() {
-        bail!(
-            "serving the gRPC inference API is not implemented yet; \
-             run one-shot with --prompt TEXT (or --prompt-ids)"
-        );
-    }
-    let req = request(&args.gen, &ckpt)?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -121,6 +132,33 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if !args.gen.has_prompt() {
+        let context = ckpt.spec.max_position_embeddings;
+        let max_context = cfg
+            .server
+            .max_context
+            .map(|c| (c as usize).min(context))
+            .unwrap_or(context);
+        let serve = crate::serve::ServeSpec {
+            address: args
+                .grpc_address
+                .clone()
+                .unwrap_or_else(|| cfg.server.grpc_address.clone()),
+            model_name: served_name(&cfg),
+            max_queue: cfg.server.max_queue as usize,
+            max_batch: cfg.server.max_batch as usize,
+            max_context,
+            max_tokens: cfg.server.max_tokens as usize,
+            eos_ids: ckpt.spec.eos_token_ids.clone(),
+            tokenizer: ckpt.tokenizer.clone(),
+            max_restarts: match sup.restart_policy {
+                RestartPolicy::Never => 0,
+                RestartPolicy::OnFailure => sup.max_restarts,
+            },
+        };
+        return rt.block_on(crate::serve::serve(serve, spec));
+    }
+    let req = request(&args.gen, &ckpt)?;
 
     let max_restarts = match sup.restart_policy {
         RestartPolicy::Never => 0,

@@ -1,0 +1,347 @@
+//! Continuous batching: iteration-level scheduling of many requests over one
+//! worker group.
+//!
+//! Every iteration builds one step from the running sequences: decoding ones
+//! contribute their last token, prefilling ones a chunk of their prompt
+//! (at most `PREFILL_CHUNK` prompt tokens per step in all, so a long prompt
+//! never stalls the running streams for more than one chunk). New requests
+//! join between steps when a batch slot and enough KV blocks are free;
+//! finished and cancelled ones leave, and their sequences are dropped on the
+//! workers with the next step.
+//!
+//! KV memory is accounted in blocks of `BLOCK_TOKENS` positions. A request is
+//! admitted only when the blocks for its whole budget (prompt + max_tokens)
+//! are free, so an admitted request never fails for lack of memory; blocks go
+//! back to the pool the moment a request ends or its client goes away.
+
+use crate::launch::group::WorkerGroup;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tessera_engine::{FinishReason, Sampler, SamplingParams, TextStream};
+use tessera_model::Tokenizer;
+use tessera_proto::worker::{SeqStep, StepRequest};
+use tokio::sync::mpsc;
+
+/// Positions per KV block.
+pub const BLOCK_TOKENS: usize = 16;
+/// Prompt tokens prefilled per step, over all prefilling sequences.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// A validated generation request.
+pub struct GenRequest {
+    pub prompt_ids: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub eos_ids: Vec<u32>,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// What a request's client receives.
+#[derive(Debug)]
+pub enum Event {
+    /// Newly stable text.
+    Text(String),
+    /// The end: why, and the token counts.
+    Done {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        output_tokens: usize,
+    },
+    /// The request failed (a worker died, a step failed).
+    Failed(tonic::Status),
+}
+
+/// Shared counters for the debug service and metrics.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub kv_blocks_total: usize,
+    pub kv_blocks_used: usize,
+    pub kv_block_tokens: usize,
+    pub running: usize,
+    pub queued: usize,
+    pub steps: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub failed: u64,
+    pub max_batch: usize,
+}
+
+struct Running {
+    id: u64,
+    req: GenRequest,
+    /// Prompt tokens already sent to the workers.
+    prefilled: usize,
+    generated: Vec<u32>,
+    history: Vec<u32>,
+    sampler: Sampler,
+    text: TextStream,
+    blocks: usize,
+    /// The ids sent in the step in flight (None: not in it).
+    in_step: Option<usize>,
+}
+
+pub struct Scheduler {
+    pub group: WorkerGroup,
+    pub tokenizer: Option<Arc<Tokenizer>>,
+    pub queue: mpsc::Receiver<GenRequest>,
+    pub stats: Arc<Mutex<Stats>>,
+    pub max_batch: usize,
+    pub kv_blocks: usize,
+    /// Set to true to drain: take no new requests, finish the running ones, return.
+    pub drain: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+fn blocks_for(tokens: usize) -> usize {
+    tokens.div_ceil(BLOCK_TOKENS)
+}
+
+impl Scheduler {
+    fn stats(&self, f: impl FnOnce(&mut Stats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Run until the queue closes (server shutdown) and nothing is running.
+    /// Returns an error when the worker group fails.
+    pub async fn run(&mut self) -> anyhow::Result<()> {
+        let mut running: Vec<Running> = Vec::new();
+        let mut waiting: VecDeque<GenRequest> = VecDeque::new();
+        let mut drop_ids: Vec<u64> = Vec::new();
+        let mut next_id: u64 = 1;
+        let mut used_blocks = 0usize;
+        let mut queue_open = true;
+        self.stats(|s| {
+            s.kv_blocks_total = self.kv_blocks;
+            s.kv_block_tokens = BLOCK_TOKENS;
+            s.max_batch = self.max_batch;
+        });
+        loop {
+            if queue_open && self.drain.as_ref().is_some_and(|d| *d.borrow()) {
+                // Requests already queued are still served; nothing new gets in.
+                self.queue.close();
+            }
+            // Leave: clients that went away free their blocks now.
+            running.retain(|r| {
+                if r.req.events.is_closed() {
+                    used_blocks -= r.blocks;
+                    drop_ids.push(r.id);
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.cancelled += 1;
+                    }
+                    false
+                } else {
+                    true
+                }
+            });
+            waiting.retain(|w| !w.events.is_closed());
+            // Join: admit in arrival order while a batch slot and the blocks
+            // are free. Requests stay in the bounded queue until admitted
+            // (at most one waits outside it, for blocks), so a full queue
+            // pushes back on clients.
+            while running.len() < self.max_batch {
+                let req = match waiting.pop_front() {
+                    Some(r) => r,
+                    None if queue_open => match self.queue.try_recv() {
+                        Ok(r) => r,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            queue_open = false;
+                            break;
+                        }
+                    },
+                    None => break,
+                };
+                if req.events.is_closed() {
+                    continue;
+                }
+                let need = blocks_for(req.prompt_ids.len() + req.max_tokens);
+                if used_blocks + need > self.kv_blocks {
+                    waiting.push_front(req);
+                    break;
+                }
+                used_blocks += need;
+                let sampler = match Sampler::new(req.sampling.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        used_blocks -= need;
+                        let _ = req
+                            .events
+                            .send(Event::Failed(tonic::Status::invalid_argument(
+                                e.to_string(),
+                            )));
+                        continue;
+                    }
+                };
+                running.push(Running {
+                    id: next_id,
+                    history: req.prompt_ids.clone(),
+                    text: TextStream::new(req.stop.clone()),
+                    req,
+                    prefilled: 0,
+                    generated: Vec::new(),
+                    sampler,
+                    blocks: need,
+                    in_step: None,
+                });
+                next_id += 1;
+            }
+            let (nrun, nwait) = (running.len(), waiting.len() + self.queue.len());
+            self.stats(|s| {
+                s.kv_blocks_used = used_blocks;
+                s.running = nrun;
+                s.queued = nwait;
+            });
+            if running.is_empty() {
+                if !queue_open && waiting.is_empty() {
+                    return Ok(());
+                }
+                // Idle: wait for work, or notice a dead worker.
+                let drained = async {
+                    match self.drain.as_mut() {
+                        Some(d) => {
+                            let _ = d.wait_for(|v| *v).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    r = self.queue.recv(), if queue_open => match r {
+                        Some(r) => waiting.push_back(r),
+                        None => queue_open = false,
+                    },
+                    d = self.group.died() => {
+                        anyhow::bail!("{d}");
+                    }
+                    _ = drained, if queue_open => {}
+                }
+                continue;
+            }
+
+            // Build one step: decodes first, then prompt chunks up to the budget.
+            let mut seqs = Vec::with_capacity(running.len());
+            let mut budget = PREFILL_CHUNK;
+            for r in running.iter_mut() {
+                r.in_step = None;
+                let ids: Vec<u32> = if r.prefilled < r.req.prompt_ids.len() {
+                    if budget == 0 {
+                        continue;
+                    }
+                    let end = (r.prefilled + budget).min(r.req.prompt_ids.len());
+                    let chunk = r.req.prompt_ids[r.prefilled..end].to_vec();
+                    budget -= chunk.len();
+                    chunk
+                } else {
+                    match r.generated.last() {
+                        Some(&t) => vec![t],
+                        None => continue,
+                    }
+                };
+                r.in_step = Some(ids.len());
+                seqs.push(SeqStep {
+                    seq_id: r.id,
+                    ids,
+                    capacity: (r.req.prompt_ids.len() + r.req.max_tokens) as u32,
+                    all_logits: false,
+                });
+            }
+            let step = StepRequest {
+                seqs,
+                drop: std::mem::take(&mut drop_ids),
+                logits_from_all_ranks: false,
+            };
+            let reply = match self.group.step(step).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let status = tonic::Status::unavailable(format!("{e:#}"));
+                    for r in running.drain(..) {
+                        let _ = r.req.events.send(Event::Failed(status.clone()));
+                    }
+                    self.stats(|s| s.failed += nrun as u64);
+                    return Err(e);
+                }
+            };
+            self.stats(|s| s.steps += 1);
+
+            // Sample for every sequence whose prompt is complete.
+            let mut logits = reply.seqs.into_iter();
+            let mut finished = Vec::new();
+            for (i, r) in running.iter_mut().enumerate() {
+                let Some(sent) = r.in_step.take() else {
+                    continue;
+                };
+                let Some(out) = logits.next() else {
+                    anyhow::bail!("a step returned fewer logits than sequences");
+                };
+                if r.prefilled < r.req.prompt_ids.len() {
+                    r.prefilled += sent;
+                    if r.prefilled < r.req.prompt_ids.len() {
+                        continue; // more prompt to go: these logits are not used
+                    }
+                }
+                let l: Vec<f32> = out
+                    .logits
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let next = r.sampler.sample(&l, &r.history);
+                r.generated.push(next);
+                r.history.push(next);
+                let eos = r.req.eos_ids.contains(&next);
+                let at_limit = r.generated.len() >= r.req.max_tokens;
+                let piece =
+                    match r
+                        .text
+                        .update(self.tokenizer.as_deref(), &r.generated, eos || at_limit)
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = r
+                                .req
+                                .events
+                                .send(Event::Failed(tonic::Status::internal(e.to_string())));
+                            finished.push(i);
+                            continue;
+                        }
+                    };
+                if !piece.is_empty() {
+                    let _ = r.req.events.send(Event::Text(piece));
+                }
+                let finish = if eos {
+                    Some(FinishReason::Eos)
+                } else if r.text.stopped() {
+                    Some(FinishReason::Stop)
+                } else if at_limit {
+                    Some(FinishReason::Length)
+                } else {
+                    None
+                };
+                if let Some(finish) = finish {
+                    let _ = r.req.events.send(Event::Done {
+                        finish,
+                        prompt_tokens: r.req.prompt_ids.len(),
+                        output_tokens: r.generated.len(),
+                    });
+                    finished.push(i);
+                }
+            }
+            let done = finished.len() as u64;
+            for i in finished.into_iter().rev() {
+                let r = running.remove(i);
+                used_blocks -= r.blocks;
+                drop_ids.push(r.id);
+            }
+            self.stats(|s| s.completed += done);
+        }
+    }
+}
+
+/// The stats as the debug service returns them.
+pub fn stats_json(stats: &Mutex<Stats>) -> String {
+    match stats.lock() {
+        Ok(s) => json!(*s).to_string(),
+        Err(_) => "{}".into(),
+    }
+}

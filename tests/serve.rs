@@ -1,0 +1,151 @@
+//! The public gRPC API served by `tessera launch configs/cpu-tp2.yaml`,
+//! driven by real clients: Python `tritonclient[grpc]` and the
+//! `grpcio-health-checking` client (tests/python/triton_client_check.py),
+//! from the virtualenv `.venv-client` that scripts/test.sh creates.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn client_python() -> Option<PathBuf> {
+    let py = repo_root().join(".venv-client/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing; scripts/test.sh creates it",
+        py.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (run scripts/test.sh once)",
+        py.display()
+    );
+    None
+}
+
+/// Start the server on a free port; returns it and the address it printed.
+fn start_server() -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .current_dir(repo_root())
+        .args([
+            "launch",
+            "configs/cpu-tp2.yaml",
+            "--grpc-address",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tessera launch");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            if let Some(addr) = line.strip_prefix("ready: inference.GRPCInferenceService on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server did not report ready within 120 s");
+    (child, addr)
+}
+
+#[test]
+fn triton_client_against_cpu_tp2() {
+    let Some(model) = smollm2_path() else { return };
+    let Some(py) = client_python() else { return };
+    let prompt = "The capital of France is";
+    let n = 24;
+    let want = generate_json(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &n.to_string(),
+        "--ignore-eos",
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = tmp.path().join("expected.json");
+    std::fs::write(
+        &expected,
+        serde_json::json!({"prompt": prompt, "max_tokens": n, "text": want["text"]}).to_string(),
+    )
+    .unwrap();
+    let (mut server, addr) = start_server();
+    let out = Command::new(&py)
+        .arg(repo_root().join("tests/python/triton_client_check.py"))
+        .args([
+            &addr,
+            "SmolLM2-135M-Instruct.Q4_1",
+            expected.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run the Python client");
+    let log = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{log}{}", String::from_utf8_lossy(&out.stderr));
+    let ok = out.status.success() && log.contains("ALL CHECKS PASSED");
+    // Graceful stop: SIGTERM drains and exits 0, leaving no worker.
+    let workers = children(server.id());
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            let _ = server.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(ok, "the Triton client checks failed (see the log above)");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM did not stop the server cleanly: {status:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists() || zombie(w),
+            "worker {w} survived"
+        );
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            if rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<u32>().ok())
+                == Some(pid)
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|x| x.1.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
