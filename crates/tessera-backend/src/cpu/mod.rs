@@ -140,6 +140,13 @@ impl Backend for CpuBackend {
                     .install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
                 CpuLinear::Int8(packed)
             }
+            // bf16-rounded weights kept as f32: the same products as a bf16
+            // kernel with f32 accumulation, at f32 speed.
+            WeightDType::BF16 => CpuLinear::F32 {
+                rows,
+                cols,
+                data: w.data.iter().map(|&v| reference::round_bf16(v)).collect(),
+            },
         })
     }
 
