@@ -323,7 +323,11 @@ fn backend_matmul_f32_and_int8() {
     }
     assert_eq!("bf16".parse::<WeightDType>(), Ok(WeightDType::BF16));
     assert_eq!(WeightDType::BF16.to_string(), "bf16");
-    assert_eq!(reference::round_bf16(1.0 + 1.0 / 256.0), 1.0, "ties to even");
+    assert_eq!(
+        reference::round_bf16(1.0 + 1.0 / 256.0),
+        1.0,
+        "ties to even"
+    );
     assert_eq!(reference::round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
     let bad = upload(&b, 2, 3, vec![0.0; 6]);
     let lin = b

@@ -29,7 +29,10 @@ impl Collective for Local {
     }
     fn broadcast(&mut self, _buf: &mut [u8], root: usize) -> Result<()> {
         if root != 0 {
-            return Err(CommError::Rank { rank: root, world: 1 });
+            return Err(CommError::Rank {
+                rank: root,
+                world: 1,
+            });
         }
         Ok(())
     }

@@ -119,10 +119,24 @@ __device__ __forceinline__ float rope_elem(const float* hv, int d, int head_dim,
 #define BLOCK 256
 
 // 1 / sqrt(mean(x^2) + eps) of one row; `red` is 8 floats of shared memory.
-// Called by every thread of a BLOCK-thread block.
+// Called by every thread of a BLOCK-thread block. Rows of a multiple of 4
+// floats at a 16-byte aligned address are read as float4 (one round trip for
+// a 4096-wide row); the summation order depends only on (cols, alignment).
 __device__ __forceinline__ float block_inv_rms(const float* __restrict__ xr, int cols, float eps, float* red) {
     float s = 0.f;
-    for (int c = threadIdx.x; c < cols; c += BLOCK) s = fmaf(xr[c], xr[c], s);
+    if ((cols & 3) == 0 && ((size_t)xr & 15) == 0) {
+        const float4* x4 = (const float4*)xr;
+#pragma unroll 4
+        for (int i = threadIdx.x; i < cols / 4; i += BLOCK) {
+            float4 v = x4[i];
+            s = fmaf(v.x, v.x, s);
+            s = fmaf(v.y, v.y, s);
+            s = fmaf(v.z, v.z, s);
+            s = fmaf(v.w, v.w, s);
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += BLOCK) s = fmaf(xr[c], xr[c], s);
+    }
     s = warp_sum(s);
     if ((threadIdx.x & (WARP - 1)) == 0) red[threadIdx.x / WARP] = s;
     __syncthreads();
@@ -144,11 +158,15 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 // A 16-byte weight load that bypasses L1 (weights are streamed once; L1 keeps
 // the activations).
 __device__ __forceinline__ int4 ld_stream(const int4* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
     int4 v;
     asm("ld.global.nc.L1::no_allocate.v4.s32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
     return v;
+#else
+    return __ldg(p);
+#endif
 }
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {

@@ -44,18 +44,37 @@ struct WBf16 {
 __device__ __forceinline__ int swz4(int l) { return l ^ ((l >> 3) & 3); }
 
 // Copy the n activation rows into shared memory `xs` ([n][kx], kx = k rounded
-// up to 16, swizzled), applying RMSNorm when nw is set. Ends with a barrier.
+// up to 16, swizzled), applying RMSNorm when nw is set; block 0 also writes
+// the normalized rows to x_out. Ends with a barrier.
 __device__ __forceinline__ void stage_x(const float* __restrict__ x, int n, int k, int kx,
                                         const float* __restrict__ nw, float eps, float* __restrict__ x_out,
                                         float* xs, float* red) {
+    const bool out = x_out != nullptr && blockIdx.x == 0;
     for (int b = 0; b < n; b++) {
         const float* xr = x + (size_t)b * k;
         float inv = nw ? block_inv_rms(xr, k, eps, red) : 1.f;
         float* row = xs + (size_t)b * kx;
-        for (int c = threadIdx.x; c < kx; c += BLOCK) {
-            float v = c < k ? (nw ? norm_elem(xr[c], nw[c], inv) : xr[c]) : 0.f;
-            row[(swz4(c >> 2) << 2) | (c & 3)] = v;
-            if (x_out && blockIdx.x == 0 && c < k) x_out[(size_t)b * k + c] = v;
+        if ((k & 3) == 0) {
+            // Rows are 16-byte aligned: whole float4s (a float4 stays whole under the swizzle).
+            for (int i = threadIdx.x; i < kx / 4; i += BLOCK) {
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (4 * i < k) {
+                    v = ((const float4*)xr)[i];
+                    if (nw) {
+                        float4 g = ((const float4*)nw)[i];
+                        v = make_float4(norm_elem(v.x, g.x, inv), norm_elem(v.y, g.y, inv), norm_elem(v.z, g.z, inv),
+                                        norm_elem(v.w, g.w, inv));
+                    }
+                    if (out) ((float4*)(x_out + (size_t)b * k))[i] = v;
+                }
+                ((float4*)row)[swz4(i)] = v;
+            }
+        } else {
+            for (int c = threadIdx.x; c < kx; c += BLOCK) {
+                float v = c < k ? (nw ? norm_elem(xr[c], nw[c], inv) : xr[c]) : 0.f;
+                row[(swz4(c >> 2) << 2) | (c & 3)] = v;
+                if (out && c < k) x_out[(size_t)b * k + c] = v;
+            }
         }
     }
     __syncthreads();
@@ -375,7 +394,7 @@ GEMV_V2_ENTRY(gemv_v2_bf16_n1_r4, WBf16, 1, 4, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n1_r2, WBf16, 1, 2, 4)
 GEMV_V2_ENTRY(gemv_v2_bf16_n2, WBf16, 2, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n4, WBf16, 4, 2, 2)
-GEMV_V2_ENTRY(gemv_v2_bf16_n8, WBf16, 8, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_bf16_n8, WBf16, 8, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
 // v3 ring (module.rs V3_SHAPES must match): 6 stages of 16 rows (48 KiB) up to 8
 // activation rows, which leaves room for two blocks per SM with a 44 KiB x
