@@ -1,5 +1,6 @@
-//! The CPU backend: f32 activations in `Vec`s, f32 or int8 weights, a
-//! persistent rayon pool sized by `--threads`, SIMD chosen at run time.
+//! The CPU backend: f32 activations in `Vec`s, f32 or int8 weights (bf16
+//! weights are held as their rounded values in f32), a persistent rayon pool
+//! sized by `--threads`, SIMD chosen at run time.
 
 pub mod features;
 pub mod kernels;
