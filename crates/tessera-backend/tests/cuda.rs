@@ -19,9 +19,17 @@ use tessera_model::{Int8Matrix, INT8_GROUP};
 fn kernels_compile_to_ptx_with_nvrtc() {
     // Needs only libnvrtc (e.g. the nvidia-cuda-nvrtc wheel on LD_LIBRARY_PATH), no GPU.
     // compute_90 (H100: PDL and cp.async) and compute_80 (A100: cp.async, no PDL).
+    let cache = std::env::temp_dir().join(format!("tessera-ptx-test-{}", std::process::id()));
+    std::env::set_var("TESSERA_CACHE_DIR", &cache);
     for arch in ["compute_90", "compute_80"] {
         let t = std::time::Instant::now();
-        match module::compile_ptx(arch) {
+        // compute_90 through the caches (NVRTC, then the file it writes).
+        let got = if arch == "compute_90" {
+            module::ptx(arch)
+        } else {
+            module::compile_ptx(arch)
+        };
+        match got {
             Ok(ptx) => {
                 let mut kernels = vec![
                     "gemv_i8_1_r1",
@@ -36,6 +44,7 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "to_bf16",
                     "split_bf16",
                     "gather_cols",
+                    "l2_flush",
                     "embedding_bf16",
                     "cp.async.cg.shared.global",
                 ];
@@ -52,6 +61,12 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     ptx.len(),
                     t.elapsed().as_secs_f64()
                 );
+                if arch == "compute_90" {
+                    let file = module::cache_file(arch).expect("cache folder set");
+                    assert!(file.starts_with(&cache), "{}", file.display());
+                    assert_eq!(std::fs::read_to_string(&file).unwrap(), ptx, "disk cache");
+                    assert_eq!(module::ptx(arch).unwrap(), ptx, "process cache");
+                }
                 // For inspection with ptxas (registers, spills) on a build machine.
                 if let Ok(path) = std::env::var("TESSERA_PTX_OUT") {
                     std::fs::write(format!("{path}.{arch}"), &ptx).unwrap();
@@ -59,11 +74,12 @@ fn kernels_compile_to_ptx_with_nvrtc() {
             }
             Err(BackendError::Unavailable(what, why)) => {
                 println!("skipped: no NVRTC ({what}: {why})");
-                return;
+                break;
             }
             Err(e) => panic!("{e}"),
         }
     }
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]

@@ -238,10 +238,18 @@ impl CudaBackend {
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
             .unwrap_or(0)
             .max(0) as usize;
-        let mut flush = self
+        // Evict the weight with clean lines: a memset would leave dirty lines
+        // whose write-back the timed kernel would pay for.
+        let flush = self
             .stream
             .alloc_zeros::<u8>((2 * l2).max(64 << 20))
             .map_err(dev("GEMV tuning"))?;
+        let sink = self.alloc::<i32>(1)?;
+        let flush_args = Args::new()
+            .ptr(self.ptr(&flush))
+            .i64(flush.len() / 16)
+            .ptr(self.ptr(&sink));
+        let flush_dims = Dims::blocks(self.sm_count * 8, 256);
         let event = || {
             self.ctx
                 .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
@@ -252,9 +260,8 @@ impl CudaBackend {
         for &v in &cands {
             let out = self.alloc::<f32>(n * rows_out)?;
             for rep in 0..=TUNE_REPS {
-                self.stream
-                    .memset_zeros(&mut flush)
-                    .map_err(dev("GEMV tuning"))?;
+                // SAFETY: flush holds len/16 int4s; sink one int.
+                unsafe { self.launch("l2_flush", &self.k.l2_flush, flush_dims, flush_args) }?;
                 let (start, end) = (event()?, event()?);
                 start.record(&self.stream).map_err(dev("GEMV tuning"))?;
                 // A variant that cannot run this shape (e.g. too little shared

@@ -101,13 +101,21 @@ fn cache_dir() -> Option<PathBuf> {
 
 /// The cache file for `arch`: named by a hash of the source, the options that
 /// change the output and the NVRTC version, so a stale file is never used.
-fn cache_file(arch: &str) -> Option<PathBuf> {
+/// `None` when the disk cache is off.
+pub fn cache_file(arch: &str) -> Option<PathBuf> {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: plain query of the loaded library's version.
     unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (KERNELS_SRC, arch, include_paths(), major, minor).hash(&mut h);
     Some(cache_dir()?.join(format!("kernels-{arch}-{:016x}.ptx", h.finish())))
+}
+
+/// The kernels' PTX for `arch`, from the process cache, the disk cache
+/// ([`cache_file`]) or NVRTC, in that order (NVRTC's output is written to the
+/// disk cache when the folder is writable).
+pub fn ptx(arch: &str) -> Result<String> {
+    cached_ptx(arch).map(|(p, _)| p)
 }
 
 /// PTX per architecture, compiled once per process and, when a cache folder
@@ -166,6 +174,7 @@ pub struct Kernels {
     pub to_bf16: CudaFunction,
     pub split_bf16: CudaFunction,
     pub add_halves: CudaFunction,
+    pub l2_flush: CudaFunction,
     /// v1, one activation row: 1 / 2 / 4 weight rows per warp.
     pub gemv_v1_1: [CudaFunction; 3],
     /// v1, up to 2 / 4 / 8 / 16 activation rows.
@@ -251,6 +260,7 @@ impl Kernels {
             to_bf16: f("to_bf16")?,
             split_bf16: f("split_bf16")?,
             add_halves: f("add_halves")?,
+            l2_flush: f("l2_flush")?,
             gemv_v1_1: table(fs(&["gemv_i8_1_r1", "gemv_i8_1_r2", "gemv_i8_1_r4"])?)?,
             gemv_v1_n: table(fs(&["gemv_i8_2", "gemv_i8_4", "gemv_i8_8", "gemv_i8_16"])?)?,
             gemv_v2: [v2("i8")?, v2("bf16")?],

@@ -160,3 +160,17 @@ extern "C" __global__ void add_halves(const float* __restrict__ p, long long tot
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i < total) out[i] = p[i] + p[total + i];
 }
+
+// Read n int4s, so L2 holds only clean lines of `buf` (before timing a kernel
+// that must stream from HBM). `sink` is written only if the XOR of everything
+// read is 0x7fffffff, which never happens for the zeroed buffer; the reads
+// cannot be optimized away.
+extern "C" __global__ void l2_flush(const int4* __restrict__ buf, long long n, int* __restrict__ sink) {
+    KERNEL_PROLOGUE();
+    int acc = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        int4 v = buf[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x7fffffff) sink[0] = acc;
+}
