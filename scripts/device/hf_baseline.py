@@ -112,18 +112,23 @@ def main():
     ap.add_argument("--skip-hf", action="store_true")
     a = ap.parse_args()
     report = {}
+
+    def save():
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2)
+
     try:
         import torch
         report["torch"] = torch.__version__
         report["torch_cuda"] = torch.version.cuda
         report["device"] = torch.cuda.get_device_name(0)
         report.update(bandwidth(torch))
+        save()  # the roofline's bandwidth survives a timeout in the slower part below
         if not a.skip_hf:
             report["hf"] = hf_decode(torch, a.shape, a.prompt_len, a.new_tokens)
     except Exception as e:  # noqa: BLE001 - the report says what failed
         report["error"] = repr(e)
-    with open(a.out, "w") as f:
-        json.dump(report, f, indent=2)
+    save()
     print(json.dumps(report, indent=2))
     return 0
 

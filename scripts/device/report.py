@@ -5,7 +5,8 @@ Inputs (written by scripts/device-check.sh):
   env.json                      libraries and GPU (env_report.py)
   op_tests.txt, op_tests.rc     the CUDA op test binary's output
   runs/SHAPE-DEVICE-DTYPE.json  `tessera generate --json` (+ .npy prompt logits)
-  speed/SHAPE-cuda-int8.json    the same, long run, for tokens/s
+  speed/SHAPE-cuda-DTYPE.json   the same, long run, for tokens/s (+ .err: GEMV timings)
+  bench.txt                     `cuda-tests --ignored bench` (BENCH and TUNE lines)
   baseline.json                 bandwidth and transformers (hf_baseline.py)
 Standard library only (the dry run on a build machine has no numpy).
 """
@@ -44,6 +45,21 @@ def int8_bytes_per_token(shape):
     return layers * layer + mat(vocab, h)
 
 
+def bf16_bytes_per_token(shape):
+    """Weight bytes of one bf16 decode step: rows padded to 8 elements, LM head included."""
+    vocab, h, inter, layers, heads, kv = SHAPES[shape]
+    hd = h // heads
+
+    def mat(m, k):
+        return m * ((k + 7) // 8 * 8) * 2
+
+    layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
+    return layers * layer + mat(vocab, h)
+
+
+BYTES_PER_TOKEN = {"int8": int8_bytes_per_token, "bf16": bf16_bytes_per_token}
+
+
 def load_json(path):
     try:
         with open(path) as f:
@@ -65,14 +81,22 @@ def load_npy(path):
     return a
 
 
-def compare(out, shape, ref="cpu-f32"):
+def reference_for(name, runs):
+    """CUDA bf16 is compared with CPU bf16 (same rounded weights); all else with CPU f32."""
+    if name.endswith("bf16") and name != "cpu-bf16" and "cpu-bf16" in runs:
+        return "cpu-bf16"
+    return "cpu-f32"
+
+
+def compare(out, shape):
     runs = {}
     for p in glob.glob(os.path.join(out, "runs", f"{shape}-*.json")):
         runs[os.path.basename(p)[len(shape) + 1:-5]] = load_json(p)
-    base = runs.get(ref)
-    result = {"reference": ref, "runs": {}}
+    result = {"reference": "cpu-f32", "runs": {}}
     for name, r in sorted(runs.items()):
-        entry = {"ok": r is not None}
+        ref = reference_for(name, runs)
+        base = runs.get(ref)
+        entry = {"ok": r is not None, "reference": ref}
         if r is not None:
             entry["generated_ids"] = r["generated_ids"]
             entry["backend"] = r.get("backend")
@@ -91,6 +115,39 @@ def compare(out, shape, ref="cpu-f32"):
                 entry["logits_error"] = str(e)
         result["runs"][name] = entry
     return result
+
+
+def gemv_table(micro, bw):
+    """Rows of per-variant GEMV GB/s from BENCH gemv_DTYPE_MxK_nN_VARIANT_gb_per_s."""
+    rows = {}
+    for k, v in micro.items():
+        m = re.fullmatch(r"gemv_(int8|bf16)_(\d+)x(\d+)_n(\d+)_(v\d)_gb_per_s", k)
+        if m:
+            key = (m.group(1), f"{m.group(2)}x{m.group(3)}", int(m.group(4)))
+            rows.setdefault(key, {})[m.group(5)] = v
+    out = []
+    for (dtype, shape, n), by in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        best = max(by, key=by.get)
+        out.append({"dtype": dtype, "matrix": shape, "rows": n, "gb_per_s": by, "best": best,
+                    "best_fraction_of_copy_bw": by[best] / bw if bw else None})
+    return out
+
+
+def decode_table(micro, bw):
+    """Rows of backend-level 7B decode figures from BENCH decode_7b_DTYPE[_CONFIG]_*."""
+    out = []
+    for k, v in micro.items():
+        m = re.fullmatch(r"decode_7b_(int8|bf16)(_\w+?)?_tokens_per_s", k)
+        if not m:
+            continue
+        dtype, tag = m.group(1), m.group(2) or ""
+        b = micro.get(f"decode_7b_{dtype}_weight_bytes_per_step")
+        roof = bw * 1e9 / b if bw and b else None
+        out.append({"dtype": dtype, "config": tag.lstrip("_") or "default (auto GEMV, fused, PDL)",
+                    "tokens_per_s": v, "launches_per_step": micro.get(f"decode_7b_{dtype}{tag}_launches_per_step"),
+                    "weight_bytes_per_step": b, "roofline_tokens_per_s": roof,
+                    "roofline_fraction": v / roof if roof else None})
+    return out
 
 
 def main():
@@ -115,19 +172,18 @@ def main():
         rep["op_tests"] = {"result": "not run"}
     base = load_json(os.path.join(out, "baseline.json")) or {}
     bw = base.get("d2d_copy_gb_per_s")
-    rep["micro"] = {}
+    rep["micro"], rep["tuning"] = {}, []
     try:
         with open(os.path.join(out, "bench.txt")) as f:
-            # libtest may print "test NAME ... " before a BENCH line.
-            for m in re.finditer(r"BENCH (\S+) ([-+0-9.eE]+)", f.read()):
-                rep["micro"][m.group(1)] = float(m.group(2))
+            txt = f.read()
+        # libtest may print "test NAME ... " before a BENCH line.
+        for m in re.finditer(r"BENCH (\S+) ([-+0-9.eE]+)", txt):
+            rep["micro"][m.group(1)] = float(m.group(2))
+        rep["tuning"] = re.findall(r"^TUNE (.*)$", txt, re.M)
     except (OSError, ValueError):
         pass
-    for tag in ("", "_unfused"):
-        step = rep["micro"].get(f"decode_step_7b_shape{tag}_tokens_per_s")
-        if step and bw:
-            roof = bw * 1e9 / int8_bytes_per_token("llama2-7b")
-            rep["micro"][f"decode_step_7b_shape{tag}_roofline_fraction"] = round(step / roof, 4)
+    rep["gemv"] = gemv_table(rep["micro"], bw)
+    rep["decode_steps"] = decode_table(rep["micro"], bw)
     rep["correctness"] = {s: compare(out, s) for s in ("tiny", "small")
                           if glob.glob(os.path.join(out, "runs", f"{s}-*.json"))}
     rep["baseline"] = base
@@ -144,8 +200,8 @@ def main():
              "prompt_tokens": len(r["prompt_ids"]), "generated": len(r["generated_ids"]),
              "load_s": t["load_s"], "prefill_tokens_per_s": t["prefill_tokens_per_s"],
              "decode_tokens_per_s": t["decode_tokens_per_s"]}
-        if shape in SHAPES and r.get("dtype") == "int8":
-            b = int8_bytes_per_token(shape)
+        if shape in SHAPES and r.get("dtype") in BYTES_PER_TOKEN:
+            b = BYTES_PER_TOKEN[r["dtype"]](shape)
             e["weight_bytes_per_token"] = b
             if bw:
                 e["roofline_tokens_per_s"] = bw * 1e9 / b
@@ -154,6 +210,11 @@ def main():
         hf = base.get("hf") or {}
         if hf.get("shape") == shape and hf.get("decode_tokens_per_s"):
             e["vs_transformers_bf16"] = t["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+        try:
+            with open(p[:-5] + ".err") as f:
+                e["gemv_tuning"] = [l.split("tessera: ", 1)[1].strip() for l in f if "tessera: GEMV" in l]
+        except OSError:
+            pass
         rep["speed"][name] = e
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=2)
@@ -178,14 +239,15 @@ def markdown(rep):
     lines += [f"CUDA op tests: {ot.get('result')} ({ot.get('passed')} passed, {ot.get('failed')} failed, "
               f"{ot.get('skipped_no_device', 0)} skipped for lack of a device)", ""]
     lines += ["## Correctness (greedy, 32 tokens, reference: CPU f32)", "",
-              "| shape | run | tokens identical | first divergence | max abs logit diff | max abs logit |",
-              "|---|---|---|---|---|---|"]
+              "| shape | run | vs | tokens identical | first divergence | max abs logit diff | max abs logit |",
+              "|---|---|---|---|---|---|---|"]
     for shape, c in rep.get("correctness", {}).items():
         for name, e in c["runs"].items():
-            if name == c["reference"]:
+            if name == e.get("reference", c["reference"]):
                 continue
-            lines.append(f"| {shape} | {name} | {e.get('tokens_identical', '-')} | {e.get('first_divergence', '-')} | "
-                         f"{fmt(e.get('max_abs_logit_diff'), '.2e')} | {fmt(e.get('max_abs_logit'), '.3f')} |")
+            lines.append(f"| {shape} | {name} | {e.get('reference', '-')} | {e.get('tokens_identical', '-')} | "
+                         f"{e.get('first_divergence', '-')} | {fmt(e.get('max_abs_logit_diff'), '.2e')} | "
+                         f"{fmt(e.get('max_abs_logit'), '.3f')} |")
     base = rep.get("baseline", {})
     hf = base.get("hf") or {}
     lines += ["", "## Speed (batch 1)", "",
@@ -207,10 +269,39 @@ def markdown(rep):
                      f"{fmt(hf.get('prefill_tokens_per_s'))} | {fmt(hf.get('decode_tokens_per_s'))} | | | | 1.00x |")
     elif base.get("error"):
         lines.append(f"| transformers | failed: {base['error']} | | | | | | |")
-    if rep.get("micro"):
-        lines += ["", "Kernel micro-benchmarks (weight GB/s of one int8 product; microseconds per small op):", ""]
-        lines += [f"- {k}: {v}" for k, v in rep["micro"].items()]
-    lines += ["", "Batch 16: not measured, the engine runs one sequence per step (no batching yet).",
+    for name, e in rep.get("speed", {}).items():
+        if e.get("gemv_tuning"):
+            lines += ["", f"GEMV variant timing in `{name}` (once per shape, L2 flushed):", ""]
+            lines += [f"- {t}" for t in e["gemv_tuning"]]
+    if rep.get("decode_steps"):
+        lines += ["", "## Decode step, llama2-7b shape, backend level (`cuda-tests --ignored bench_decode`)", "",
+                  "One layer's weights reused for all 32 layers (each layer still streams from HBM), "
+                  "128-token context, the engine's op sequence; % of roofline uses the copy bandwidth above.", "",
+                  "| weights | configuration | tok/s | launches/step | weight GB/step | roofline tok/s | % of roofline |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in rep["decode_steps"]:
+            frac = d.get("roofline_fraction")
+            lines.append(f"| {d['dtype']} | {d['config']} | {fmt(d['tokens_per_s'])} | {fmt(d['launches_per_step'], '.0f')} | "
+                         f"{fmt((d['weight_bytes_per_step'] or 0) / 1e9, '.2f')} | {fmt(d['roofline_tokens_per_s'])} | "
+                         f"{fmt(frac * 100 if frac else None)} |")
+    if rep.get("gemv"):
+        lines += ["", "## GEMV weight bandwidth per variant (GB/s of weight bytes; `bench_gemv`)", "",
+                  "Consecutive products read different copies of the matrix (> 256 MB), as in a decode step. "
+                  "% = best variant / device-to-device copy bandwidth.", "",
+                  "| weights | matrix | rows | v1 | v2 | v3 | best | % of copy BW |", "|---|---|---|---|---|---|---|---|"]
+        for g in rep["gemv"]:
+            by, frac = g["gb_per_s"], g["best_fraction_of_copy_bw"]
+            lines.append(f"| {g['dtype']} | {g['matrix']} | {g['rows']} | {fmt(by.get('v1'), '.0f')} | "
+                         f"{fmt(by.get('v2'), '.0f')} | {fmt(by.get('v3'), '.0f')} | {g['best']} | "
+                         f"{fmt(frac * 100 if frac else None)} |")
+    if rep.get("tuning"):
+        lines += ["", "GEMV variant timing during `bench_decode` (per shape):", ""]
+        lines += [f"- {t}" for t in rep["tuning"]]
+    other = {k: v for k, v in rep.get("micro", {}).items() if not k.startswith(("gemv_", "decode_7b_"))}
+    if other:
+        lines += ["", "Other micro-benchmarks (microseconds per small op):", ""]
+        lines += [f"- {k}: {v}" for k, v in other.items()]
+    lines += ["", "Batch 16 in the engine: not measured, the engine runs one sequence per step (GEMV at 16 rows above).",
               "Offloaded (stage-3 streaming) decode: not measured, the streamer is not implemented yet.",
               "NCCL: not exercised by this check.", ""]
     return "\n".join(lines)

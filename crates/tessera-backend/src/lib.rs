@@ -21,6 +21,8 @@ pub enum WeightDType {
     F32,
     /// Symmetric int8, one scale per group of at most 128 inputs per output row.
     Int8,
+    /// bfloat16 (weights rounded to nearest even; products in f32).
+    BF16,
 }
 
 impl std::str::FromStr for WeightDType {
@@ -29,8 +31,9 @@ impl std::str::FromStr for WeightDType {
         match s {
             "f32" => Ok(WeightDType::F32),
             "int8" => Ok(WeightDType::Int8),
+            "bf16" => Ok(WeightDType::BF16),
             other => Err(format!(
-                "unknown weight dtype `{other}` (expected f32 or int8)"
+                "unknown weight dtype `{other}` (expected f32, int8 or bf16)"
             )),
         }
     }
@@ -41,6 +44,7 @@ impl std::fmt::Display for WeightDType {
         f.write_str(match self {
             WeightDType::F32 => "f32",
             WeightDType::Int8 => "int8",
+            WeightDType::BF16 => "bf16",
         })
     }
 }

@@ -34,6 +34,11 @@ pub fn matmul_f32(x: &[f32], n: usize, k: usize, w: &[f32], m: usize) -> Vec<f32
     out
 }
 
+/// `v` rounded to bfloat16 (nearest even) and back: what a bf16 weight holds.
+pub fn round_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
 /// Quantize one activation row to int8 with the weight's grouping
 /// (`max|x| / 127` per group, round to nearest). Returns values and scales.
 pub fn quantize_row(x: &[f32], group: usize) -> (Vec<i8>, Vec<f32>) {

@@ -312,7 +312,23 @@ fn backend_matmul_f32_and_int8() {
         for (row, &id) in emb.data.chunks_exact(k).zip(&ids) {
             assert_eq!(row, &deq[id as usize * k..(id as usize + 1) * k]);
         }
+
+        // bf16: f32 products on the weights rounded to bf16.
+        let lin = b.upload_linear(&wt, WeightDType::BF16).unwrap();
+        let wb: Vec<f32> = w.iter().map(|&v| reference::round_bf16(v)).collect();
+        assert!(wb.iter().zip(&w).any(|(a, b)| a != b), "rounding happened");
+        let got = b.download(&b.matmul(&xt, &lin).unwrap()).unwrap();
+        let want = reference::matmul_f32(&x, n, k, &wb, m);
+        assert_close("backend bf16", &got.data, &want, &mag, 1e-4, 1e-6);
     }
+    assert_eq!("bf16".parse::<WeightDType>(), Ok(WeightDType::BF16));
+    assert_eq!(WeightDType::BF16.to_string(), "bf16");
+    assert_eq!(
+        reference::round_bf16(1.0 + 1.0 / 256.0),
+        1.0,
+        "ties to even"
+    );
+    assert_eq!(reference::round_bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
     let bad = upload(&b, 2, 3, vec![0.0; 6]);
     let lin = b
         .upload_linear(

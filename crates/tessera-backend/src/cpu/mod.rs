@@ -1,5 +1,6 @@
-//! The CPU backend: f32 activations in `Vec`s, f32 or int8 weights, a
-//! persistent rayon pool sized by `--threads`, SIMD chosen at run time.
+//! The CPU backend: f32 activations in `Vec`s, f32 or int8 weights (bf16
+//! weights are held as their rounded values in f32), a persistent rayon pool
+//! sized by `--threads`, SIMD chosen at run time.
 
 pub mod features;
 pub mod kernels;
@@ -140,6 +141,13 @@ impl Backend for CpuBackend {
                     .install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
                 CpuLinear::Int8(packed)
             }
+            // bf16-rounded weights kept as f32: the same products as a bf16
+            // kernel with f32 accumulation, at f32 speed.
+            WeightDType::BF16 => CpuLinear::F32 {
+                rows,
+                cols,
+                data: w.data.iter().map(|&v| reference::round_bf16(v)).collect(),
+            },
         })
     }
 

@@ -1,20 +1,23 @@
 //! Weight matrices on the GPU and the products with them: cuBLAS SGEMM for
-//! f32 weights, NVRTC kernels for int8 (W8A16-style: f32 activations, int8
-//! weights dequantized in the kernel, f32 accumulation).
+//! f32 weights; for int8 and bf16 weights the GEMV kernels (`gemv.rs`) up to
+//! `GEMV_MAX_ROWS` activation rows, and above that cuBLAS (int8: dequantized
+//! to f32 scratch + SGEMM; bf16: tensor-core GEMM with bf16 inputs and f32
+//! accumulation, see `gemm_bf16`).
 
-use super::tensor::PendingGemv;
-use super::{dev, grid_for, CudaBackend, CudaTensor};
+use super::launch::{Args, Dims};
+use super::tensor::{Lazy, PendingGemv};
+use super::{dev, CudaBackend, CudaTensor};
 use crate::error::shape_err;
 use crate::{BackendError, Result, WeightDType};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 use tessera_model::{HostTensor, INT8_GROUP};
 
-/// Activation rows up to which int8 products use the streaming GEMV kernels;
-/// above it the weight is dequantized into a scratch matrix for cuBLAS.
-pub const GEMV_MAX_ROWS: usize = 8;
+/// Activation rows up to which int8 and bf16 products use the streaming GEMV
+/// kernels (decode and short prompts); above it they go to cuBLAS.
+pub const GEMV_MAX_ROWS: usize = 16;
 
 /// A weight matrix on the device.
 pub enum CudaLinear {
@@ -26,10 +29,11 @@ pub enum CudaLinear {
     },
     /// Shared so that a deferred product can hold on to it.
     Int8(Arc<Int8Weight>),
+    Bf16(Arc<Bf16Weight>),
 }
 
-/// What the int8 GEMV kernel does with its product (see `gemv_i8` in kernels.cu).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the GEMV kernels do with their product (the `mode` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum GemvMode {
     /// `y = x @ w^T`.
     Store = 0,
@@ -39,9 +43,10 @@ pub(crate) enum GemvMode {
     SwiGlu = 2,
 }
 
-/// An int8 matrix: `q` is `[rows, kp]` (rows padded with zeros to a multiple of
-/// 16 bytes so every row starts 16-byte aligned for vector loads), `scales` is
-/// `[rows, gpr]`, one per [`INT8_GROUP`] inputs — the layout of
+/// An int8 matrix: `q` is `[rows, kp]` (rows padded with zeros to a multiple
+/// of 16 bytes so every row starts 16-byte aligned for vector loads), `scales`
+/// is `[rows, gpr]`, one per [`INT8_GROUP`] inputs, rows padded with zero
+/// scales to a multiple of 4 (16 bytes) for the same reason: the layout of
 /// [`tessera_model::Int8Matrix`] apart from the padding.
 pub struct Int8Weight {
     pub rows: usize,
@@ -52,12 +57,60 @@ pub struct Int8Weight {
     pub scales: CudaSlice<f32>,
 }
 
+/// A bf16 matrix: `[rows, kp]` bf16 bit patterns, rows padded with zeros to
+/// a multiple of 8 elements (16 bytes). Values are `half::bf16::from_f32` of
+/// the f32 weights (round to nearest even), the same as the CPU backend's.
+pub struct Bf16Weight {
+    pub rows: usize,
+    pub cols: usize,
+    pub kp: usize,
+    pub w: CudaSlice<u16>,
+}
+
+/// A weight the GEMV kernels can stream.
+#[derive(Clone)]
+pub(crate) enum GemvWeight {
+    Int8(Arc<Int8Weight>),
+    Bf16(Arc<Bf16Weight>),
+}
+
+impl GemvWeight {
+    /// `(rows, cols)`.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        match self {
+            GemvWeight::Int8(w) => (w.rows, w.cols),
+            GemvWeight::Bf16(w) => (w.rows, w.cols),
+        }
+    }
+
+    pub(crate) fn is_bf16(&self) -> bool {
+        matches!(self, GemvWeight::Bf16(_))
+    }
+
+    /// 16-byte chunks per row (the row stride the kernels use).
+    pub(crate) fn chunks(&self) -> usize {
+        match self {
+            GemvWeight::Int8(w) => w.kp / 16,
+            GemvWeight::Bf16(w) => w.kp / 8,
+        }
+    }
+
+    /// Bytes one pass over the weight reads.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            GemvWeight::Int8(w) => w.rows * w.kp + w.rows * w.gpr * 4,
+            GemvWeight::Bf16(w) => w.rows * w.kp * 2,
+        }
+    }
+}
+
 impl CudaLinear {
     /// `(out, in)`.
     pub fn dims(&self) -> (usize, usize) {
         match self {
             CudaLinear::F32 { rows, cols, .. } => (*rows, *cols),
             CudaLinear::Int8(w) => (w.rows, w.cols),
+            CudaLinear::Bf16(w) => (w.rows, w.cols),
         }
     }
 
@@ -65,15 +118,25 @@ impl CudaLinear {
     pub fn bytes(&self) -> usize {
         match self {
             CudaLinear::F32 { rows, cols, .. } => rows * cols * 4,
-            CudaLinear::Int8(w) => w.rows * w.kp + w.rows * w.gpr * 4,
+            CudaLinear::Int8(w) => GemvWeight::Int8(w.clone()).bytes(),
+            CudaLinear::Bf16(w) => GemvWeight::Bf16(w.clone()).bytes(),
+        }
+    }
+
+    pub(crate) fn gemv_weight(&self) -> Option<GemvWeight> {
+        match self {
+            CudaLinear::F32 { .. } => None,
+            CudaLinear::Int8(w) => Some(GemvWeight::Int8(w.clone())),
+            CudaLinear::Bf16(w) => Some(GemvWeight::Bf16(w.clone())),
         }
     }
 }
 
 impl CudaBackend {
-    /// Upload an f32 host matrix; int8 is quantized on the device by a kernel
-    /// that reproduces `Int8Matrix::quantize` bit for bit (and is much faster
-    /// than the host quantizer for 7B-class models).
+    /// Upload an f32 host matrix; int8 is quantized and bf16 rounded on the
+    /// device, by kernels that reproduce `Int8Matrix::quantize` and
+    /// `half::bf16::from_f32` bit for bit. Returns once the weight is in
+    /// place: GEMVs read weights before waiting for earlier kernels (PDL).
     pub(crate) fn upload_linear_impl(
         &self,
         w: &HostTensor,
@@ -90,14 +153,50 @@ impl CudaBackend {
             .stream
             .clone_htod(&w.data)
             .map_err(dev("upload_linear"))?;
-        if dtype == WeightDType::F32 {
-            return Ok(CudaLinear::F32 {
-                rows,
-                cols,
-                w: f32_w,
-            });
-        }
-        // The GEMV reads 16 weights per load and applies one scale to them.
+        let src = self.ptr(&f32_w);
+        let lin = match dtype {
+            WeightDType::F32 => {
+                return Ok(CudaLinear::F32 {
+                    rows,
+                    cols,
+                    w: f32_w,
+                })
+            }
+            WeightDType::BF16 => {
+                let kp = cols.div_ceil(8) * 8;
+                let out = self
+                    .stream
+                    .alloc_zeros::<u16>((rows * kp).max(1))
+                    .map_err(dev("upload_linear"))?;
+                let args = Args::new()
+                    .ptr(src)
+                    .int(rows)
+                    .int(cols)
+                    .int(kp)
+                    .ptr(self.ptr(&out));
+                if rows * cols > 0 {
+                    // SAFETY: src holds rows*cols f32, out rows*kp u16.
+                    unsafe {
+                        self.launch("to_bf16", &self.k.to_bf16, Dims::flat(rows * cols), args)
+                    }?;
+                }
+                CudaLinear::Bf16(Arc::new(Bf16Weight {
+                    rows,
+                    cols,
+                    kp,
+                    w: out,
+                }))
+            }
+            WeightDType::Int8 => CudaLinear::Int8(Arc::new(self.quantize(src, rows, cols)?)),
+        };
+        self.synchronize()?;
+        drop(f32_w);
+        Ok(lin)
+    }
+
+    /// Quantize the f32 `[rows, cols]` matrix at `src` on the device.
+    fn quantize(&self, src: u64, rows: usize, cols: usize) -> Result<Int8Weight> {
+        // The GEMVs read 16 weights per load and apply one scale to them.
         if !(INT8_GROUP.is_power_of_two() && INT8_GROUP >= 16) {
             return Err(BackendError::Unavailable(
                 "CUDA int8".into(),
@@ -105,36 +204,44 @@ impl CudaBackend {
             ));
         }
         let kp = cols.div_ceil(16) * 16;
-        let gpr = cols.div_ceil(INT8_GROUP);
-        let group = INT8_GROUP as i32;
-        let mut q = self
+        let gpr = cols.div_ceil(INT8_GROUP).div_ceil(4) * 4;
+        let q = self
             .stream
             .alloc_zeros::<i8>((rows * kp).max(1))
             .map_err(dev("upload_linear"))?;
-        let mut scales = self.alloc::<f32>(rows * gpr)?;
+        let scales = self
+            .stream
+            .alloc_zeros::<f32>((rows * gpr).max(1))
+            .map_err(dev("upload_linear"))?;
         let threads = rows * gpr * 32;
-        let (r, c, kp_i, gpr_i) = (rows as i32, cols as i32, kp as i32, gpr as i32);
         if threads > 0 {
-            let mut b = self.stream.launch_builder(&self.k.quantize_i8);
-            b.arg(&f32_w)
-                .arg(&r)
-                .arg(&c)
-                .arg(&kp_i)
-                .arg(&gpr_i)
-                .arg(&group)
-                .arg(&mut q)
-                .arg(&mut scales);
-            // SAFETY: buffers hold rows*cols f32, rows*kp i8 and rows*gpr f32 as the kernel expects.
-            unsafe { b.launch(grid_for(threads, 256)) }.map_err(dev("quantize_i8"))?;
+            let args = Args::new()
+                .ptr(src)
+                .int(rows)
+                .int(cols)
+                .int(kp)
+                .int(gpr)
+                .int(INT8_GROUP)
+                .ptr(self.ptr(&q))
+                .ptr(self.ptr(&scales));
+            // SAFETY: src holds rows*cols f32, q rows*kp i8, scales rows*gpr f32.
+            unsafe {
+                self.launch(
+                    "quantize_i8",
+                    &self.k.quantize_i8,
+                    Dims::flat(threads),
+                    args,
+                )
+            }?;
         }
-        Ok(CudaLinear::Int8(Arc::new(Int8Weight {
+        Ok(Int8Weight {
             rows,
             cols,
             kp,
             gpr,
             q,
             scales,
-        })))
+        })
     }
 
     /// `x [n, k] @ w[m, k]^T -> [n, m]`.
@@ -147,20 +254,19 @@ impl CudaBackend {
             ));
         }
         let n = x.rows;
-        if let CudaLinear::Int8(wq) = w {
-            if n <= GEMV_MAX_ROWS && n > 0 && m > 0 {
-                let x_buf = self.shared(x)?;
+        if let Some(gw) = w.gemv_weight() {
+            if (1..=GEMV_MAX_ROWS).contains(&n) && m > 0 {
+                let p = PendingGemv {
+                    input: self.gemv_input(x)?,
+                    w: gw,
+                };
                 if self.fuse {
-                    // Decode: defer, so add_assign / swiglu can fuse their work
-                    // into this product's epilogue.
-                    let p = PendingGemv {
-                        x: x_buf,
-                        w: wq.clone(),
-                    };
-                    return Ok(CudaTensor::deferred(n, m, p));
+                    // Defer, so add_assign / swiglu can fuse their work into
+                    // this product's epilogue.
+                    return Ok(CudaTensor::lazy(n, m, Lazy::Gemv(p)));
                 }
                 let out = self.alloc::<f32>(n * m)?;
-                self.launch_gemv(wq, &x_buf, n, self.ptr(&out), GemvMode::Store)?;
+                self.launch_gemv(&p, n, self.ptr(&out), GemvMode::Store)?;
                 return Ok(CudaTensor::ready(n, m, out));
             }
         }
@@ -174,93 +280,30 @@ impl CudaBackend {
             CudaLinear::Int8(wq) => {
                 // Prefill: the product is compute-bound, so spend one pass
                 // dequantizing into scratch and let cuBLAS do the math in f32.
-                let mut scratch = self.alloc::<f32>(m * k)?;
-                let (m_i, k_i, kp_i, gpr_i) = (m as i32, k as i32, wq.kp as i32, wq.gpr as i32);
-                let mut b = self.stream.launch_builder(&self.k.dequantize_i8);
-                let group = INT8_GROUP as i32;
-                b.arg(&wq.q)
-                    .arg(&wq.scales)
-                    .arg(&m_i)
-                    .arg(&k_i)
-                    .arg(&kp_i)
-                    .arg(&gpr_i)
-                    .arg(&group);
-                b.arg(&mut scratch);
+                let scratch = self.alloc::<f32>(m * k)?;
+                let args = Args::new()
+                    .ptr(self.ptr(&wq.q))
+                    .ptr(self.ptr(&wq.scales))
+                    .int(m)
+                    .int(k)
+                    .int(wq.kp)
+                    .int(wq.gpr)
+                    .int(INT8_GROUP)
+                    .ptr(self.ptr(&scratch));
                 // SAFETY: scratch holds m*k f32; q is [m, kp] and scales [m, gpr].
-                unsafe { b.launch(grid_for(m * k, 256)) }.map_err(dev("dequantize_i8"))?;
+                unsafe {
+                    self.launch(
+                        "dequantize_i8",
+                        &self.k.dequantize_i8,
+                        Dims::flat(m * k),
+                        args,
+                    )
+                }?;
                 self.sgemm(x_buf, n, k, &scratch, m, &mut out)?;
             }
+            CudaLinear::Bf16(wb) => self.gemm_bf16(x_buf, n, wb, &mut out)?,
         }
         Ok(CudaTensor::ready(n, m, out))
-    }
-
-    /// The int8 GEMV for `n <= GEMV_MAX_ROWS` activation rows, writing to the
-    /// device address `y` as `mode` says: `[n, m]` (store, accumulate) or
-    /// `[n, m/2]` (SwiGLU).
-    pub(crate) fn launch_gemv(
-        &self,
-        w: &Int8Weight,
-        x: &CudaSlice<f32>,
-        n: usize,
-        y: u64,
-        mode: GemvMode,
-    ) -> Result<()> {
-        let rows_out = if mode == GemvMode::SwiGlu {
-            w.rows / 2
-        } else {
-            w.rows
-        };
-        let (f, rows_per_warp) = match n {
-            0 => return Ok(()),
-            1 => {
-                // More weight rows per warp cut L1 traffic for x and put more
-                // loads in flight; measured on an H100 (docs/gpu.md): 4 rows
-                // are best from ~8k rows up, 2 rows at 4096 rows (7B's o/down).
-                let r = self.gemv_rows.unwrap_or(if rows_out >= 8192 {
-                    4
-                } else if rows_out >= 2048 {
-                    2
-                } else {
-                    1
-                });
-                match r {
-                    4 => (&self.k.gemv_i8_1[2], 4),
-                    2 => (&self.k.gemv_i8_1[1], 2),
-                    _ => (&self.k.gemv_i8_1[0], 1),
-                }
-            }
-            2 => (&self.k.gemv_i8_n[0], 1),
-            3..=4 => (&self.k.gemv_i8_n[1], 1),
-            5..=GEMV_MAX_ROWS => (&self.k.gemv_i8_n[2], 1),
-            _ => {
-                return Err(shape_err(
-                    "matmul",
-                    format!("GEMV path called with {n} rows"),
-                ))
-            }
-        };
-        let groups = rows_out.div_ceil(rows_per_warp);
-        let blocks = groups.div_ceil(8).clamp(1, self.sm_count * 8);
-        let (m_i, k_i, kp_i, gpr_i) = (w.rows as i32, w.cols as i32, w.kp as i32, w.gpr as i32);
-        let (n_i, mode_i) = (n as i32, mode as i32);
-        let mut b = self.stream.launch_builder(f);
-        b.arg(&w.q).arg(&w.scales).arg(x).arg(&y);
-        let gshift = INT8_GROUP.trailing_zeros() as i32;
-        b.arg(&m_i)
-            .arg(&k_i)
-            .arg(&kp_i)
-            .arg(&gpr_i)
-            .arg(&gshift)
-            .arg(&n_i)
-            .arg(&mode_i);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: q is [m, kp], scales [m, gpr], x [n, k]; y holds n rows of
-        // the mode's output width; n <= the variant's row count.
-        unsafe { b.launch(cfg) }.map(|_| ()).map_err(dev("gemv_i8"))
     }
 
     /// Row-major `out[n, m] = x[n, k] @ w[m, k]^T` with column-major cuBLAS:
@@ -274,32 +317,87 @@ impl CudaBackend {
         m: usize,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let to_i32 = |v: usize| {
-            i32::try_from(v).map_err(|_| {
-                shape_err(
-                    "matmul",
-                    format!("dimension {v} exceeds cuBLAS's i32 range"),
-                )
-            })
-        };
         let cfg = GemmConfig {
             transa: cublasOperation_t::CUBLAS_OP_T,
             transb: cublasOperation_t::CUBLAS_OP_N,
-            m: to_i32(m)?,
-            n: to_i32(n)?,
-            k: to_i32(k)?,
+            m: blas_dim(m)?,
+            n: blas_dim(n)?,
+            k: blas_dim(k)?,
             alpha: 1.0f32,
-            lda: to_i32(k)?,
-            ldb: to_i32(k)?,
+            lda: blas_dim(k)?,
+            ldb: blas_dim(k)?,
             beta: 0.0f32,
-            ldc: to_i32(m)?,
+            ldc: blas_dim(m)?,
         };
         // SAFETY: w is [m, k], x is [n, k] and out is [n, m], all row-major and dense.
         unsafe { self.blas.gemm(cfg, w, x, out) }
             .map_err(|e| BackendError::Device(format!("cuBLAS sgemm [{n}x{k}]x[{m}x{k}]^T: {e}")))
     }
 
-    /// Gather rows of an embedding table (int8 rows are dequantized).
+    /// `out[n, m] = x[n, k] @ w^T` for a bf16 weight on tensor cores. x is
+    /// split into bf16 `hi + lo` (about 16 significant bits together, near
+    /// f32 precision) and stacked as `[2n, k]`; one cuBLAS GemmEx (bf16
+    /// inputs, f32 accumulation and output) reads the weight once for both
+    /// halves, and a kernel adds the two products.
+    fn gemm_bf16(
+        &self,
+        x: &CudaSlice<f32>,
+        n: usize,
+        w: &Bf16Weight,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+        let (m, k) = (w.rows, w.cols);
+        let split = self.alloc::<u16>(2 * n * k)?;
+        let hi = self.ptr(&split);
+        let args = Args::new()
+            .ptr(self.ptr(x))
+            .i64(n * k)
+            .ptr(hi)
+            .ptr(hi + (n * k * 2) as u64);
+        // SAFETY: x holds n*k f32, split 2*n*k u16.
+        unsafe { self.launch("split_bf16", &self.k.split_bf16, Dims::flat(n * k), args) }?;
+        let prod = self.alloc::<f32>(2 * n * m)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: w is [m, kp] bf16 (op T: kp x m column-major), split is
+        // [2n, k] bf16, prod [2n, m] f32; alpha and beta are host scalars
+        // (cuBLAS's default pointer mode) that outlive the call.
+        unsafe {
+            cudarc::cublas::sys::cublasGemmEx(
+                *self.blas.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                blas_dim(m)?,
+                blas_dim(2 * n)?,
+                blas_dim(k)?,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                self.ptr(&w.w) as *const std::ffi::c_void,
+                cudaDataType_t::CUDA_R_16BF,
+                blas_dim(w.kp)?,
+                hi as *const std::ffi::c_void,
+                cudaDataType_t::CUDA_R_16BF,
+                blas_dim(k)?,
+                &beta as *const f32 as *const std::ffi::c_void,
+                self.ptr(&prod) as *mut std::ffi::c_void,
+                cudaDataType_t::CUDA_R_32F,
+                blas_dim(m)?,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .result()
+        .map_err(|e| {
+            BackendError::Device(format!("cuBLAS GemmEx bf16 [{n}x{k}]x[{m}x{k}]^T: {e}"))
+        })?;
+        let args = Args::new()
+            .ptr(self.ptr(&prod))
+            .i64(n * m)
+            .ptr(self.ptr(out));
+        // SAFETY: prod holds 2*n*m f32, out n*m.
+        unsafe { self.launch("add_halves", &self.k.add_halves, Dims::flat(n * m), args) }
+    }
+
+    /// Gather rows of an embedding table (int8 and bf16 rows are converted).
     pub(crate) fn embedding_impl(&self, table: &CudaLinear, ids: &[u32]) -> Result<CudaTensor> {
         let (vocab, hidden) = table.dims();
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
@@ -309,7 +407,7 @@ impl CudaBackend {
             ));
         }
         let n = ids.len();
-        let mut out = self.alloc::<f32>(n * hidden)?;
+        let out = self.alloc::<f32>(n * hidden)?;
         if n == 0 || hidden == 0 {
             return Ok(CudaTensor::ready(n, hidden, out));
         }
@@ -320,39 +418,38 @@ impl CudaBackend {
             None
         };
         let ids_ptr: u64 = id_buf.as_ref().map(|b| self.ptr(b)).unwrap_or(0);
-        let id0 = ids[0];
-        let hid = hidden as i32;
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let dims = Dims::blocks(n, 256);
+        let (f, args) = match table {
+            CudaLinear::F32 { w, .. } => (&self.k.embedding_f32, Args::new().ptr(self.ptr(w))),
+            CudaLinear::Int8(wq) => (
+                &self.k.embedding_i8,
+                Args::new().ptr(self.ptr(&wq.q)).ptr(self.ptr(&wq.scales)),
+            ),
+            CudaLinear::Bf16(wb) => (&self.k.embedding_bf16, Args::new().ptr(self.ptr(&wb.w))),
         };
+        let mut args = args.ptr(ids_ptr).u32(ids[0]).int(hidden);
         match table {
-            CudaLinear::F32 { w, .. } => {
-                let mut b = self.stream.launch_builder(&self.k.embedding_f32);
-                b.arg(w).arg(&ids_ptr).arg(&id0).arg(&hid).arg(&mut out);
-                // SAFETY: ids are checked < vocab; table is [vocab, hidden], out [n, hidden].
-                unsafe { b.launch(cfg) }.map_err(dev("embedding"))?;
-            }
-            CudaLinear::Int8(wq) => {
-                let (kp, gpr, group) = (wq.kp as i32, wq.gpr as i32, INT8_GROUP as i32);
-                let mut b = self.stream.launch_builder(&self.k.embedding_i8);
-                b.arg(&wq.q)
-                    .arg(&wq.scales)
-                    .arg(&ids_ptr)
-                    .arg(&id0)
-                    .arg(&hid)
-                    .arg(&kp)
-                    .arg(&gpr)
-                    .arg(&group)
-                    .arg(&mut out);
-                // SAFETY: as above, with q [vocab, kp] and scales [vocab, gpr].
-                unsafe { b.launch(cfg) }.map_err(dev("embedding"))?;
-            }
+            CudaLinear::F32 { .. } => {}
+            CudaLinear::Int8(wq) => args = args.int(wq.kp).int(wq.gpr).int(INT8_GROUP),
+            CudaLinear::Bf16(wb) => args = args.int(wb.kp),
         }
+        args = args.ptr(self.ptr(&out));
+        // SAFETY: ids are checked < vocab; the table is [vocab, row stride]
+        // in its format, out is [n, hidden].
+        unsafe { self.launch("embedding", f, dims, args) }?;
         // The id buffer may only be freed once the kernel has read it; the
         // free is stream-ordered (async allocator), so dropping here is safe.
         drop(id_buf);
         Ok(CudaTensor::ready(n, hidden, out))
     }
+}
+
+/// A dimension as cuBLAS's `int`.
+pub(crate) fn blas_dim(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        shape_err(
+            "matmul",
+            format!("dimension {v} exceeds cuBLAS's i32 range"),
+        )
+    })
 }

@@ -1,29 +1,36 @@
-//! The CUDA backend: f32 activations in device memory, f32 or int8 weights,
-//! kernels compiled at run time by NVRTC, cuBLAS for large products.
+//! The CUDA backend: f32 activations in device memory, f32, int8 or bf16
+//! weights, kernels compiled at run time by NVRTC, cuBLAS for large products.
 //!
 //! Invariants:
 //! - Nothing here calls into CUDA before [`CudaBackend::new`] has checked that
 //!   the driver library can be opened (cudarc panics otherwise), so a binary
 //!   built without CUDA runs everywhere and reports `Unavailable` cleanly.
-//! - All work goes to one stream, in order; the only host synchronisation is
-//!   `download`. Temporaries come from the driver's stream-ordered pool
-//!   (`cuMemAllocAsync`), kept warm by a release threshold, so the per-op
-//!   allocations of a decode step cost no `cudaMalloc` and no sync.
+//! - All work goes to one stream, in order; the only host synchronisations
+//!   are `download`, weight uploads and the one-time GEMV timing. Temporaries
+//!   come from the driver's stream-ordered pool (`cuMemAllocAsync`), kept warm
+//!   by a release threshold, so the per-op allocations of a decode step cost
+//!   no `cudaMalloc` and no sync.
+//! - Every kernel waits for its predecessors before reading their output
+//!   (`launch.rs`), and weights never change after `upload_linear` returns,
+//!   so kernels may start early (PDL) and read weights before that wait.
 
+mod gemv;
+mod launch;
 mod linear;
 pub mod module;
 mod ops;
 mod tensor;
 
-pub use linear::{CudaLinear, Int8Weight, GEMV_MAX_ROWS};
+pub use gemv::{GemvTuning, GemvVariant};
+pub use linear::{Bf16Weight, CudaLinear, Int8Weight, GEMV_MAX_ROWS};
 pub use tensor::CudaTensor;
 
 use crate::{BackendError, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError, LaunchConfig,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError};
 use module::Kernels;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 /// Keys and values of every layer: `[layer][kv_head][position][head_dim]`,
@@ -57,27 +64,28 @@ pub struct CudaBackend {
     /// RoPE frequency tables already on the device (the engine passes the same one every call).
     rope_tables: Mutex<Vec<(Vec<f32>, CudaSlice<f32>)>>,
     name: String,
-    /// Defer small int8 products so residual adds and SwiGLU fuse into them.
+    /// Defer small products, RMSNorms and Q/K/V splits so their consumers
+    /// absorb them (fused epilogues, fused norm, RoPE on load).
     fuse: bool,
+    /// Launch kernels with programmatic dependent launch (Hopper and later).
+    pdl: bool,
     /// Streaming multiprocessors, for sizing GEMV grids.
     sm_count: usize,
-    /// Forced weight rows per warp of the one-row GEMV (tests); `None` = by size.
+    /// Forced weight rows per warp of the one-row v1/v2 GEMV; `None` = by size.
     gemv_rows: Option<usize>,
+    /// Forced GEMV variant; `None` = timed per shape.
+    gemv_select: Option<gemv::GemvVariant>,
+    gemv_tuned: Mutex<HashMap<gemv::GemvKey, gemv::GemvVariant>>,
+    gemv_log: Mutex<Vec<gemv::GemvTuning>>,
+    /// Resident blocks per SM by (kernel, dynamic shared memory).
+    occupancy_cache: Mutex<HashMap<(usize, usize), usize>>,
+    /// Kernel launches so far.
+    launches: AtomicU64,
 }
 
 /// Map a driver error to a `BackendError` naming the op.
 pub(crate) fn dev(op: &'static str) -> impl Fn(DriverError) -> BackendError {
     move |e| BackendError::Device(format!("{op}: {e}"))
-}
-
-/// A 1-D launch covering `threads` threads in blocks of `block`.
-pub(crate) fn grid_for(threads: usize, block: u32) -> LaunchConfig {
-    let blocks = threads.div_ceil(block as usize).max(1) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    }
 }
 
 /// Whether a CUDA driver and at least one GPU are present, without panicking.
@@ -138,10 +146,18 @@ impl CudaBackend {
         let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
         let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
         let name = format!("cuda:{ordinal} ({gpu}, sm_{maj}{min}, {mem:.0} GiB)");
-        // TESSERA_CUDA_FUSE=0 turns the epilogue fusion off (for A/B timing).
-        let fuse = std::env::var("TESSERA_CUDA_FUSE")
-            .map(|v| v != "0")
-            .unwrap_or(true);
+        // TESSERA_CUDA_FUSE=0 turns the fusion off, TESSERA_PDL=0 early
+        // launches, TESSERA_GEMV=v1|v2|v3 forces a GEMV variant (A/B timing).
+        let env_on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
+        let fuse = env_on("TESSERA_CUDA_FUSE");
+        let pdl = env_on("TESSERA_PDL") && maj >= 9;
+        let gemv_select = match std::env::var("TESSERA_GEMV") {
+            Ok(v) if !v.is_empty() && v != "auto" => Some(
+                v.parse()
+                    .map_err(|e: String| BackendError::Unavailable("TESSERA_GEMV".into(), e))?,
+            ),
+            _ => None,
+        };
         let sm_count = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
@@ -156,19 +172,34 @@ impl CudaBackend {
             rope_tables: Mutex::new(Vec::new()),
             name,
             fuse,
+            pdl,
             sm_count,
             gemv_rows: None,
+            gemv_select,
+            gemv_tuned: Mutex::new(HashMap::new()),
+            gemv_log: Mutex::new(Vec::new()),
+            occupancy_cache: Mutex::new(HashMap::new()),
+            launches: AtomicU64::new(0),
         })
     }
 
-    /// Turn the fusion of residual adds and SwiGLU into small int8 products
-    /// on or off. Results are bit-identical either way; only launches differ.
+    /// Turn fusion on or off: residual adds and SwiGLU into GEMV epilogues,
+    /// RMSNorm into the following GEMV, RoPE and the Q/K/V split into the KV
+    /// store and attention. Results are bit-identical either way; only the
+    /// number of launches differs.
     pub fn set_fusion(&mut self, on: bool) {
         self.fuse = on;
     }
 
-    /// Force the one-activation-row GEMV variant (1, 2 or 4 weight rows per
-    /// warp) instead of choosing by matrix size; for tests and benchmarks.
+    /// Turn programmatic dependent launch on or off (it is on by default on
+    /// Hopper and later GPUs; older GPUs ignore this).
+    pub fn set_pdl(&mut self, on: bool) {
+        let major = self.ctx.compute_capability().map(|c| c.0).unwrap_or(0);
+        self.pdl = on && major >= 9;
+    }
+
+    /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2
+    /// or 4; v2 takes 4 or else 2) instead of choosing by matrix size.
     pub fn set_gemv_rows(&mut self, rows: Option<usize>) {
         self.gemv_rows = rows;
     }
@@ -199,22 +230,6 @@ impl CudaBackend {
     fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(&self.stream);
         p
-    }
-
-    fn launch_1d(
-        &self,
-        op: &'static str,
-        threads: usize,
-        b: &mut cudarc::driver::LaunchArgs<'_>,
-    ) -> Result<()> {
-        if threads == 0 {
-            return Ok(());
-        }
-        // SAFETY: each caller passes arguments matching its kernel's signature
-        // and buffers sized for `threads` elements.
-        unsafe { b.launch(grid_for(threads, 256)) }
-            .map(|_| ())
-            .map_err(dev(op))
     }
 
     fn rope_table(&self, inv_freq: &[f32]) -> Result<u64> {

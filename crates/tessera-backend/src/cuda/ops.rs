@@ -1,12 +1,15 @@
-//! `Backend` for `CudaBackend`: shape checks, then one kernel launch per op
-//! (or none, when a deferred int8 product absorbs the op, see `tensor.rs`).
+//! `Backend` for `CudaBackend`: shape checks, then one kernel launch per op,
+//! or none when the op's result can stay lazy until a consumer absorbs it
+//! (see `tensor.rs`).
 
-use super::linear::GemvMode;
+use super::launch::{Args, Dims};
+use super::linear::{GemvMode, GEMV_MAX_ROWS};
+use super::tensor::{ColView, Lazy, NormJob, NormSrc, RopeJob};
 use super::{dev, CudaBackend, CudaKvCache, CudaLinear, CudaTensor};
 use crate::checks;
 use crate::error::shape_err;
 use crate::{AttentionShape, Backend, Result, WeightDType};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 use tessera_model::HostTensor;
 
 impl Backend for CudaBackend {
@@ -57,6 +60,10 @@ impl Backend for CudaBackend {
         if start + count > x.rows {
             let detail = format!("rows {start}..{} of {}", start + count, x.rows);
             return Err(shape_err("slice_rows", detail));
+        }
+        if start == 0 && count == x.rows {
+            // All rows (the decode step's last row): share, don't copy.
+            return Ok(CudaTensor::shared_ready(count, x.cols, self.shared(x)?));
         }
         let mut out = self.alloc::<f32>(count * x.cols)?;
         if count * x.cols > 0 {
@@ -126,33 +133,23 @@ impl Backend for CudaBackend {
             let detail = format!("widths {widths:?} do not sum to {}", x.cols);
             return Err(shape_err("split_cols", detail));
         }
-        let src = self.buf(x)?;
-        let mut outs = Vec::with_capacity(widths.len());
-        for w in widths {
-            outs.push(CudaTensor::ready(
-                x.rows,
-                *w,
-                self.alloc::<f32>(x.rows * w)?,
-            ));
-        }
-        // Four pieces per launch: Q/K/V is one launch.
+        let parent = self.shared(x)?;
         let mut col0 = 0usize;
-        for chunk in outs.chunks(4) {
-            let mut ptrs = [0u64; 4];
-            let mut ws = [0i32; 4];
-            for (j, t) in chunk.iter().enumerate() {
-                ptrs[j] = self.ptr(self.buf(t)?);
-                ws[j] = t.cols as i32;
+        let mut outs = Vec::with_capacity(widths.len());
+        for &w in widths {
+            let view = ColView {
+                parent: parent.clone(),
+                stride: x.cols,
+                col0,
+                rope: None,
+            };
+            // Fused: column views, read in place by the KV store and attention.
+            let t = CudaTensor::lazy(x.rows, w, Lazy::Cols(view));
+            if !self.fuse {
+                self.buf(&t)?;
             }
-            let span: usize = chunk.iter().map(|t| t.cols).sum();
-            let (rows, cols, c0) = (x.rows as i32, x.cols as i32, col0 as i32);
-            let mut b = self.stream.launch_builder(&self.k.split_cols4);
-            b.arg(src).arg(&rows).arg(&cols).arg(&c0);
-            for j in 0..4 {
-                b.arg(&ptrs[j]).arg(&ws[j]);
-            }
-            self.launch_1d("split_cols", x.rows * span, &mut b)?;
-            col0 += span;
+            outs.push(t);
+            col0 += w;
         }
         Ok(outs)
     }
@@ -166,24 +163,23 @@ impl Backend for CudaBackend {
             let detail = format!("weight {} vs hidden {}", weight.rows * weight.cols, x.cols);
             return Err(shape_err("rms_norm", detail));
         }
-        let mut out = self.alloc::<f32>(x.rows * x.cols)?;
-        if x.rows > 0 {
-            let cols = x.cols as i32;
-            let mut b = self.stream.launch_builder(&self.k.rms_norm);
-            b.arg(self.buf(x)?)
-                .arg(self.buf(weight)?)
-                .arg(&cols)
-                .arg(&eps)
-                .arg(&mut out);
-            let block = if x.cols >= 4096 { 1024 } else { 256 };
-            let cfg = LaunchConfig {
-                grid_dim: (x.rows as u32, 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
+        let src = NormSrc {
+            x: self.shared(x)?,
+            w: self.shared(weight)?,
+            eps,
+            rows: x.rows,
+            cols: x.cols,
+        };
+        let out = self.alloc::<f32>(x.rows * x.cols)?;
+        if self.fuse && x.rows <= GEMV_MAX_ROWS {
+            // Fused: the GEMV that reads this tensor normalizes as it loads.
+            let l = Lazy::Norm {
+                out: Arc::new(out),
+                job: NormJob::new(src),
             };
-            // SAFETY: x and out are [rows, cols], weight has cols entries.
-            unsafe { b.launch(cfg) }.map_err(dev("rms_norm"))?;
+            return Ok(CudaTensor::lazy(x.rows, x.cols, l));
         }
+        self.rms_norm_into(&src, self.ptr(&out))?;
         Ok(CudaTensor::ready(x.rows, x.cols, out))
     }
 
@@ -196,12 +192,15 @@ impl Backend for CudaBackend {
             let detail = format!("bias {} vs cols {}", bias.rows * bias.cols, x.cols);
             return Err(shape_err("add_bias", detail));
         }
-        let (cols, total, threads) = (x.cols as i32, (x.rows * x.cols) as i64, x.rows * x.cols);
-        let bias_buf = self.buf(bias)?;
-        let x_buf = self.buf_mut(x)?;
-        let mut b = self.stream.launch_builder(&self.k.add_bias);
-        b.arg(x_buf).arg(bias_buf).arg(&cols).arg(&total);
-        self.launch_1d("add_bias", threads, &mut b)
+        let (cols, total) = (x.cols, x.rows * x.cols);
+        let bias_p = self.ptr(self.buf(bias)?);
+        let x_p = self.ptr(self.buf_mut(x)?);
+        let args = Args::new().ptr(x_p).ptr(bias_p).int(cols).i64(total);
+        if total == 0 {
+            return Ok(());
+        }
+        // SAFETY: x holds total f32, bias cols.
+        unsafe { self.launch("add_bias", &self.k.add_bias, Dims::flat(total), args) }
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
@@ -209,22 +208,27 @@ impl Backend for CudaBackend {
             let detail = format!("[{}, {}] vs [{}, {}]", x.rows, x.cols, y.rows, y.cols);
             return Err(shape_err("add_assign", detail));
         }
-        let (rows, threads) = (x.rows, x.rows * x.cols);
-        if let Some(p) = y.pending() {
+        let (rows, total) = (x.rows, x.rows * x.cols);
+        if let Some(p) = y.pending_gemv()? {
             // Fused: the deferred product adds itself into x. Not when the
             // product reads x itself (the kernel would race with its own writes).
-            let x_buf = self.buf_mut(x)?;
-            let x_ptr = self.ptr(x_buf);
-            if self.ptr(&p.x) != x_ptr {
-                return self.launch_gemv(&p.w, &p.x, rows, x_ptr, GemvMode::Accumulate);
+            let x_ptr = self.ptr(self.buf_mut(x)?);
+            let norm_src = match &p.input.norm {
+                Some(j) => j.src_ptr(self)?,
+                None => None,
+            };
+            if self.ptr(&p.input.x) != x_ptr && norm_src != Some(x_ptr) {
+                return self.launch_gemv(&p, rows, x_ptr, GemvMode::Accumulate);
             }
         }
-        let total = threads as i64;
-        let y_buf = self.buf(y)?;
-        let x_buf = self.buf_mut(x)?;
-        let mut b = self.stream.launch_builder(&self.k.add_assign);
-        b.arg(x_buf).arg(y_buf).arg(&total);
-        self.launch_1d("add_assign", threads, &mut b)
+        let y_p = self.ptr(self.buf(y)?);
+        let x_p = self.ptr(self.buf_mut(x)?);
+        if total == 0 {
+            return Ok(());
+        }
+        let args = Args::new().ptr(x_p).ptr(y_p).i64(total);
+        // SAFETY: x and y hold total f32.
+        unsafe { self.launch("add_assign", &self.k.add_assign, Dims::flat(total), args) }
     }
 
     fn swiglu(&self, gate_up: &CudaTensor) -> Result<CudaTensor> {
@@ -233,19 +237,21 @@ impl Backend for CudaBackend {
         }
         let m = gate_up.cols / 2;
         let out = self.alloc::<f32>(gate_up.rows * m)?;
-        if let Some(p) = gate_up.pending() {
-            // Fused: each warp computes a gate row and its up row and gates them.
-            self.launch_gemv(&p.w, &p.x, gate_up.rows, self.ptr(&out), GemvMode::SwiGlu)?;
+        if let Some(p) = gate_up.pending_gemv()? {
+            // Fused: each warp computes gate rows and their up rows and gates them.
+            self.launch_gemv(&p, gate_up.rows, self.ptr(&out), GemvMode::SwiGlu)?;
             return Ok(CudaTensor::ready(gate_up.rows, m, out));
         }
-        let mut out = out;
-        let (m_i, total) = (m as i32, (gate_up.rows * m) as i64);
-        let mut b = self.stream.launch_builder(&self.k.swiglu);
-        b.arg(self.buf(gate_up)?)
-            .arg(&m_i)
-            .arg(&total)
-            .arg(&mut out);
-        self.launch_1d("swiglu", gate_up.rows * m, &mut b)?;
+        let total = gate_up.rows * m;
+        if total > 0 {
+            let args = Args::new()
+                .ptr(self.ptr(self.buf(gate_up)?))
+                .int(m)
+                .i64(total)
+                .ptr(self.ptr(&out));
+            // SAFETY: gate_up holds rows x 2m f32, out rows x m.
+            unsafe { self.launch("swiglu", &self.k.swiglu, Dims::flat(total), args) }?;
+        }
         Ok(CudaTensor::ready(gate_up.rows, m, out))
     }
 
@@ -259,22 +265,29 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::rope(x.cols, heads, head_dim, inv_freq)?;
         let table = self.rope_table(inv_freq)?;
+        let job = RopeJob {
+            table,
+            head_dim,
+            start: start_pos,
+        };
+        // Fused: a Q/K view applies RoPE where it is read.
+        if self.fuse && x.defer_rope(job)? {
+            return Ok(());
+        }
         let threads = x.rows * heads * (head_dim / 2);
-        let (rows, h, hd, start) = (
-            x.rows as i32,
-            heads as i32,
-            head_dim as i32,
-            start_pos as i32,
-        );
-        let x_buf = self.buf_mut(x)?;
-        let mut b = self.stream.launch_builder(&self.k.rope);
-        b.arg(x_buf)
-            .arg(&rows)
-            .arg(&h)
-            .arg(&hd)
-            .arg(&start)
-            .arg(&table);
-        self.launch_1d("rope", threads, &mut b)
+        let (rows, x_p) = (x.rows, self.ptr(self.buf_mut(x)?));
+        if threads == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(x_p)
+            .int(rows)
+            .int(heads)
+            .int(head_dim)
+            .int(start_pos)
+            .ptr(table);
+        // SAFETY: x holds rows x heads*head_dim f32; the table head_dim/2.
+        unsafe { self.launch("rope", &self.k.rope, Dims::flat(threads), args) }
     }
 
     fn kv_cache(
@@ -314,21 +327,36 @@ impl Backend for CudaBackend {
             (v.rows, v.cols),
         )?;
         let layer_off = (layer * kvh * cap * hd * 4) as u64;
-        let (kc, vc) = (
-            self.ptr(&cache.k) + layer_off,
-            self.ptr(&cache.v) + layer_off,
-        );
-        let (n, kvh_i, hd_i, cap_i, start) = (
-            k.rows as i32,
-            kvh as i32,
-            hd as i32,
-            cap as i32,
-            start_pos as i32,
-        );
-        let mut b = self.stream.launch_builder(&self.k.kv_store);
-        b.arg(self.buf(k)?).arg(self.buf(v)?).arg(&kc).arg(&vc);
-        b.arg(&n).arg(&kvh_i).arg(&hd_i).arg(&cap_i).arg(&start);
-        self.launch_1d("kv_store", k.rows * kvh * hd, &mut b)
+        // K may carry RoPE of this head size; V never (it is computed first).
+        let ks = self.strided(k, Some(hd))?;
+        let vs = self.strided(v, None)?;
+        if k.rows * kvh * hd == 0 {
+            return Ok(());
+        }
+        let args = Args::new()
+            .ptr(ks.ptr)
+            .int(ks.stride)
+            .ptr(vs.ptr)
+            .int(vs.stride)
+            .ptr(self.ptr(&cache.k) + layer_off)
+            .ptr(self.ptr(&cache.v) + layer_off)
+            .int(k.rows)
+            .int(kvh)
+            .int(hd)
+            .int(cap)
+            .int(start_pos)
+            .ptr(ks.rope.map(|r| r.table).unwrap_or(0))
+            .int(ks.rope.map(|r| r.start).unwrap_or(0));
+        // SAFETY: k and v rows hold kvh*hd f32 at their strides; the cache
+        // layer holds kvh x cap x hd f32 each, start_pos + rows <= cap.
+        unsafe {
+            self.launch(
+                "kv_store",
+                &self.k.kv_store,
+                Dims::flat(k.rows * kvh * hd),
+                args,
+            )
+        }
     }
 
     fn attention(
@@ -349,40 +377,41 @@ impl Backend for CudaBackend {
             let detail = format!("head_dim {head_dim} > 256 is not supported on CUDA");
             return Err(shape_err("attention", detail));
         }
-        let mut out = self.alloc::<f32>(q.rows * q.cols)?;
+        let out = self.alloc::<f32>(q.rows * q.cols)?;
         if q.rows == 0 {
             return Ok(CudaTensor::ready(0, q.cols, out));
         }
         let cap = cache.capacity;
         let layer_off = (layer * num_kv_heads * cap * head_dim * 4) as u64;
-        let (kc, vc) = (
-            self.ptr(&cache.k) + layer_off,
-            self.ptr(&cache.v) + layer_off,
-        );
-        let (h, kvh, hd) = (num_heads as i32, num_kv_heads as i32, head_dim as i32);
-        let (cap_i, start) = (cap as i32, start_pos as i32);
-        let scale = 1.0f32 / (head_dim as f32).sqrt();
+        let qs = self.strided(q, Some(head_dim))?;
         let f = if head_dim <= 128 {
             &self.k.attention_d128
         } else {
             &self.k.attention_d256
         };
-        let mut b = self.stream.launch_builder(f);
-        b.arg(self.buf(q)?).arg(&kc).arg(&vc).arg(&mut out);
-        b.arg(&h)
-            .arg(&kvh)
-            .arg(&hd)
-            .arg(&cap_i)
-            .arg(&start)
-            .arg(&scale);
-        let cfg = LaunchConfig {
-            grid_dim: (q.rows as u32, num_heads as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let args = Args::new()
+            .ptr(qs.ptr)
+            .int(qs.stride)
+            .ptr(self.ptr(&cache.k) + layer_off)
+            .ptr(self.ptr(&cache.v) + layer_off)
+            .ptr(self.ptr(&out))
+            .int(num_heads)
+            .int(num_kv_heads)
+            .int(head_dim)
+            .int(cap)
+            .int(start_pos)
+            .f32(1.0f32 / (head_dim as f32).sqrt())
+            .ptr(qs.rope.map(|r| r.table).unwrap_or(0))
+            .int(qs.rope.map(|r| r.start).unwrap_or(0));
+        let dims = Dims {
+            grid: (q.rows as u32, num_heads as u32),
+            block: 256,
+            smem: 0,
         };
-        // SAFETY: q/out are [rows, heads*hd]; the cache layer holds kvh*cap*hd
-        // f32 each and positions up to start_pos+rows-1 < cap were stored.
-        unsafe { b.launch(cfg) }.map_err(dev("attention"))?;
+        // SAFETY: q rows hold heads*hd f32 at its stride, out [rows, heads*hd];
+        // the cache layer holds kvh*cap*hd f32 each and positions up to
+        // start_pos+rows-1 < cap were stored.
+        unsafe { self.launch("attention", f, dims, args) }?;
         Ok(CudaTensor::ready(q.rows, q.cols, out))
     }
 }

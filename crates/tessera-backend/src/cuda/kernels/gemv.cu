@@ -1,0 +1,411 @@
+// ---------------------------------------------------------------- GEMV variants v2 and v3 (int8 and bf16)
+//
+// y = x [n, k] @ w[m, k]^T for n <= 16 activation rows, weights dequantized in
+// the kernel, f32 accumulation, with the fused epilogues of v1 (mode 0 store,
+// 1 accumulate into y, 2 SwiGLU over [gate rows | up rows]) and, new, an
+// optional fused RMSNorm of x (norm weight `nw`, computed while x is staged
+// into shared memory; block 0 also writes the normalized x to `x_out`).
+//
+// Numerics contract shared by every GEMV variant, v1 included, so that the
+// variant choice never changes a bit: a weight row is cut into 16-byte chunks
+// (16 int8 or 8 bf16 weights); lane l of the warp that owns the row sums the
+// chunks l, l + 32, l + 64, ... in that order, each chunk as
+//     d = fmaf(w[e], x[e], d) over its elements from d = 0, then
+//     acc = fmaf(scale, d, acc) (int8) or acc = acc + d (bf16),
+// and the 32 lane sums are combined by warp_sum; epilogues are the
+// expressions of the standalone kernels (silu_mul, y + p, norm_elem).
+//
+// Activations staged in shared memory are zero-padded to a multiple of 16 and
+// stored float4-swizzled (float4 L at L ^ ((L >> 3) & 3)), which makes the
+// lanes' 64-byte x reads bank-conflict free.
+
+struct WInt8 {
+    static constexpr int E = 16; // weights per 16-byte chunk
+    static __device__ __forceinline__ void decode(int4 v, float* w) {
+        unpack4(v.x, w);
+        unpack4(v.y, w + 4);
+        unpack4(v.z, w + 8);
+        unpack4(v.w, w + 12);
+    }
+    static __device__ __forceinline__ float combine(float acc, float d, float s) { return fmaf(s, d, acc); }
+};
+
+struct WBf16 {
+    static constexpr int E = 8;
+    static __device__ __forceinline__ void decode(int4 v, float* w) {
+        unpack_bf16x2(v.x, w);
+        unpack_bf16x2(v.y, w + 2);
+        unpack_bf16x2(v.z, w + 4);
+        unpack_bf16x2(v.w, w + 6);
+    }
+    static __device__ __forceinline__ float combine(float acc, float d, float) { return __fadd_rn(acc, d); }
+};
+
+__device__ __forceinline__ int swz4(int l) { return l ^ ((l >> 3) & 3); }
+
+// Copy the n activation rows into shared memory `xs` ([n][kx], kx = k rounded
+// up to 16, swizzled), applying RMSNorm when nw is set; block 0 also writes
+// the normalized rows to x_out. Ends with a barrier.
+__device__ __forceinline__ void stage_x(const float* __restrict__ x, int n, int k, int kx,
+                                        const float* __restrict__ nw, float eps, float* __restrict__ x_out,
+                                        float* xs, float* red) {
+    const bool out = x_out != nullptr && blockIdx.x == 0;
+    for (int b = 0; b < n; b++) {
+        const float* xr = x + (size_t)b * k;
+        float inv = nw ? block_inv_rms(xr, k, eps, red) : 1.f;
+        float* row = xs + (size_t)b * kx;
+        if ((k & 3) == 0) {
+            // Rows are 16-byte aligned: whole float4s (a float4 stays whole under the swizzle).
+            for (int i = threadIdx.x; i < kx / 4; i += BLOCK) {
+                float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (4 * i < k) {
+                    v = ((const float4*)xr)[i];
+                    if (nw) {
+                        float4 g = ((const float4*)nw)[i];
+                        v = make_float4(norm_elem(v.x, g.x, inv), norm_elem(v.y, g.y, inv), norm_elem(v.z, g.z, inv),
+                                        norm_elem(v.w, g.w, inv));
+                    }
+                    if (out) ((float4*)(x_out + (size_t)b * k))[i] = v;
+                }
+                ((float4*)row)[swz4(i)] = v;
+            }
+        } else {
+            for (int c = threadIdx.x; c < kx; c += BLOCK) {
+                float v = c < k ? (nw ? norm_elem(xr[c], nw[c], inv) : xr[c]) : 0.f;
+                row[(swz4(c >> 2) << 2) | (c & 3)] = v;
+                if (out && c < k) x_out[(size_t)b * k + c] = v;
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Elements c .. c+E of activation row b: from shared memory (swizzled, padded)
+// or from global memory (L1-cached, ragged tail guarded).
+template <int E>
+__device__ __forceinline__ void load_x(const float* __restrict__ xg, const float* xs, int kx, int k, bool smem,
+                                       bool vec, int b, int c, float* xr) {
+    if (smem) {
+        const float* row = xs + (size_t)b * kx;
+#pragma unroll
+        for (int j = 0; j < E / 4; j++) {
+            float4 v = *(const float4*)(row + (swz4((c >> 2) + j) << 2));
+            xr[4 * j] = v.x;
+            xr[4 * j + 1] = v.y;
+            xr[4 * j + 2] = v.z;
+            xr[4 * j + 3] = v.w;
+        }
+    } else {
+        const float* row = xg + (size_t)b * k + c;
+        if (vec && c + E <= k) {
+#pragma unroll
+            for (int j = 0; j < E / 4; j++) {
+                float4 v = __ldg((const float4*)row + j);
+                xr[4 * j] = v.x;
+                xr[4 * j + 1] = v.y;
+                xr[4 * j + 2] = v.z;
+                xr[4 * j + 3] = v.w;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < E; e++) xr[e] = c + e < k ? row[e] : 0.f;
+        }
+    }
+}
+
+// acc[j][b] += weight chunk wf[j] . activation chunk of row b, for b < n.
+template <class WT, int NB, int R>
+__device__ __forceinline__ void chunk_fma(const float (&wf)[R][WT::E], const float (&sc)[R],
+                                          const float* __restrict__ xg, const float* xs, int kx, int k, bool smem,
+                                          bool vec, int n, int c, float (&acc)[R][NB]) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        if (b >= n) break;
+        float xr[WT::E];
+        load_x<WT::E>(xg, xs, kx, k, smem, vec, b, c, xr);
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < WT::E; e++) d = fmaf(wf[j][e], xr[e], d);
+            acc[j][b] = WT::combine(acc[j][b], d, sc[j]);
+        }
+    }
+}
+
+// The weight row of slot j of a warp's R rows starting at output o0, or -1
+// past the end. SwiGLU (mode 2): slots < R/2 are gate rows, the rest the
+// matching up rows (rows_out further down).
+template <int R>
+__device__ __forceinline__ int gemv_row(int j, int o0, int rows_out, int mode) {
+    if (mode == 2) {
+        int o = o0 + (j < R / 2 ? j : j - R / 2);
+        return o < rows_out ? (j < R / 2 ? o : rows_out + o) : -1;
+    }
+    int o = o0 + j;
+    return o < rows_out ? o : -1;
+}
+
+// Reduce a warp's sums and write its outputs (o0 = its first output row).
+template <int NB, int R>
+__device__ __forceinline__ void gemv_finish(float (&acc)[R][NB], float* __restrict__ y, int o0, int rows_out, int m,
+                                            int n, int mode, int lane) {
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[j][b] = warp_sum(acc[j][b]);
+    if (lane == 0) {
+        if (mode == 2) {
+#pragma unroll
+            for (int j = 0; j < R / 2; j++)
+#pragma unroll
+                for (int b = 0; b < NB; b++)
+                    if (o0 + j < rows_out && b < n)
+                        y[(size_t)b * rows_out + o0 + j] = silu_mul(acc[j][b], acc[j + R / 2][b]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < R; j++)
+#pragma unroll
+                for (int b = 0; b < NB; b++)
+                    if (o0 + j < m && b < n) {
+                        size_t i = (size_t)b * m + o0 + j;
+                        y[i] = mode == 1 ? y[i] + acc[j][b] : acc[j][b];
+                    }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[j][b] = 0.f;
+}
+
+#define GEMV_PARAMS                                                                                              \
+    const int4 *__restrict__ w, const float *__restrict__ scales, const float *__restrict__ x,                  \
+        const float *__restrict__ nw, float eps, float *__restrict__ x_out, float *__restrict__ y, int m, int k, \
+        int kc, int gpr, int gshift, int n, int mode, int x_smem
+#define GEMV_ARGS w, scales, x, nw, eps, x_out, y, m, k, kc, gpr, gshift, n, mode, x_smem
+
+// ---------------------------------------------------------------- v2: software-pipelined warps
+
+// Each warp owns groups of R weight rows (strided over the grid) and streams
+// them U chunks per lane per step, loading the next step's weights and scales
+// into registers before computing the current one, so loads stay in flight
+// continuously. The first step is loaded before grid_dep_wait (weights never
+// change during a run), overlapping the previous kernel's tail.
+template <class WT, int R, int U>
+__device__ __forceinline__ void v2_load(const int4* __restrict__ w, const float* __restrict__ scales, int g, int s,
+                                        int groups, int per, int rows_out, int mode, int kc, int gpr, int gshift,
+                                        int lane, int4 (&wv)[U][R], float (&sc)[U][R]) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            int ch = s * WARP * U + u * WARP + lane;
+            int row = g < groups ? gemv_row<R>(j, g * per, rows_out, mode) : -1;
+            bool ok = row >= 0 && ch < kc;
+            wv[u][j] = ok ? ld_stream(w + (size_t)row * kc + ch) : make_int4(0, 0, 0, 0);
+            sc[u][j] = (WT::E == 16 && ok) ? __ldg(scales + (size_t)row * gpr + ((ch * WT::E) >> gshift)) : 0.f;
+        }
+}
+
+template <class WT, int NB, int R, int U>
+__device__ __forceinline__ void gemv_v2(GEMV_PARAMS) {
+    extern __shared__ __align__(16) float v2_xs[];
+    __shared__ float red[BLOCK / WARP];
+    constexpr int E = WT::E;
+    const int lane = threadIdx.x & (WARP - 1);
+    const int rows_out = mode == 2 ? m / 2 : m;
+    const int per = mode == 2 ? R / 2 : R;
+    const int groups = (rows_out + per - 1) / per;
+    const int steps = (kc + WARP * U - 1) / (WARP * U);
+    const int gstride = gridDim.x * (BLOCK / WARP);
+    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
+    int s = 0;
+    int4 cur[U][R];
+    float cs[U][R];
+    v2_load<WT, R, U>(w, scales, g, s, groups, per, rows_out, mode, kc, gpr, gshift, lane, cur, cs);
+    grid_dep_wait();
+    const bool smem = x_smem != 0;
+    const int kx = (k + 15) & ~15;
+    if (smem) stage_x(x, n, k, kx, nw, eps, x_out, v2_xs, red);
+    grid_dep_launch();
+    if (g >= groups) return;
+    const bool vec = (k & 3) == 0;
+    float acc[R][NB];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[j][b] = 0.f;
+    for (;;) {
+        int ng = g, ns = s + 1;
+        if (ns == steps) {
+            ns = 0;
+            ng += gstride;
+        }
+        int4 nxt[U][R];
+        float nsc[U][R];
+        v2_load<WT, R, U>(w, scales, ng, ns, groups, per, rows_out, mode, kc, gpr, gshift, lane, nxt, nsc);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int ch = s * WARP * U + u * WARP + lane;
+            if (ch < kc) {
+                float wf[R][E];
+#pragma unroll
+                for (int j = 0; j < R; j++) WT::decode(cur[u][j], wf[j]);
+                chunk_fma<WT, NB, R>(wf, cs[u], x, v2_xs, kx, k, smem, vec, n, ch * E, acc);
+            }
+        }
+        if (s == steps - 1) gemv_finish<NB, R>(acc, y, g * per, rows_out, m, n, mode, lane);
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                cur[u][j] = nxt[u][j];
+                cs[u][j] = nsc[u][j];
+            }
+    }
+}
+
+// ---------------------------------------------------------------- v3: cp.async ring through shared memory
+
+// Each block streams tiles of TR = 8*R weight rows (strided over the grid)
+// through an S-stage ring in shared memory, 512 bytes of every row per stage,
+// with cp.async: S-1 stages are always in flight, independent of registers.
+// The first S-1 stages are issued before grid_dep_wait. Warp w computes R
+// rows of each stage, lane l the row's chunk l of the stage.
+#define V3_CPS 32 // 16-byte chunks per row per stage
+
+template <class WT, int R>
+__device__ __forceinline__ int v3_row(int lr, int o0, int rows_out, int m, int mode) {
+    constexpr int TR = (BLOCK / WARP) * R;
+    if (mode == 2) {
+        int o = o0 + (lr < TR / 2 ? lr : lr - TR / 2);
+        return o < rows_out ? (lr < TR / 2 ? o : rows_out + o) : -1;
+    }
+    int o = o0 + lr;
+    return o < m ? o : -1;
+}
+
+template <class WT, int NB, int R, int S>
+__device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
+    extern __shared__ __align__(16) int4 v3_ring[];
+    __shared__ float red[BLOCK / WARP];
+    constexpr int E = WT::E;
+    constexpr bool I8 = E == 16;
+    constexpr int TR = (BLOCK / WARP) * R;
+    const int ngs = I8 ? (V3_CPS * E) >> gshift : 0; // scales per row per stage
+    float* sring = (float*)(v3_ring + S * TR * V3_CPS);
+    float* xs = sring + S * TR * ngs;
+    const int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP;
+    const int rows_out = mode == 2 ? m / 2 : m;
+    const int per = mode == 2 ? TR / 2 : TR;
+    const int tiles = (rows_out + per - 1) / per;
+    const int ks_n = (kc + V3_CPS - 1) / V3_CPS;
+    const int my_tiles = (tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x;
+    const int T = my_tiles * ks_n;
+
+    auto issue = [&](int t) {
+        int tile = blockIdx.x + (t / ks_n) * gridDim.x, ks = t % ks_n, slot = t % S;
+        int o0 = tile * per;
+        int4* dst = v3_ring + slot * TR * V3_CPS;
+        for (int idx = threadIdx.x; idx < TR * V3_CPS; idx += BLOCK) {
+            int lr = idx / V3_CPS, ch = ks * V3_CPS + idx % V3_CPS;
+            int row = v3_row<WT, R>(lr, o0, rows_out, m, mode);
+            bool ok = row >= 0 && ch < kc;
+            cp_async16(dst + idx, ok ? (const void*)(w + (size_t)row * kc + ch) : (const void*)w, ok);
+        }
+        if constexpr (I8) {
+            float* sdst = sring + slot * TR * ngs;
+            int s0 = (ks * V3_CPS * E) >> gshift;
+            for (int idx = threadIdx.x; idx < TR * ngs; idx += BLOCK) {
+                int lr = idx / ngs, gi = s0 + idx % ngs;
+                int row = v3_row<WT, R>(lr, o0, rows_out, m, mode);
+                bool ok = row >= 0 && gi < gpr;
+                cp_async4(sdst + idx, ok ? (const void*)(scales + (size_t)row * gpr + gi) : (const void*)scales, ok);
+            }
+        }
+    };
+
+#pragma unroll 1
+    for (int t = 0; t < S - 1; t++) {
+        if (t < T) issue(t);
+        cp_async_commit();
+    }
+    grid_dep_wait();
+    const bool smem = x_smem != 0;
+    const int kx = (k + 15) & ~15;
+    if (smem) stage_x(x, n, k, kx, nw, eps, x_out, xs, red);
+    grid_dep_launch();
+    const bool vec = (k & 3) == 0;
+    // The warp's R local rows: gate rows then up rows for SwiGLU.
+    int lrow[R];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+        lrow[j] = mode == 2 ? (j < R / 2 ? warp * (R / 2) + j : TR / 2 + warp * (R / 2) + j - R / 2) : warp * R + j;
+    const int wper = mode == 2 ? R / 2 : R;
+    float acc[R][NB];
+#pragma unroll
+    for (int j = 0; j < R; j++)
+#pragma unroll
+        for (int b = 0; b < NB; b++) acc[j][b] = 0.f;
+#pragma unroll 1
+    for (int t = 0; t < T; t++) {
+        cp_async_wait<S - 2>();
+        __syncthreads();
+        if (t + S - 1 < T) issue(t + S - 1);
+        cp_async_commit();
+        int ks = t % ks_n, slot = t % S;
+        int ch = ks * V3_CPS + lane;
+        if (ch < kc) {
+            const int4* src = v3_ring + slot * TR * V3_CPS;
+            const float* ssrc = sring + slot * TR * ngs;
+            float wf[R][E], sc[R];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                WT::decode(src[lrow[j] * V3_CPS + lane], wf[j]);
+                sc[j] = I8 ? ssrc[lrow[j] * ngs + ((lane * E) >> gshift)] : 0.f;
+            }
+            chunk_fma<WT, NB, R>(wf, sc, x, xs, kx, k, smem, vec, n, ch * E, acc);
+        }
+        if (ks == ks_n - 1) {
+            int tile = blockIdx.x + (t / ks_n) * gridDim.x;
+            gemv_finish<NB, R>(acc, y, tile * per + warp * wper, rows_out, m, n, mode, lane);
+        }
+    }
+    cp_async_wait<0>();
+}
+
+#define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
+    extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
+#define GEMV_V3_ENTRY(NAME, WT, NB, R, S) \
+    extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v3<WT, NB, R, S>(GEMV_ARGS); }
+
+// Index order (module.rs): one row with 4 and 2 rows per warp, then 2, 4, 8, 16 rows.
+GEMV_V2_ENTRY(gemv_v2_i8_n1_r4, WInt8, 1, 4, 2)
+GEMV_V2_ENTRY(gemv_v2_i8_n1_r2, WInt8, 1, 2, 4)
+GEMV_V2_ENTRY(gemv_v2_i8_n2, WInt8, 2, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_i8_n4, WInt8, 4, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_i8_n8, WInt8, 8, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_i8_n16, WInt8, 16, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_bf16_n1_r4, WBf16, 1, 4, 2)
+GEMV_V2_ENTRY(gemv_v2_bf16_n1_r2, WBf16, 1, 2, 4)
+GEMV_V2_ENTRY(gemv_v2_bf16_n2, WBf16, 2, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_bf16_n4, WBf16, 4, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_bf16_n8, WBf16, 8, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
+// v3 ring (module.rs V3_SHAPES must match): 6 stages of 16 rows (48 KiB) up to 8
+// activation rows, which leaves room for two blocks per SM with a 44 KiB x
+// (k = 11008); 4 stages of 32 rows for 16 activation rows.
+GEMV_V3_ENTRY(gemv_v3_i8_n1, WInt8, 1, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_i8_n2, WInt8, 2, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_i8_n4, WInt8, 4, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_i8_n8, WInt8, 8, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_i8_n16, WInt8, 16, 4, 4)
+GEMV_V3_ENTRY(gemv_v3_bf16_n1, WBf16, 1, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_bf16_n2, WBf16, 2, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_bf16_n4, WBf16, 4, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_bf16_n8, WBf16, 8, 2, 6)
+GEMV_V3_ENTRY(gemv_v3_bf16_n16, WBf16, 16, 4, 4)

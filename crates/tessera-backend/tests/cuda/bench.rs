@@ -1,0 +1,171 @@
+//! Timings for the device report (`cuda-tests --ignored bench`), printed as
+//! `BENCH name value` lines; not correctness tests (those assert nothing
+//! about speed).
+
+use crate::support::{backend, host, inv_freq, step, Weights, LLAMA2_7B};
+use std::sync::Arc;
+use std::time::Instant;
+use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
+use tessera_backend::{Backend, WeightDType};
+
+/// Device copies of a weight (so consecutive products never hit L2).
+fn copies(w: &CudaLinear, count: usize) -> Vec<CudaLinear> {
+    (0..count)
+        .map(|_| match w {
+            CudaLinear::Int8(q) => CudaLinear::Int8(Arc::new(Int8Weight {
+                rows: q.rows,
+                cols: q.cols,
+                kp: q.kp,
+                gpr: q.gpr,
+                q: q.q.try_clone().expect("copy"),
+                scales: q.scales.try_clone().expect("copy"),
+            })),
+            CudaLinear::Bf16(q) => CudaLinear::Bf16(Arc::new(Bf16Weight {
+                rows: q.rows,
+                cols: q.cols,
+                kp: q.kp,
+                w: q.w.try_clone().expect("copy"),
+            })),
+            CudaLinear::F32 { .. } => panic!("f32 weights have no GEMV"),
+        })
+        .collect()
+}
+
+/// Achieved weight bandwidth of every GEMV variant on the llama2-7b matrices
+/// (o_proj, fused QKV, fused gate/up, down_proj, LM head), int8 and bf16, at
+/// 1 and 16 activation rows; consecutive launches read different copies of
+/// the weight (more than 256 MB in all), as a decode step does. Also the
+/// cost of one small op.
+#[test]
+#[ignore]
+fn bench_gemv_variants_and_small_ops() {
+    let Some(mut b) = backend("bench_gemv_variants_and_small_ops") else {
+        return;
+    };
+    // Deferred products would not run at all: time the plain kernels.
+    b.set_fusion(false);
+    for (m, k) in [
+        (4096usize, 4096usize),
+        (12288, 4096),
+        (22016, 4096),
+        (4096, 11008),
+        (32000, 4096),
+    ] {
+        let w = host(m, k, 1);
+        for dtype in [WeightDType::Int8, WeightDType::BF16] {
+            let first = b.upload_linear(&w, dtype).unwrap();
+            let bytes = first.bytes();
+            let ws = copies(&first, (256usize << 20).div_ceil(bytes).max(2));
+            drop(first);
+            for n in [1usize, 16] {
+                let x = b.upload(&host(n, k, 2)).unwrap();
+                for v in GemvVariant::ALL {
+                    if !v.supports(dtype == WeightDType::BF16) {
+                        continue;
+                    }
+                    b.set_gemv_variant(Some(v));
+                    for w in &ws {
+                        b.matmul(&x, w).unwrap();
+                    }
+                    b.synchronize().unwrap();
+                    let iters = (3 * ws.len()).max(40);
+                    let t = Instant::now();
+                    for i in 0..iters {
+                        b.matmul(&x, &ws[i % ws.len()]).unwrap();
+                    }
+                    b.synchronize().unwrap();
+                    let secs = t.elapsed().as_secs_f64() / iters as f64;
+                    println!(
+                        "BENCH gemv_{dtype}_{m}x{k}_n{n}_{v}_gb_per_s {:.1}",
+                        bytes as f64 / secs / 1e9
+                    );
+                }
+            }
+        }
+    }
+    b.set_gemv_variant(None);
+    let x = b.upload(&host(1, 4096, 3)).unwrap();
+    let g = b.upload(&host(1, 4096, 4)).unwrap();
+    let iters = 500;
+    let t = Instant::now();
+    for _ in 0..iters {
+        let mut y = b.rms_norm(&x, &g, 1e-5).unwrap();
+        b.add_assign(&mut y, &x).unwrap();
+    }
+    b.synchronize().unwrap();
+    println!(
+        "BENCH small_op_us {:.2}",
+        t.elapsed().as_secs_f64() * 1e6 / (2 * iters) as f64
+    );
+}
+
+/// Decode steps per second of the llama2-7b shape with one layer's weights
+/// reused for all 32 layers (208 MB int8 per layer, far beyond L2), as the
+/// engine issues them: `steps` after a 128-token context.
+fn decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, f64, Vec<f32>) {
+    let s = LLAMA2_7B;
+    let inv = inv_freq(s.head_dim);
+    let mut cache = b
+        .kv_cache(s.layers, s.kv_heads, s.head_dim, 128 + steps + 1)
+        .unwrap();
+    for pos in 0..128 {
+        step(b, w, s, &mut cache, pos, &inv); // a realistic context; warm-up
+    }
+    let before = b.launch_count();
+    let t = Instant::now();
+    for pos in 128..128 + steps {
+        step(b, w, s, &mut cache, pos, &inv);
+    }
+    let secs = t.elapsed().as_secs_f64() / steps as f64;
+    let launches = (b.launch_count() - before) as f64 / steps as f64;
+    (
+        1.0 / secs,
+        launches,
+        step(b, w, s, &mut cache, 128 + steps, &inv),
+    )
+}
+
+/// Batch-1 decode of the llama2-7b shape, int8 and bf16: the default
+/// configuration (fusion, PDL, GEMV variant timed per shape), each variant
+/// forced, and without PDL and fusion (the previous state), with launches per
+/// step and weight bytes per step for the roofline.
+#[test]
+#[ignore]
+fn bench_decode_step_llama2_7b_shape() {
+    let Some(mut b) = backend("bench_decode_step_llama2_7b_shape") else {
+        return;
+    };
+    let steps = 48;
+    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        let w = Weights::new(&b, LLAMA2_7B, dtype);
+        println!(
+            "BENCH decode_7b_{dtype}_weight_bytes_per_step {}",
+            w.bytes_per_step(LLAMA2_7B)
+        );
+        let mut configs: Vec<(String, bool, bool, Option<GemvVariant>)> =
+            vec![(String::new(), true, true, None)];
+        for v in GemvVariant::ALL {
+            if v.supports(dtype == WeightDType::BF16) {
+                configs.push((format!("_{v}"), true, true, Some(v)));
+            }
+        }
+        configs.push(("_nopdl".into(), true, false, None));
+        configs.push(("_unfused_nopdl".into(), false, false, None));
+        let mut logits = Vec::new();
+        for (tag, fused, pdl, v) in configs {
+            b.set_fusion(fused);
+            b.set_pdl(pdl);
+            b.set_gemv_variant(v);
+            let (rate, launches, l) = decode_rate(&b, &w, steps);
+            println!("BENCH decode_7b_{dtype}{tag}_tokens_per_s {rate:.1}");
+            println!("BENCH decode_7b_{dtype}{tag}_launches_per_step {launches:.0}");
+            logits.push((tag, l));
+        }
+        for t in b.gemv_tunings() {
+            println!("TUNE {t}");
+        }
+        for (tag, l) in &logits[1..] {
+            assert!(*l == logits[0].1, "{dtype}{tag}: logits differ in bits");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! GEMV variants (v1, v2, v3; int8 and bf16) against the reference and
+//! against each other (the variants promise identical bits), fused epilogues
+//! and fused RMSNorm, PDL, and the per-shape timing.
+
+use crate::support::{
+    assert_close, backend, dequant_i8, get, host, inv_freq, round_bf16, step, Shape, Weights,
+};
+use tessera_backend::cuda::GemvVariant;
+use tessera_backend::{reference, Backend, WeightDType};
+use tessera_model::HostTensor;
+
+/// The variants that run products with `dtype`.
+fn variants(dtype: WeightDType) -> Vec<GemvVariant> {
+    GemvVariant::ALL
+        .into_iter()
+        .filter(|v| v.supports(dtype == WeightDType::BF16))
+        .collect()
+}
+
+/// The f32 values the device weight holds.
+fn device_values(w: &HostTensor, dtype: WeightDType) -> Vec<f32> {
+    match dtype {
+        WeightDType::Int8 => dequant_i8(w),
+        WeightDType::BF16 => round_bf16(w),
+        WeightDType::F32 => w.data.clone(),
+    }
+}
+
+#[test]
+fn gemv_variants_match_reference_and_each_other() {
+    let Some(mut b) = backend("gemv_variants_match_reference_and_each_other") else {
+        return;
+    };
+    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        // Ragged k, k beyond one v3 stage, and k = 11008 (activations staged
+        // in shared memory for one row, read from global memory for more).
+        for (m, k) in [
+            (77usize, 333usize),
+            (130, 1000),
+            (64, 4096 + 128),
+            (40, 11008),
+        ] {
+            let w = host(m, k, 10 + m as u64);
+            let deq = device_values(&w, dtype);
+            let wd = b.upload_linear(&w, dtype).unwrap();
+            assert_eq!(b.linear_dims(&wd), (m, k));
+            // 20 and 40 rows: the cuBLAS path (bf16: split-activation GEMM).
+            for n in [1usize, 2, 3, 5, 8, 9, 16, 20, 40] {
+                let x = host(n, k, 100 + n as u64);
+                let dx = b.upload(&x).unwrap();
+                let want = reference::matmul_f32(&x.data, n, k, &deq, m);
+                let tol = 2e-5 * (k as f32).sqrt();
+                let mut first: Option<Vec<f32>> = None;
+                for v in variants(dtype) {
+                    let rows: &[Option<usize>] = match v {
+                        GemvVariant::V1 => &[None, Some(1), Some(2), Some(4)],
+                        GemvVariant::V2 => &[None, Some(4)],
+                        GemvVariant::V3 => &[None],
+                    };
+                    for &r in rows {
+                        b.set_gemv_variant(Some(v));
+                        b.set_gemv_rows(r);
+                        let got = get(&b, &b.matmul(&dx, &wd).unwrap());
+                        let what = format!("{dtype} n={n} m={m} k={k} {v} rows/warp {r:?}");
+                        assert_close(&got, &want, tol, &what);
+                        match &first {
+                            None => first = Some(got),
+                            Some(f) => assert!(
+                                *f == got,
+                                "{what}: bits differ from {}",
+                                variants(dtype)[0]
+                            ),
+                        }
+                    }
+                }
+            }
+            b.set_gemv_variant(None);
+            b.set_gemv_rows(None);
+            assert!(b
+                .matmul(&b.upload(&host(1, k + 1, 1)).unwrap(), &wd)
+                .is_err());
+        }
+    }
+}
+
+#[test]
+fn fused_epilogues_and_norm_match_unfused_and_reference() {
+    let Some(mut b) = backend("fused_epilogues_and_norm_match_unfused_and_reference") else {
+        return;
+    };
+    // k % 16 != 0 (padding) and k % 4 != 0 (unaligned activation rows).
+    for (k, inter) in [(200usize, 90usize), (203, 64)] {
+        let wgu = host(2 * inter, k, 31);
+        let wo = host(k, k, 32);
+        let nw = host(1, k, 33);
+        for dtype in [WeightDType::Int8, WeightDType::BF16] {
+            let (dgu, dwo) = (device_values(&wgu, dtype), device_values(&wo, dtype));
+            let mut results = Vec::new();
+            let mut configs: Vec<(bool, Option<GemvVariant>)> = vec![(true, None), (false, None)];
+            for v in variants(dtype) {
+                configs.push((true, Some(v)));
+                configs.push((false, Some(v)));
+            }
+            for (fused, v) in configs {
+                b.set_fusion(fused);
+                b.set_gemv_variant(v);
+                let gu = b.upload_linear(&wgu, dtype).unwrap();
+                let o = b.upload_linear(&wo, dtype).unwrap();
+                let dn = b.upload(&nw).unwrap();
+                for n in [1usize, 3, 8, 16] {
+                    let what = format!("{dtype} k={k} n={n} fused={fused} variant {v:?}");
+                    let x = host(n, k, 40 + n as u64);
+                    let xn = reference::rms_norm(&x.data, k, &nw.data, 1e-5);
+                    let dx = b.upload(&x).unwrap();
+                    // RMSNorm and SwiGLU fused into the gate/up product.
+                    let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
+                    let m = get(&b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
+                    let want = reference::swiglu(
+                        &reference::matmul_f32(&xn, n, k, &dgu, 2 * inter),
+                        2 * inter,
+                    );
+                    assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
+                    // The norm a GEMV fused is still readable, and equal.
+                    let hn_vals = get(&b, &hn);
+                    assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
+                    // Residual add fused into a product of the residual's own
+                    // norm: copy-on-write must keep the product's input intact.
+                    let mut r = b.upload(&x).unwrap();
+                    let y = b.matmul(&b.rms_norm(&r, &dn, 1e-5).unwrap(), &o).unwrap();
+                    b.add_assign(&mut r, &y).unwrap();
+                    let prod = reference::matmul_f32(&xn, n, k, &dwo, k);
+                    let want: Vec<f32> = x.data.iter().zip(&prod).map(|(a, p)| a + p).collect();
+                    let got = get(&b, &r);
+                    assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
+                    // The deferred product is still readable on its own.
+                    assert_close(&get(&b, &y), &prod, 1e-4, &format!("deferred {what}"));
+                    results.push((what, m, hn_vals, got));
+                }
+            }
+            let n_cases = 4;
+            for chunk in results.chunks(n_cases).skip(1) {
+                for (a, b) in chunk.iter().zip(&results[..n_cases]) {
+                    assert!(
+                        (&a.1, &a.2, &a.3) == (&b.1, &b.2, &b.3),
+                        "{} differs in bits from {}",
+                        a.0,
+                        b.0
+                    );
+                }
+            }
+        }
+    }
+    b.set_fusion(true);
+    b.set_gemv_variant(None);
+}
+
+/// Decode steps of a small model: fusion, PDL and the GEMV variant change
+/// the number and order of launches, never a bit of the logits.
+#[test]
+fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
+    let Some(mut b) = backend("decode_steps_are_identical_across_fusion_pdl_and_variants") else {
+        return;
+    };
+    let s = Shape {
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        inter: 352,
+        vocab: 1000,
+        layers: 3,
+    };
+    let inv = inv_freq(s.head_dim);
+    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        let w = Weights::new(&b, s, dtype);
+        let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+        let mut configs = vec![
+            (true, true, None),
+            (false, false, None),
+            (true, false, None),
+        ];
+        for v in variants(dtype) {
+            configs.push((true, true, Some(v)));
+        }
+        for (fused, pdl, v) in configs {
+            b.set_fusion(fused);
+            b.set_pdl(pdl);
+            b.set_gemv_variant(v);
+            let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+            let before = b.launch_count();
+            let logits: Vec<Vec<f32>> = (0..6)
+                .map(|pos| step(&b, &w, s, &mut cache, pos, &inv))
+                .collect();
+            let per_step = (b.launch_count() - before) as f64 / 6.0;
+            println!("{dtype} fused={fused} pdl={pdl} {v:?}: {per_step:.1} launches per step");
+            assert!(logits.iter().flatten().all(|v| v.is_finite()));
+            runs.push((format!("{dtype} fused={fused} pdl={pdl} {v:?}"), logits));
+        }
+        for (name, l) in &runs[1..] {
+            assert!(*l == runs[0].1, "{name} differs in bits from {}", runs[0].0);
+        }
+    }
+    b.set_fusion(true);
+    b.set_pdl(true);
+    b.set_gemv_variant(None);
+}
+
+#[test]
+fn autotune_times_every_variant_once_per_shape() {
+    let Some(mut b) = backend("autotune_times_every_variant_once_per_shape") else {
+        return;
+    };
+    b.set_gemv_variant(None);
+    let w = host(300, 512, 5);
+    let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
+    let dx = b.upload(&host(1, 512, 6)).unwrap();
+    let auto = get(&b, &b.matmul(&dx, &wd).unwrap());
+    let again = get(&b, &b.matmul(&dx, &wd).unwrap());
+    let t = b.gemv_tunings();
+    assert_eq!(t.len(), 1, "one timing per shape: {t:?}");
+    assert_eq!(t[0].shape, "int8 300x512 n=1");
+    assert_eq!(t[0].micros.len(), 3);
+    assert!(t[0].micros.iter().all(|(_, us)| us.is_some()), "{}", t[0]);
+    println!("{}", t[0]);
+    b.set_gemv_variant(Some(GemvVariant::V1));
+    assert_eq!(auto, get(&b, &b.matmul(&dx, &wd).unwrap()));
+    assert_eq!(auto, again);
+}

@@ -1,0 +1,193 @@
+//! Helpers shared by the CUDA tests and benchmarks.
+
+use tessera_backend::cuda::{CudaBackend, CudaLinear, CudaTensor};
+use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDType};
+use tessera_model::{HostTensor, Int8Matrix, INT8_GROUP};
+
+/// The backend, or `None` after printing why the test is skipped.
+pub fn backend(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(BackendError::Unavailable(what, why)) => {
+            println!("{test}: skipped: no CUDA device ({what}: {why})");
+            None
+        }
+        Err(e) => panic!("{test}: CUDA backend failed to start: {e}"),
+    }
+}
+
+/// Deterministic values in [-1, 1).
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn host(rows: usize, cols: usize, seed: u64) -> HostTensor {
+    HostTensor::new(vec![rows, cols], values(rows * cols, seed))
+}
+
+/// Every element within `tol` relative error (`|g - w| / (1 + |w|)`).
+#[track_caller]
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs() / (1.0 + w.abs());
+        // NaN must count as the worst error.
+        if err > worst.1 || err.is_nan() {
+            worst = (i, err);
+        }
+    }
+    assert!(
+        worst.1 <= tol, // false for NaN
+        "{what}: element {} is {} vs {} (rel err {})",
+        worst.0,
+        got[worst.0],
+        want[worst.0],
+        worst.1
+    );
+}
+
+/// The f32 values an int8 upload of `w` holds.
+pub fn dequant_i8(w: &HostTensor) -> Vec<f32> {
+    let q = Int8Matrix::quantize(w, INT8_GROUP);
+    let (m, k) = w.dims2();
+    let mut d = vec![0f32; m * k];
+    for r in 0..m {
+        q.dequantize_row(r, &mut d[r * k..(r + 1) * k]);
+    }
+    d
+}
+
+/// The f32 values a bf16 upload of `w` holds.
+pub fn round_bf16(w: &HostTensor) -> Vec<f32> {
+    w.data.iter().map(|&v| reference::round_bf16(v)).collect()
+}
+
+/// Download a tensor's values.
+pub fn get(b: &CudaBackend, t: &<CudaBackend as Backend>::Tensor) -> Vec<f32> {
+    b.download(t).expect("download").data
+}
+
+/// A Llama-shaped model for step tests and benchmarks.
+#[derive(Clone, Copy)]
+pub struct Shape {
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub inter: usize,
+    pub vocab: usize,
+    pub layers: usize,
+}
+
+/// llama2-7b.
+pub const LLAMA2_7B: Shape = Shape {
+    hidden: 4096,
+    heads: 32,
+    kv_heads: 32,
+    head_dim: 128,
+    inter: 11008,
+    vocab: 32000,
+    layers: 32,
+};
+
+/// One layer's weights (reused for every layer: each layer's matrices are
+/// still streamed from memory, as a 7B layer is far larger than L2) plus the
+/// LM head, an f32 embedding and one norm weight.
+pub struct Weights {
+    pub qkv: CudaLinear,
+    pub o: CudaLinear,
+    pub gate_up: CudaLinear,
+    pub down: CudaLinear,
+    pub lm_head: CudaLinear,
+    pub embed: CudaLinear,
+    pub norm: CudaTensor,
+}
+
+impl Weights {
+    pub fn new(b: &CudaBackend, s: Shape, dtype: WeightDType) -> Weights {
+        let up = |m: usize, k: usize, seed: u64| {
+            // Scaled like a real model, so activations stay O(1) over the layers.
+            let mut t = host(m, k, seed);
+            let scale = 1.0 / (k as f32).sqrt();
+            t.data.iter_mut().for_each(|v| *v *= scale);
+            b.upload_linear(&t, dtype).expect("upload")
+        };
+        let (h, q) = (s.hidden, s.heads * s.head_dim);
+        let kv = s.kv_heads * s.head_dim;
+        Weights {
+            qkv: up(q + 2 * kv, h, 1),
+            o: up(h, q, 2),
+            gate_up: up(2 * s.inter, h, 3),
+            down: up(h, s.inter, 4),
+            lm_head: up(s.vocab, h, 5),
+            embed: b
+                .upload_linear(&host(s.vocab, h, 6), WeightDType::F32)
+                .expect("upload"),
+            norm: b
+                .upload(&HostTensor::new(vec![h], vec![1.0; h]))
+                .expect("upload"),
+        }
+    }
+
+    /// Weight bytes one decode step streams.
+    pub fn bytes_per_step(&self, s: Shape) -> usize {
+        s.layers * (self.qkv.bytes() + self.o.bytes() + self.gate_up.bytes() + self.down.bytes())
+            + self.lm_head.bytes()
+    }
+}
+
+/// RoPE frequencies for `head_dim`.
+pub fn inv_freq(head_dim: usize) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / head_dim as f32))
+        .collect()
+}
+
+/// One decode step at `pos`, issued op by op exactly as the engine does;
+/// returns the logits.
+pub fn step(
+    b: &CudaBackend,
+    w: &Weights,
+    s: Shape,
+    cache: &mut <CudaBackend as Backend>::KvCache,
+    pos: usize,
+    inv: &[f32],
+) -> Vec<f32> {
+    let (hd, nh, nkv) = (s.head_dim, s.heads, s.kv_heads);
+    let shape = AttentionShape {
+        num_heads: nh,
+        num_kv_heads: nkv,
+        head_dim: hd,
+    };
+    let mut x = b.embedding(&w.embed, &[(pos % s.vocab) as u32]).unwrap();
+    for l in 0..s.layers {
+        let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
+        let t = b.matmul(&hn, &w.qkv).unwrap();
+        let mut p = b
+            .split_cols(&t, &[nh * hd, nkv * hd, nkv * hd])
+            .unwrap()
+            .into_iter();
+        let (mut q, mut k, v) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        b.rope(&mut q, nh, hd, pos, inv).unwrap();
+        b.rope(&mut k, nkv, hd, pos, inv).unwrap();
+        b.kv_store(cache, l, pos, &k, &v).unwrap();
+        let a = b.attention(&q, cache, l, pos, shape).unwrap();
+        b.add_assign(&mut x, &b.matmul(&a, &w.o).unwrap()).unwrap();
+        let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
+        let m = b.swiglu(&b.matmul(&hn, &w.gate_up).unwrap()).unwrap();
+        b.add_assign(&mut x, &b.matmul(&m, &w.down).unwrap())
+            .unwrap();
+    }
+    let last = b.slice_rows(&x, 0, 1).unwrap();
+    let hn = b.rms_norm(&last, &w.norm, 1e-5).unwrap();
+    get(b, &b.matmul(&hn, &w.lm_head).unwrap())
+}
