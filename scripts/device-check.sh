@@ -111,6 +111,22 @@ if [ $HAVE_GPU = 1 ]; then
     done
 fi
 
+# ---------------------------------------------------------------- batch 16, NCCL
+if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 150 ]; then
+    # Batched decode: 16 sequences stepped together (tokens/s of the whole batch).
+    say "speed: llama2-7b int8 decode at batch 16 (tessera bench)"
+    timeout 100 "$TESSERA" bench --model dummy:llama2-7b:1 --device cuda --dtype int8 \
+        --prompt-lens 16 --decode-tokens 32 --reps 1 --decode-batch 16 --json \
+        >"$OUT/b16.json" 2>"$OUT/b16.err"
+    echo "   rc $?"; grep -o '"decode_batch":{[^}]*}' "$OUT/b16.json" | head -c 400; echo
+fi
+if [ $HAVE_GPU = 1 ] && [ -x "$DEV/nccl_check" ] && [ "$(remaining)" -gt 120 ]; then
+    say "NCCL: world 1, two ranks on one GPU (NCCL_HOSTID), watchdog"
+    BIN="$DEV/nccl_check" timeout 100 bash "$ROOT/crates/tessera-comm/scripts/nccl-device-check.sh" "$OUT/nccl" \
+        >"$OUT/nccl.txt" 2>&1
+    echo "   rc $?"; grep -E "PASS|FAIL|GB/s|us" "$OUT/nccl.txt" | head -30
+fi
+
 # ---------------------------------------------------------------- baselines
 say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
 left=$(remaining)
@@ -139,6 +155,6 @@ rm -rf "$NCCL_DIR" /tmp/tessera-cache
 # the log, the op-test output; everything else in one archive.
 RAW=$(mktemp /tmp/tessera-raw.XXXXXX)
 (cd "$OUT" && tar czf "$RAW" --exclude=report.json --exclude=report.md --exclude=log.txt \
-    --exclude=op_tests.txt . && rm -rf runs speed env.json baseline.json baseline.txt bench.txt \
+    --exclude=op_tests.txt . && rm -rf runs speed env.json baseline.json baseline.txt bench.txt b16.json b16.err nccl nccl.txt \
     nvidia-smi.txt op_tests.rc BUILD && mv "$RAW" raw.tar.gz)
 say "done"

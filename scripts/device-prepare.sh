@@ -6,6 +6,7 @@
 # Usage:  scripts/device-prepare.sh          (from any directory)
 # Output: .device/tessera          the CLI (release build)
 #         .device/cuda-tests       the CUDA op tests (crates/tessera-backend/tests/cuda.rs)
+#         .device/nccl_check     the NCCL collective check (world 1, two ranks, watchdog)
 #         .device/BUILD            what was built, from which commit
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,11 @@ for line in sys.stdin:
 [ -n "$test_bin" ] || { echo "device-prepare: could not find the cuda test binary" >&2; exit 1; }
 cp "$test_bin" .device/cuda-tests
 
-strip .device/tessera .device/cuda-tests
+echo "device-prepare: building the NCCL check (crates/tessera-comm/examples/nccl_check.rs)" >&2
+cargo build --release -p tessera-comm --example nccl_check
+cp target/release/examples/nccl_check .device/nccl_check
+
+strip .device/tessera .device/cuda-tests .device/nccl_check
 {
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"

@@ -216,6 +216,20 @@ def main():
         except OSError:
             pass
         rep["speed"][name] = e
+    b16 = load_json(os.path.join(out, "b16.json"))
+    if b16:
+        rep["decode_batch16"] = {
+            "decode_b1_tokens_per_s": b16["decode"]["tokens_per_s"]["median"],
+            "decode_b16_tokens_per_s": (b16.get("decode_batch") or {}).get("tokens_per_s", {}).get("median"),
+            "prefill_16_tokens_per_s": b16["prefill"][0]["tokens_per_s"]["median"] if b16.get("prefill") else None,
+        }
+    try:
+        with open(os.path.join(out, "nccl.txt")) as f:
+            txt = f.read()
+        rep["nccl"] = {"pass": txt.count("PASS"), "fail": txt.count("FAIL"),
+                       "lines": [l.strip() for l in txt.splitlines() if re.search(r"PASS|FAIL|GB/s", l)][:40]}
+    except OSError:
+        pass
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=2)
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -301,9 +315,20 @@ def markdown(rep):
     if other:
         lines += ["", "Other micro-benchmarks (microseconds per small op):", ""]
         lines += [f"- {k}: {v}" for k, v in other.items()]
-    lines += ["", "Batch 16 in the engine: not measured, the engine runs one sequence per step (GEMV at 16 rows above).",
-              "Offloaded (stage-3 streaming) decode: not measured, the streamer is not implemented yet.",
-              "NCCL: not exercised by this check.", ""]
+    b = rep.get("decode_batch16")
+    if b:
+        lines += ["", "## Batched decode, llama2-7b int8 (`tessera bench --decode-batch 16`, 32 tokens per sequence)", "",
+                  f"- batch 1: {fmt(b['decode_b1_tokens_per_s'])} tok/s; batch 16: {fmt(b['decode_b16_tokens_per_s'])} tok/s "
+                  f"(all sequences together)"]
+    else:
+        lines += ["", "Batch 16 in the engine: not measured in this run (see log)."]
+    n = rep.get("nccl")
+    if n:
+        lines += ["", f"## NCCL (`nccl_check`): {n['pass']} PASS, {n['fail']} FAIL", ""]
+        lines += [f"- {l}" for l in n["lines"]]
+    else:
+        lines += ["", "NCCL: not run in this check (see log)."]
+    lines += ["", "Offloaded (stage-3 streaming) decode: not measured, the streamer is not implemented yet.", ""]
     return "\n".join(lines)
 
 
