@@ -456,10 +456,47 @@ fn impossible_launches_are_refused_before_any_worker_starts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("tensor_paralel"), "{err}");
-    // No prompt: serving is not there yet, and the launcher says so.
-    let cfg = write_config(tmp.path(), "ok.yaml", &model, "f32", 2);
-    let out = launch_cmd(&cfg, &[]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("--prompt"), "{err}");
+}
+
+#[test]
+fn restart_policy_on_failure_restarts_the_group_and_finishes() {
+    let Some(model) = smollm2_path() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("restart.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model:\n  path: {}\nparallelism:\n  tensor_parallel: 2\n  collective: tcp\n\
+             supervision:\n  restart_policy: on-failure\n  max_restarts: 1\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let mut child = launch_cmd(
+        &cfg,
+        &["--prompt", "Once upon a time", "--max-new-tokens", "96", "--ignore-eos"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 16];
+    assert!(out.read(&mut buf).unwrap() > 0, "no text was streamed");
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        rest
+    });
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    unsafe { libc::kill(workers[0] as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    let _ = drain.join();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "the restarted run failed: {err}");
+    assert!(err.contains("restarting the workers (1 of 1"), "{err}");
+    assert!(err.contains(&format!("pid {}", workers[0])), "{err}");
+    assert!(wait_gone(&workers, Duration::from_secs(3)));
 }
