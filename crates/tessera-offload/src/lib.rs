@@ -23,3 +23,55 @@ pub use error::{OffloadError, Result};
 pub use plan::{PlanInput, ResidencyPlan, DEFAULT_LINK_GBPS};
 pub use ring::{Streamer, TraceEvent};
 pub use store::{Arena, OffloadSink, StreamOptions, StreamProbe};
+
+use tessera_backend::{Backend, WeightDType};
+use tessera_comm::Collective;
+use tessera_engine::Model;
+use tessera_model::{ModelSpec, ShardPlan, TensorSource};
+
+impl PlanInput {
+    /// The planner's input for `shard` of a model, with estimated sizes.
+    pub fn for_model(
+        spec: &ModelSpec,
+        shard: &ShardPlan,
+        budget: usize,
+        prefetch_depth: usize,
+        resident_layers: Option<usize>,
+        link_gbps: f64,
+    ) -> Self {
+        PlanInput {
+            num_layers: spec.num_layers,
+            layer_bytes: plan::layer_bytes(spec, shard),
+            fixed_bytes: plan::fixed_bytes(spec, shard),
+            budget,
+            prefetch_depth,
+            resident_layers,
+            link_gbps,
+        }
+    }
+}
+
+/// Load `shard` of a model as int8 with its layers streamed per `opts`.
+/// Returns the model and a probe into its streamer.
+pub fn load_streamed<B: Backend + 'static>(
+    backend: B,
+    spec: &ModelSpec,
+    src: &dyn TensorSource,
+    shard: ShardPlan,
+    comm: Box<dyn Collective>,
+    opts: StreamOptions,
+    on_progress: impl FnMut(usize, usize),
+) -> tessera_engine::Result<(Model<B>, StreamProbe<B>)> {
+    let (sink, probe) = OffloadSink::new(opts);
+    let model = Model::load_shard_into(
+        backend,
+        spec,
+        src,
+        WeightDType::Int8,
+        shard,
+        comm,
+        Box::new(sink),
+        on_progress,
+    )?;
+    Ok((model, probe))
+}

@@ -50,7 +50,8 @@ pub struct PlanInput {
     pub fixed_bytes: usize,
     /// Device bytes available for all weights.
     pub budget: usize,
-    /// Layers the copy engine runs ahead (≥ 1); slots = depth + 1.
+    /// Layers the copy engine runs ahead (≥ 1); slots = depth + 1, fewer
+    /// when fewer layers stream (the depth then shrinks to match).
     pub prefetch_depth: usize,
     /// Force this many resident layers instead of as many as fit.
     pub resident_layers: Option<usize>,
@@ -122,7 +123,9 @@ impl ResidencyPlan {
                 ((budget - min) / lb.max(1)).min(n)
             }
         };
-        let slots = if resident == n { 0 } else { slots };
+        // A ring never needs more slots than there are layers to stream.
+        let slots = slots.min(n - resident);
+        let depth = depth.min(slots.saturating_sub(1));
         let need = fb + (resident + slots) * lb;
         if need > budget {
             return Err(OffloadError::Plan(if resident == n {
