@@ -13,9 +13,11 @@
 mod linear;
 pub mod module;
 mod ops;
+pub mod stream_slots;
 mod tensor;
 
 pub use linear::{CudaLinear, Int8Weight, GEMV_MAX_ROWS};
+pub use stream_slots::memory_info;
 pub use tensor::CudaTensor;
 
 use crate::{BackendError, Result};

@@ -1,0 +1,147 @@
+//! `tessera plan` and the offload flags of `generate`, driven through the real
+//! binary: plans print before anything loads, bad configurations are refused
+//! with what would fit, and a streamed run gives the resident run's tokens.
+
+mod common;
+use common::*;
+
+fn plan(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    tessera(&["plan", p.to_str().unwrap()])
+}
+
+const SEVEN_B: &str = "model: {format: dummy, dtype: int8, dummy: {shape: llama2-7b}}\n";
+
+#[test]
+fn plan_prints_residency_and_prediction() {
+    let out = plan(&format!(
+        "{SEVEN_B}offload: {{enabled: true, weight_budget: 4GiB, prefetch_depth: 2, link_gbps: 20}}\n"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "14 of 32 layers",
+        "3 slots",
+        "resident layers    2,4,",
+        "streamed per pass",
+        "ms/token",
+        "20.0 GB/s",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
+#[test]
+fn plan_refuses_bad_configurations_saying_what_fits() {
+    for (offload, want) in [
+        ("weight_budget: 300MiB", "at least 0.91 GiB"),
+        ("weight_budget: 4GiB, resident_layers: 40", "at most 32"),
+        (
+            "weight_budget: 4GiB, resident_layers: 20",
+            "at most 14 resident layers fit",
+        ),
+        ("weight_budget: 4GiB, prefetch_depth: 0", "prefetch_depth"),
+    ] {
+        let out = plan(&format!("{SEVEN_B}offload: {{enabled: true, {offload}}}\n"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{offload}: accepted");
+        assert!(err.contains(want), "{offload}: {err}");
+    }
+}
+
+#[test]
+fn generate_streamed_matches_resident_tokens() {
+    let base = [
+        "--model",
+        "dummy:tiny:3",
+        "--dtype",
+        "int8",
+        "--prompt-ids",
+        "1,2,3,4",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "2",
+    ];
+    let resident = generate_json(&base);
+    let mut args = base.to_vec();
+    args.extend([
+        "--offload-budget",
+        "1B",
+        "--prefetch",
+        "1",
+        "--resident-layers",
+        "0",
+    ]);
+    let out = tessera(
+        &["generate", "--json"]
+            .iter()
+            .chain(args.iter())
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("at least"),
+        "a 1-byte budget: {err}"
+    );
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--offload-budget",
+            "64MiB",
+            "--prefetch",
+            "1",
+            "--resident-layers",
+            "1",
+        ])
+        .collect();
+    let streamed = generate_json(&args);
+    assert_eq!(streamed["generated_ids"], resident["generated_ids"]);
+}
+
+/// `tensor_parallel: 2` + offload: each worker streams its own shard, and the
+/// tokens are those of the same launch with every layer resident.
+#[test]
+fn launch_tp2_streams_each_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |offload: &str| {
+        let p = dir.path().join("c.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "model: {{format: dummy, dtype: int8, dummy: {{shape: tiny, seed: 3}}}}\n\
+                 parallelism: {{tensor_parallel: 2, devices: [cpu, cpu], threads_per_worker: 1}}\n\
+                 offload: {offload}\n"
+            ),
+        )
+        .unwrap();
+        let out = tessera(&[
+            "launch",
+            p.to_str().unwrap(),
+            "--json",
+            "--prompt-ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "6",
+        ]);
+        assert!(
+            out.status.success(),
+            "{offload}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["generated_ids"].clone()
+    };
+    let resident = run("{enabled: false}");
+    let streamed =
+        run("{enabled: true, weight_budget: 64MiB, prefetch_depth: 1, resident_layers: 1}");
+    assert_eq!(streamed, resident);
+}
