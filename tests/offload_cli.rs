@@ -145,3 +145,54 @@ fn launch_tp2_streams_each_shard() {
         run("{enabled: true, weight_budget: 64MiB, prefetch_depth: 1, resident_layers: 1}");
     assert_eq!(streamed, resident);
 }
+
+/// `tessera bench --offload-budget` reports what streaming did per decode step.
+#[test]
+fn bench_prints_streaming_statistics() {
+    let out = tessera(&[
+        "bench",
+        "--model",
+        "dummy:tiny:1",
+        "--dtype",
+        "int8",
+        "--threads",
+        "2",
+        "--json",
+        "--prompt-lens",
+        "4",
+        "--decode-tokens",
+        "4",
+        "--decode-batch",
+        "2",
+        "--reps",
+        "1",
+        "--offload-budget",
+        "64MiB",
+        "--prefetch",
+        "1",
+        "--resident-layers",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = &v["offload"]["decode"];
+    // tiny: 4 layers, 2 resident, so 2 layers' bytes per decode step.
+    assert!(d["bytes_per_step"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(d["copy_gbps"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(d["wait_s"].as_f64().is_some(), "{v}");
+    assert!(
+        v["offload"]["decode_batch"]["bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(
+        v["offload"]["layers"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 4 layers resident"),
+        "{v}"
+    );
+}
