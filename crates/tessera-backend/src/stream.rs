@@ -53,6 +53,9 @@ pub struct CopyTiming {
     /// When the bytes started and finished moving.
     pub started: Instant,
     pub finished: Instant,
+    /// Time compute stood still waiting for this copy, measured on the
+    /// device (zero where `wait` blocks the host and returns the wait itself).
+    pub compute_stall: std::time::Duration,
 }
 
 /// A slot's weights while compute uses them.

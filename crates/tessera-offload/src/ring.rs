@@ -190,6 +190,7 @@ impl<B: Backend> Streamer<B> {
             r.acc.copies += 1;
             r.acc.bytes += t.bytes;
             r.acc.copy_time += t.finished.saturating_duration_since(t.started);
+            r.acc.wait_time += t.compute_stall;
             if self.record {
                 r.trace.push(TraceEvent::Copy(t));
             }

@@ -127,6 +127,7 @@ fn copy_loop(
             issued: job.issued,
             started,
             finished: Instant::now(),
+            compute_stall: Duration::ZERO,
         });
         if done.send(result).is_err() {
             return;
