@@ -16,6 +16,8 @@ OUT=${1:?usage: scripts/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEV="$ROOT/.device"
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-400} # stay inside the caller's 420 s limit
+# DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included).
+ONLY=${DEVICE_CHECK_ONLY:-}
 mkdir -p "$OUT/runs" "$OUT/speed"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -51,6 +53,7 @@ fi
 "$PY" "$ROOT/scripts/device/env_report.py" "$OUT/env.json" >/dev/null 2>&1 || say "env_report.py failed"
 "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); [print("  ", l["name"], l.get("version", l.get("error", ""))[:120], l.get("path") or "") for l in d["libraries"]]' "$OUT/env.json" 2>/dev/null
 
+if [ "$ONLY" != offload ]; then
 # ---------------------------------------------------------------- op tests
 say "CUDA op tests"
 if [ -x "$DEV/cuda-tests" ]; then
@@ -97,6 +100,15 @@ if [ $HAVE_GPU = 1 ]; then
     grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8.json" 2>/dev/null
 fi
 
+fi # ONLY != offload
+
+# ---------------------------------------------------------------- offload
+# Stage-3 streaming: see scripts/device/offload-check.sh (DEVICE_CHECK_ONLY=offload
+# runs only the environment set-up, this section and the report).
+# shellcheck source=device/offload-check.sh
+. "$ROOT/scripts/device/offload-check.sh"
+
+if [ "$ONLY" != offload ]; then
 # ---------------------------------------------------------------- baselines
 say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
 left=$(remaining)
@@ -112,6 +124,8 @@ if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 110 ]; then
     say "speed: llama3-8b int8 on cuda (time allowing)"
     gen llama3-8b cuda int8 128 "$LONG" "$OUT/speed" $(($(remaining) - 15))
 fi
+
+fi # ONLY != offload
 
 # ---------------------------------------------------------------- report
 say "report"

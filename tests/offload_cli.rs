@@ -40,7 +40,10 @@ fn plan_prints_residency_and_prediction() {
 #[test]
 fn plan_refuses_bad_configurations_saying_what_fits() {
     for (offload, want) in [
-        ("weight_budget: 300MiB", "at least 0.91 GiB"),
+        (
+            "weight_budget: 300MiB",
+            "at least 933.6 MiB (978993152 bytes)",
+        ),
         ("weight_budget: 4GiB, resident_layers: 40", "at most 32"),
         (
             "weight_budget: 4GiB, resident_layers: 20",

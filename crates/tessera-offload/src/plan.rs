@@ -73,8 +73,13 @@ pub struct ResidencyPlan {
     pub link_gbps: f64,
 }
 
+/// `1.25 GiB`, or `3.1 MiB` below a GiB.
 fn gib(b: usize) -> String {
-    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    }
 }
 
 /// `r` of `n` layers, spread evenly so copies overlap resident compute too.
