@@ -141,11 +141,24 @@ fn launch_tp2_streams_each_shard() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["generated_ids"].clone()
+        let streaming_ranks = v["workers"]
+            .as_array()
+            .expect("workers in --json")
+            .iter()
+            .filter(|w| {
+                w["backend"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("streamed: 1 of 4 layers resident")
+            })
+            .count();
+        (v["generated_ids"].clone(), streaming_ranks)
     };
-    let resident = run("{enabled: false}");
-    let streamed =
+    let (resident, none) = run("{enabled: false}");
+    assert_eq!(none, 0);
+    let (streamed, ranks) =
         run("{enabled: true, weight_budget: 64MiB, prefetch_depth: 1, resident_layers: 1}");
+    assert_eq!(ranks, 2, "both workers stream their own shard");
     assert_eq!(streamed, resident);
 }
 

@@ -93,7 +93,12 @@ impl<B: Backend> ShardEngine for Loaded<B> {
     }
 
     fn backend_name(&self) -> String {
-        self.model.backend().name()
+        let name = self.model.backend().name();
+        // Streamed: say so, e.g. `cpu (...); streamed: 1 of 4 layers resident, ...`.
+        match self.model.layer_weights().describe() {
+            d if d == "resident" => name,
+            d => format!("{name}; {d}"),
+        }
     }
 }
 
