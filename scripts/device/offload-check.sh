@@ -20,7 +20,21 @@ offload_bench() { # name budget extra-args...
     [ $rc -eq 0 ] || { rm -f "$OUT/offload/$name.json"; tail -c 600 "$OUT/offload/$name.err"; }
     grep "^offload:" "$OUT/offload/$name.err"
 }
+offload_same() { # device: streamed vs resident on dummy:small int8, tokens and logits must match exactly
+    local dev=$1 d="$OUT/offload"
+    say "offload: correctness on $dev (dummy:small int8: resident vs 2 of 8 layers resident, prefetch 2)"
+    local common=(generate --model dummy:small:1 --device "$dev" --dtype int8 --prompt-ids 1,15,300,7,99
+        --max-new-tokens 16 --json)
+    timeout 90 "$TESSERA" "${common[@]}" --dump-logits "$d/same-resident-$dev.npy" \
+        >"$d/same-resident-$dev.json" 2>"$d/same-resident-$dev.err" &&
+    timeout 90 "$TESSERA" "${common[@]}" --dump-logits "$d/same-streamed-$dev.npy" \
+        --offload-budget 1GB --resident-layers 2 --prefetch 2 \
+        >"$d/same-streamed-$dev.json" 2>"$d/same-streamed-$dev.err"
+    echo "   rc $?"
+    "$PY" "$ROOT/scripts/device/offload_same.py" "$d" "$dev" 2>&1 | tail -n 2
+}
 if [ $HAVE_GPU = 1 ]; then
+    offload_same cuda
     say "offload: pinned H2D ceiling (torch)"
     timeout 30 "$PY" "$ROOT/scripts/device/offload_baseline.py" "$OUT/offload/baseline.json" \
         --skip-accelerate >"$OUT/offload/ceiling.txt" 2>&1
@@ -38,6 +52,7 @@ if [ $HAVE_GPU = 1 ]; then
     fi
 else
     # Dry run: the same commands on the CPU with a small model, so the section is exercised.
+    offload_same cpu
     say "offload: dry run on cpu (dummy:tiny, budget 3.3MB: every layer streamed)"
     timeout 60 "$TESSERA" bench --model dummy:tiny:1 --device cpu --dtype int8 \
         --offload-budget 3.3MB --prefetch 2 --prompt-lens 4 --decode-tokens 4 \

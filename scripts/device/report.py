@@ -196,15 +196,21 @@ def offload_summary(out):
                       "vs_accelerate": tok / acc["decode_tokens_per_s"]
                       if key == "b1" and acc.get("decode_tokens_per_s") else None}
         runs[name] = e
+    same = {dev: load_json(os.path.join(d, f"same-{dev}.json")) for dev in ("cuda", "cpu")}
     return {"h2d_pinned_gb_per_s": ceiling, "accelerate": acc or None,
-            "error": base.get("error"), "runs": runs}
+            "error": base.get("error"), "runs": runs,
+            "streamed_vs_resident": {k: v for k, v in same.items() if v is not None}}
 
 
 def offload_markdown(o):
     if not o:
         return ["Offloaded (stage-3 streaming) decode: not run."]
     lines = ["## Offload (stage-3 streaming), llama2-7b shape int8", "",
-             f"Pinned host-to-device ceiling: {fmt(o.get('h2d_pinned_gb_per_s'))} GB/s (torch, 1 GiB copies)", "",
+             f"Pinned host-to-device ceiling: {fmt(o.get('h2d_pinned_gb_per_s'))} GB/s (torch, 1 GiB copies)", ""]
+    for dev, r in (o.get("streamed_vs_resident") or {}).items():
+        lines += [f"Streamed vs resident on {dev} (dummy:small int8, 16 greedy tokens): tokens identical "
+                  f"{r.get('tokens_identical')}, logits bit-identical {r.get('logits_bit_identical')}", ""]
+    lines += [
              "| run | layers | batch | decode tok/s | MB streamed/step | streaming GB/s | % of ceiling | "
              "copy GB/s while copying | stall ms/step | vs accelerate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in o.get("runs", {}).items():
