@@ -274,3 +274,63 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
     .to_string();
     assert!(err.contains("at least"), "{err}");
 }
+
+/// A step that stops half way (an error inside a layer) leaves the ring
+/// pointing mid-pass; the next step asks for layer 0 again. The streamer must
+/// let its copies land, restart at the layer asked for, and stay exact.
+#[test]
+fn out_of_order_layers_resync_the_ring() {
+    let path = root().join("tests/fixtures/llama-gqa-tied");
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let spec = &ckpt.spec;
+    let load = || {
+        Model::load(
+            CpuBackend::new(1).unwrap(),
+            spec,
+            ckpt.source.as_ref(),
+            WeightDType::Int8,
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    let want = bits(&run(&load(), &[3, 1, 4], 2));
+    let shard = ShardPlan::new(spec, 1, 0).unwrap();
+    let mut input = PlanInput::for_model(spec, &shard, usize::MAX / 2, 1, Some(0), 25.0);
+    input.budget = usize::MAX / 2;
+    let (model, _probe) = load_streamed(
+        CpuBackend::new(1).unwrap(),
+        spec,
+        ckpt.source.as_ref(),
+        shard,
+        Box::new(Local),
+        StreamOptions {
+            plan: input,
+            pin_memory: false,
+            record: false,
+            synchronous: false,
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let w = model.layer_weights();
+    // Layer 0, then a failure in layer 1 (the ring moves on past it)...
+    w.with_layer(0, &mut |_| Ok(())).unwrap();
+    let failed = w.with_layer(1, &mut |_| {
+        Err(tessera_engine::EngineError::Streaming("injected".into()))
+    });
+    assert!(failed.is_err());
+    // ...then out of order: 0 again (the ring expected 2), and 1 after 0 skipping 2.
+    let mut seen = Vec::new();
+    for l in [0, 2, 1] {
+        w.with_layer(l, &mut |m| {
+            seen.push(m.len());
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(seen, vec![4, 4, 4]);
+    assert!(
+        bits(&run(&model, &[3, 1, 4], 2)) == want,
+        "logits differ after a resync"
+    );
+}
