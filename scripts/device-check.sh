@@ -135,6 +135,6 @@ rm -rf "$NCCL_DIR"
 # the log, the op-test output; everything else in one archive.
 RAW=$(mktemp /tmp/tessera-raw.XXXXXX)
 (cd "$OUT" && tar czf "$RAW" --exclude=report.json --exclude=report.md --exclude=log.txt \
-    --exclude=op_tests.txt . && rm -rf runs speed env.json baseline.json baseline.txt bench.txt \
+    --exclude=op_tests.txt . && rm -rf runs speed offload env.json baseline.json baseline.txt bench.txt \
     nvidia-smi.txt op_tests.rc BUILD && mv "$RAW" raw.tar.gz)
 say "done"
