@@ -212,3 +212,29 @@ fn bench_prints_streaming_statistics() {
         "{v}"
     );
 }
+
+/// `tessera launch` refuses the plans `tessera plan` refuses, before any worker starts.
+#[test]
+fn launch_refuses_an_offload_plan_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.yaml");
+    std::fs::write(
+        &p,
+        format!("{SEVEN_B}offload: {{enabled: true, weight_budget: 300MiB}}\n"),
+    )
+    .unwrap();
+    let out = tessera(&[
+        "launch",
+        p.to_str().unwrap(),
+        "--prompt-ids",
+        "1,2",
+        "--max-new-tokens",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert!(
+        err.contains("rank 0 (cpu): offload plan refused") && err.contains("at least"),
+        "{err}"
+    );
+}
