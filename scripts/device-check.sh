@@ -16,6 +16,8 @@ OUT=${1:?usage: scripts/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEV="$ROOT/.device"
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-400} # stay inside the caller's 420 s limit
+# DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included).
+ONLY=${DEVICE_CHECK_ONLY:-}
 mkdir -p "$OUT/runs" "$OUT/speed"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -56,6 +58,7 @@ fi
 "$PY" "$ROOT/scripts/device/env_report.py" "$OUT/env.json" >/dev/null 2>&1 || say "env_report.py failed"
 "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); [print("  ", l["name"], l.get("version", l.get("error", ""))[:120], l.get("path") or "") for l in d["libraries"]]' "$OUT/env.json" 2>/dev/null
 
+if [ "$ONLY" != offload ]; then
 # ---------------------------------------------------------------- op tests
 say "CUDA op tests"
 if [ -x "$DEV/cuda-tests" ]; then
@@ -127,6 +130,15 @@ if [ $HAVE_GPU = 1 ] && [ -x "$DEV/nccl_check" ] && [ "$(remaining)" -gt 120 ]; 
     echo "   rc $?"; grep -E "PASS|FAIL|GB/s|us" "$OUT/nccl.txt" | head -30
 fi
 
+fi # ONLY != offload
+
+# ---------------------------------------------------------------- offload
+# Stage-3 streaming: see scripts/device/offload-check.sh (DEVICE_CHECK_ONLY=offload
+# runs only the environment set-up, this section and the report).
+# shellcheck source=device/offload-check.sh
+. "$ROOT/scripts/device/offload-check.sh"
+
+if [ "$ONLY" != offload ]; then
 # ---------------------------------------------------------------- baselines
 say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
 left=$(remaining)
@@ -147,6 +159,8 @@ if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 120 ]; then
     gen llama3-8b cuda int8 128 "$LONG" "$OUT/speed" $(($(remaining) - 15))
 fi
 
+fi # ONLY != offload
+
 # ---------------------------------------------------------------- report
 say "report"
 "$PY" "$ROOT/scripts/device/report.py" "$OUT" || python3 "$ROOT/scripts/device/report.py" "$OUT"
@@ -155,6 +169,6 @@ rm -rf "$NCCL_DIR" /tmp/tessera-cache
 # the log, the op-test output; everything else in one archive.
 RAW=$(mktemp /tmp/tessera-raw.XXXXXX)
 (cd "$OUT" && tar czf "$RAW" --exclude=report.json --exclude=report.md --exclude=log.txt \
-    --exclude=op_tests.txt . && rm -rf runs speed env.json baseline.json baseline.txt bench.txt b16.json b16.err nccl nccl.txt \
+    --exclude=op_tests.txt . && rm -rf runs speed offload env.json baseline.json baseline.txt bench.txt b16.json b16.err nccl nccl.txt \
     nvidia-smi.txt op_tests.rc BUILD && mv "$RAW" raw.tar.gz)
 say "done"

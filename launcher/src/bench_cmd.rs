@@ -15,6 +15,7 @@ use std::time::Instant;
 use tessera_backend::cpu::features::{CpuFeatures, F32Kernel};
 use tessera_backend::cpu::CpuBackend;
 use tessera_backend::Backend;
+use tessera_engine::weights::StreamStepStats;
 use tessera_engine::{argmax, Model};
 use tessera_model::Checkpoint;
 
@@ -265,6 +266,8 @@ impl BackendJob for Job<'_> {
             }
             prefill.push(m);
         }
+        let weights = model.layer_weights();
+        let _ = weights.take_stats(); // forget warm-up and prefill copies
         let mut decode = Measurement {
             tokens: args.decode_tokens,
             secs: Vec::new(),
@@ -280,6 +283,7 @@ impl BackendJob for Job<'_> {
             }
             decode.secs.push(time_decode(&model, args.decode_tokens)?);
         }
+        let stream_decode = weights.take_stats();
         let nb = args.decode_batch;
         let mut decode_b = Measurement {
             tokens: args.decode_tokens * nb,
@@ -287,6 +291,7 @@ impl BackendJob for Job<'_> {
         };
         if nb > 1 {
             time_decode_batch(&model, 2.min(args.decode_tokens), nb)?;
+            let _ = weights.take_stats();
             for rep in 0..args.reps {
                 if progress {
                     eprint!("\rdecode batch {nb}: rep {}/{}   ", rep + 1, args.reps);
@@ -296,10 +301,19 @@ impl BackendJob for Job<'_> {
                     .push(time_decode_batch(&model, args.decode_tokens, nb)?);
             }
         }
+        let stream_batch = if nb > 1 { weights.take_stats() } else { None };
         if progress {
             eprintln!();
         }
         let (peak_rss, rss) = rss_bytes();
+        let steps_b1 = args.decode_tokens * args.reps;
+        let offload = stream_decode.map(|s| {
+            json!({
+                "layers": weights.describe(),
+                "decode": stream_json(&s, steps_b1),
+                "decode_batch": stream_batch.map(|b| stream_json(&b, steps_b1)),
+            })
+        });
 
         let features = self.host.features;
         let int8_kernel = features.map(|f| f.int8_kernel_name());
@@ -316,6 +330,7 @@ impl BackendJob for Job<'_> {
                 "device": args.model.device,
                 "backend": backend_name,
                 "threads": self.host.threads,
+                "offload": offload,
                 "cpu": {
                     "model_name": cpu_model_name(),
                     "features": features.map(|f| f.describe()),
@@ -399,9 +414,48 @@ impl BackendJob for Job<'_> {
         if nb > 1 {
             row(format!("decode {} (b={nb})", args.decode_tokens), &decode_b);
         }
+        if let Some(s) = &stream_decode {
+            println!("offload  {}", weights.describe());
+            stream_row("decode b=1", s, steps_b1);
+            if let Some(b) = &stream_batch {
+                stream_row(&format!("decode b={nb}"), b, steps_b1);
+            }
+        }
         println!("peak RSS {}", mib(peak_rss));
         Ok(())
     }
+}
+
+/// Streaming statistics of `steps` decode steps as JSON.
+fn stream_json(s: &StreamStepStats, steps: usize) -> Value {
+    let steps = steps.max(1) as f64;
+    let step_s = s.step_time.as_secs_f64();
+    json!({
+        "steps": steps,
+        "copies": s.copies,
+        "bytes": s.bytes,
+        "bytes_per_step": s.bytes as f64 / steps,
+        "copy_s": s.copy_time.as_secs_f64(),
+        "wait_s": s.wait_time.as_secs_f64(),
+        "wait_ms_per_step": s.wait_time.as_secs_f64() * 1e3 / steps,
+        "step_s": step_s,
+        "copy_gbps": s.copy_gbps(),
+        // Bytes over wall time: what the decode achieved end to end.
+        "effective_gbps": if step_s > 0.0 { s.bytes as f64 / step_s / 1e9 } else { 0.0 },
+    })
+}
+
+/// One line of streaming statistics.
+fn stream_row(name: &str, s: &StreamStepStats, steps: usize) {
+    let steps = steps.max(1) as f64;
+    let step_s = s.step_time.as_secs_f64();
+    println!(
+        "stream   {name}: {:.1} MiB/step, copy {:.2} GB/s while copying, {:.2} GB/s over the step, compute waited {:.2} ms/step",
+        s.bytes as f64 / steps / (1 << 20) as f64,
+        s.copy_gbps(),
+        if step_s > 0.0 { s.bytes as f64 / step_s / 1e9 } else { 0.0 },
+        s.wait_time.as_secs_f64() * 1e3 / steps,
+    );
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Start one worker process per device from a YAML config and generate through them.
     Launch(LaunchArgs),
+    /// Print where a config's weights would go (offload residency plan), loading nothing.
+    Plan(PlanArgs),
     /// One rank of a launch (started by `tessera launch`, or by a scheduler with --join).
     Worker(WorkerArgs),
 }
@@ -43,6 +45,16 @@ pub struct ModelArgs {
     /// CPU threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Stream layers from host memory within this device budget for weights
+    /// (`6GiB`, `500MB`, bytes, or `auto` on CUDA); needs `--dtype int8`.
+    #[arg(long, value_name = "BYTES|auto")]
+    pub offload_budget: Option<String>,
+    /// With --offload-budget: layers copied ahead of compute (slots = N + 1).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub prefetch: usize,
+    /// With --offload-budget: keep exactly this many layers resident instead of as many as fit.
+    #[arg(long, value_name = "N")]
+    pub resident_layers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -113,6 +125,12 @@ pub struct LaunchArgs {
     /// the address is printed on stderr as `ready: ... on ADDR`).
     #[arg(long, value_name = "HOST:PORT")]
     pub grpc_address: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The YAML config (see docs/config.md and docs/offload.md).
+    pub config: PathBuf,
 }
 
 #[derive(Args)]

@@ -1,21 +1,47 @@
-//! Opening a checkpoint named on the command line and loading it onto a backend.
+//! Opening a checkpoint named on the command line and loading it onto a
+//! backend, resident or with its layers streamed (`--offload-budget`).
 
 use crate::cli::ModelArgs;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::time::Instant;
 use tessera_backend::{Backend, WeightDType};
+use tessera_comm::Local;
 use tessera_engine::Model;
-use tessera_model::Checkpoint;
+use tessera_model::{Checkpoint, ShardPlan};
+use tessera_offload::{load_streamed, PlanInput, StreamOptions, DEFAULT_LINK_GBPS};
+
+/// Bytes left free beside the weights for KV cache and activations when
+/// `--offload-budget auto`.
+const AUTO_MARGIN: u64 = 2 << 30;
 
 /// Open `--model`: a path, or `dummy:SHAPE[:SEED]`.
 pub fn open_checkpoint(model: &str) -> Result<Checkpoint> {
     tessera_worker::open_checkpoint(model).with_context(|| format!("loading model {model}"))
 }
 
+/// The weight budget of `--offload-budget`: a size, or `auto` (the GPU's free
+/// memory less a margin for KV cache and activations).
+fn offload_budget(text: &str, device: &str) -> Result<usize> {
+    if text != "auto" {
+        return tessera_config::units::parse_size(text)
+            .map(|b| b as usize)
+            .ok_or_else(|| {
+                anyhow!("--offload-budget {text}: expected a size such as 6GiB or 500MB, or auto")
+            });
+    }
+    let ordinal = match device.parse::<tessera_worker::Device>() {
+        Ok(tessera_worker::Device::Cuda(n)) => n,
+        _ => bail!("--offload-budget auto measures free GPU memory; on {device} give a size"),
+    };
+    let (free, _) = tessera_backend::cuda::memory_info(ordinal)
+        .map_err(|e| anyhow!("--offload-budget auto: {e}"))?;
+    Ok(free.saturating_sub(AUTO_MARGIN) as usize)
+}
+
 /// Load the checkpoint's weights onto `backend`; returns the model and the seconds it took.
 /// Progress goes to stderr when it is a terminal.
-pub fn load_model<B: Backend>(
+pub fn load_model<B: Backend + 'static>(
     backend: B,
     ckpt: &Checkpoint,
     args: &ModelArgs,
@@ -23,21 +49,60 @@ pub fn load_model<B: Backend>(
     let dtype: WeightDType = args.dtype.parse().map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let model = Model::load(
-        backend,
-        &ckpt.spec,
-        ckpt.source.as_ref(),
-        dtype,
-        |done, total| {
-            if show {
-                eprint!("\rloading layers {done}/{total}");
-                if done == total {
-                    eprintln!();
-                }
-                let _ = std::io::stderr().flush();
+    let progress = |done, total| {
+        if show {
+            eprint!("\rloading layers {done}/{total}");
+            if done == total {
+                eprintln!();
             }
-        },
-    )
-    .with_context(|| format!("loading weights from {}", ckpt.path.display()))?;
+            let _ = std::io::stderr().flush();
+        }
+    };
+    let ctx = || format!("loading weights from {}", ckpt.path.display());
+    let model = match &args.offload_budget {
+        None => Model::load(backend, &ckpt.spec, ckpt.source.as_ref(), dtype, progress)
+            .with_context(ctx)?,
+        Some(budget) => {
+            if dtype != WeightDType::Int8 {
+                bail!("--offload-budget streams int8 weights: add --dtype int8");
+            }
+            let shard = ShardPlan::new(&ckpt.spec, 1, 0)?;
+            let input = PlanInput::for_model(
+                &ckpt.spec,
+                &shard,
+                offload_budget(budget, &args.device)?,
+                args.prefetch,
+                args.resident_layers,
+                DEFAULT_LINK_GBPS,
+            );
+            let opts = StreamOptions {
+                plan: input,
+                pin_memory: true,
+                record: false,
+                synchronous: false,
+            };
+            let (model, probe) = load_streamed(
+                backend,
+                &ckpt.spec,
+                ckpt.source.as_ref(),
+                shard,
+                Box::new(Local),
+                opts,
+                progress,
+            )
+            .with_context(ctx)?;
+            if let Some(p) = probe.plan() {
+                eprintln!(
+                    "offload: {} of {} layers resident, {} slots, prefetch {}, {:.1} MiB streamed per token",
+                    p.resident_count(),
+                    p.num_layers(),
+                    p.slots,
+                    p.prefetch_depth,
+                    p.streamed_bytes_per_pass() as f64 / (1 << 20) as f64
+                );
+            }
+            model
+        }
+    };
     Ok((model, t0.elapsed().as_secs_f64()))
 }

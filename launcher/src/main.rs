@@ -8,6 +8,7 @@ mod launch;
 mod load;
 mod npy;
 mod perplexity_cmd;
+mod plan_cmd;
 mod serve;
 mod worker_cmd;
 
@@ -20,6 +21,7 @@ fn main() {
         cli::Command::Perplexity(args) => perplexity_cmd::run(args),
         cli::Command::Bench(args) => bench_cmd::run(args),
         cli::Command::Launch(args) => launch::run(args),
+        cli::Command::Plan(args) => plan_cmd::run(args),
         cli::Command::Worker(args) => worker_cmd::run(args),
     };
     if let Err(e) = result {

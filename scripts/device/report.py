@@ -230,11 +230,85 @@ def main():
                        "lines": [l.strip() for l in txt.splitlines() if re.search(r"PASS|FAIL|GB/s", l)][:40]}
     except OSError:
         pass
+    rep["offload"] = offload_summary(out)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(rep, f, indent=2)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(markdown(rep))
     print(markdown(rep))
+
+
+def offload_summary(out):
+    """Stage-3 streaming runs (scripts/device/offload-check.sh) beside the
+    pinned-copy ceiling and accelerate's CPU offload, all from this run."""
+    d = os.path.join(out, "offload")
+    if not os.path.isdir(d):
+        return None
+    base = load_json(os.path.join(d, "baseline.json")) or {}
+    ceiling = base.get("h2d_pinned_gb_per_s")
+    acc = base.get("accelerate") or {}
+    runs = {}
+    for name in ("half", "full", "dry-cpu"):
+        r = load_json(os.path.join(d, f"{name}.json"))
+        if r is None:
+            if os.path.exists(os.path.join(d, f"{name}.err")):
+                runs[name] = {"error": "run failed (see log)"}
+            continue
+        o = r.get("offload") or {}
+        e = {"layers": o.get("layers")}
+        for key, bench_key in (("b1", "decode"), ("batch", "decode_batch")):
+            s = o.get(bench_key) or {}
+            tok = ((r.get(bench_key) or {}).get("tokens_per_s") or {}).get("median")
+            if not tok:
+                continue
+            batch = (r.get("decode_batch") or {}).get("batch", 1) if key == "batch" else 1
+            steps_per_s = tok / batch
+            gbps = s.get("bytes_per_step", 0) * steps_per_s / 1e9
+            e[key] = {"batch": batch, "tokens_per_s": tok, "bytes_per_step": s.get("bytes_per_step"),
+                      "stream_gb_per_s": gbps, "copy_gb_per_s": s.get("copy_gbps"),
+                      "stall_ms_per_step": s.get("wait_ms_per_step"),
+                      "fraction_of_pinned_ceiling": gbps / ceiling if ceiling else None,
+                      "vs_accelerate": tok / acc["decode_tokens_per_s"]
+                      if key == "b1" and acc.get("decode_tokens_per_s") else None}
+        runs[name] = e
+    same = {dev: load_json(os.path.join(d, f"same-{dev}.json")) for dev in ("cuda", "cpu")}
+    return {"h2d_pinned_gb_per_s": ceiling, "accelerate": acc or None,
+            "error": base.get("error"), "runs": runs,
+            "streamed_vs_resident": {k: v for k, v in same.items() if v is not None}}
+
+
+def offload_markdown(o):
+    if not o:
+        return ["Offloaded (stage-3 streaming) decode: not run."]
+    lines = ["## Offload (stage-3 streaming), llama2-7b shape int8", "",
+             f"Pinned host-to-device ceiling: {fmt(o.get('h2d_pinned_gb_per_s'))} GB/s (torch, 1 GiB copies)", ""]
+    for dev, r in (o.get("streamed_vs_resident") or {}).items():
+        lines += [f"Streamed vs resident on {dev} (dummy:small int8, 16 greedy tokens): tokens identical "
+                  f"{r.get('tokens_identical')}, logits bit-identical {r.get('logits_bit_identical')}", ""]
+    lines += [
+             "| run | layers | batch | decode tok/s | MB streamed/step | streaming GB/s | % of ceiling | "
+             "copy GB/s while copying | stall ms/step | vs accelerate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in o.get("runs", {}).items():
+        if "error" in e:
+            lines.append(f"| {name} | {e['error']} | | | | | | | | |")
+            continue
+        for key in ("b1", "batch"):
+            m = e.get(key)
+            if not m:
+                continue
+            frac = m.get("fraction_of_pinned_ceiling")
+            vs = f"{m['vs_accelerate']:.1f}x" if m.get("vs_accelerate") else "-"
+            lines.append(f"| {name} | {e.get('layers')} | {m['batch']} | {fmt(m['tokens_per_s'], '.2f')} | "
+                         f"{fmt((m.get('bytes_per_step') or 0) / 1e6, '.0f')} | {fmt(m['stream_gb_per_s'])} | "
+                         f"{fmt(frac * 100 if frac else None)} | {fmt(m.get('copy_gb_per_s'))} | "
+                         f"{fmt(m.get('stall_ms_per_step'), '.2f')} | {vs} |")
+    acc = o.get("accelerate")
+    if acc:
+        lines.append(f"| accelerate {acc.get('accelerate')} CPU offload, bf16, {acc.get('layers_on_cpu')} of "
+                     f"{acc.get('layers')} layers on CPU | | 1 | {fmt(acc.get('decode_tokens_per_s'), '.3f')} | | | | | | 1x |")
+    elif o.get("error"):
+        lines.append(f"| accelerate | failed: {o['error']} | | | | | | | | |")
+    return lines
 
 
 def fmt(v, spec=".1f"):
@@ -328,7 +402,7 @@ def markdown(rep):
         lines += [f"- {l}" for l in n["lines"]]
     else:
         lines += ["", "NCCL: not run in this check (see log)."]
-    lines += ["", "Offloaded (stage-3 streaming) decode: not measured, the streamer is not implemented yet.", ""]
+    lines += offload_markdown(rep.get("offload")) + [""]
     return "\n".join(lines)
 
 

@@ -10,8 +10,11 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 pub mod reference;
+pub mod stream;
 
 pub use error::{BackendError, Result};
+use std::sync::Arc;
+use stream::{HostBytes, HostLayers, SlotCopier};
 use tessera_comm::Collective;
 use tessera_model::HostTensor;
 
@@ -150,5 +153,37 @@ pub trait Backend: Send + Sync {
         comm.all_reduce_sum(&mut host.data)?;
         *x = self.upload(&host)?;
         Ok(())
+    }
+
+    // ---- weight streaming (tessera-offload; see `stream`) ----
+    /// The bytes `w` occupies on the device (its image). Writing the image back
+    /// into a weight of the same shape restores it bit for bit.
+    fn linear_image(&self, w: &Self::Linear) -> Result<Vec<u8>> {
+        let _ = w;
+        Err(BackendError::Unavailable(
+            format!("weight streaming on {}", self.name()),
+            "this backend has no slot copier".into(),
+        ))
+    }
+
+    /// A host buffer of `len` zero bytes for a layer's images: page-locked
+    /// where the device copies from it directly, plain memory otherwise.
+    fn host_buffer(&self, len: usize, pinned: bool) -> Result<Box<dyn HostBytes>> {
+        let _ = pinned;
+        Ok(Box::new(vec![0u8; len]))
+    }
+
+    /// A copy engine over `slots` (each a set of preallocated weights whose
+    /// images have the sizes of `host.parts`) filling them from `host`.
+    fn slot_copier(
+        &self,
+        host: Arc<HostLayers>,
+        slots: Vec<Vec<Self::Linear>>,
+    ) -> Result<Box<dyn SlotCopier<Self::Linear>>> {
+        let _ = (host, slots);
+        Err(BackendError::Unavailable(
+            format!("weight streaming on {}", self.name()),
+            "this backend has no slot copier".into(),
+        ))
     }
 }

@@ -216,13 +216,12 @@ pub enum ResolvedCollective {
     Nccl,
 }
 
-/// `offload:` stage-3 weight streaming. Validated now; the streamer itself
-/// comes with its own issue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `offload:` stage-3 weight streaming (`tessera-offload`, docs/offload.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping with the keys `enabled`, `weight_budget`, `prefetch_depth`, `pin_memory`"
+    expecting = "a mapping with the keys `enabled`, `weight_budget`, `prefetch_depth`, `pin_memory`, `resident_layers`, `link_gbps`"
 )]
 pub struct OffloadConfig {
     pub enabled: bool,
@@ -233,6 +232,12 @@ pub struct OffloadConfig {
     pub prefetch_depth: u32,
     /// Keep host copies in page-locked memory (CUDA only; no effect on cpu).
     pub pin_memory: bool,
+    /// Keep exactly this many layers resident instead of as many as fit
+    /// (checked against the model's layer count by `tessera plan`/`launch`).
+    pub resident_layers: Option<u32>,
+    /// Host-to-device bandwidth in GB/s for `tessera plan`'s prediction;
+    /// `None`: 25 (PCIe Gen4 x16, effective).
+    pub link_gbps: Option<f64>,
 }
 
 impl Default for OffloadConfig {
@@ -242,6 +247,8 @@ impl Default for OffloadConfig {
             weight_budget: WeightBudget::Auto,
             prefetch_depth: 2,
             pin_memory: true,
+            resident_layers: None,
+            link_gbps: None,
         }
     }
 }

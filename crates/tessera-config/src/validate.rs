@@ -172,6 +172,16 @@ pub(crate) fn validate(config: &mut Config, file: &Path) -> Result<(), ConfigErr
                 "`int8` with `offload.enabled: true`",
             )?;
         }
+        if let Some(g) = o.link_gbps {
+            if !(g.is_finite() && g > 0.0) {
+                c.fail(
+                    "offload.link_gbps",
+                    g.to_string(),
+                    "a link bandwidth must be a positive number of GB/s",
+                    "a number > 0, e.g. 25 for PCIe Gen4 x16 or 50 for Gen5 x16",
+                )?;
+            }
+        }
         if cpu && o.weight_budget == WeightBudget::Auto {
             c.fail(
                 "offload.weight_budget",

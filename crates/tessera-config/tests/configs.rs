@@ -168,4 +168,14 @@ supervision: {step_timeout: 1m30s, collective_timeout: 1m 30s, worker_start_time
     let text = "model: {path: m, dtype: int8}\noffload: {enabled: true, weight_budget: 64MiB}\n";
     let c = Config::from_str(text, Path::new("x.yaml")).unwrap();
     assert_eq!(c.offload.weight_budget, WeightBudget::Bytes(64 << 20));
+    assert_eq!(
+        (c.offload.resident_layers, c.offload.link_gbps),
+        (None, None)
+    );
+    let text = "model: {path: m, dtype: int8}\noffload: {enabled: true, weight_budget: 64MiB, resident_layers: 3, link_gbps: 50}\n";
+    let c = Config::from_str(text, Path::new("x.yaml")).unwrap();
+    assert_eq!(
+        (c.offload.resident_layers, c.offload.link_gbps),
+        (Some(3), Some(50.0))
+    );
 }

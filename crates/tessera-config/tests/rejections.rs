@@ -38,6 +38,12 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
     ),
     ("empty file", "# nothing yet\n", "model", &["no settings"]),
     (
+        "offload link bandwidth of zero",
+        "model: {path: m, dtype: int8}\noffload: {enabled: true, weight_budget: 1GiB, link_gbps: 0}\n",
+        "offload.link_gbps",
+        &["0", "a number > 0"],
+    ),
+    (
         "model path missing",
         "model: {format: gguf}\n",
         "model.path",

@@ -34,6 +34,9 @@ pub enum EngineError {
     },
     #[error("{0} is unusable after a panic in another thread")]
     Poisoned(&'static str),
+    /// Weight streaming failed (see `tessera-offload`).
+    #[error("weight streaming: {0}")]
+    Streaming(String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
 }

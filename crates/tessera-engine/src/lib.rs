@@ -7,6 +7,7 @@ mod error;
 mod generate;
 mod model;
 mod sampler;
+pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use generate::{

@@ -6,24 +6,18 @@
 //! with one all-reduce each per layer; embedding, LM head and norms are
 //! replicated, so every rank ends a step holding the full logits.
 
+use crate::weights::{LayerSink, LayerWeights, ResidentLayers, DOWN_PROJ, GATE_UP, O_PROJ, QKV};
 use crate::{EngineError, Result};
 use std::sync::Mutex;
 use tessera_backend::{AttentionShape, Backend, WeightDType};
 use tessera_comm::{Collective, Local};
 use tessera_model::{HostTensor, ModelSpec, ShardPlan, Slice, TensorSource};
 
+/// A layer's small tensors; its matrices come from the model's `LayerWeights`.
 struct Layer<B: Backend> {
     attn_norm: B::Tensor,
-    /// This rank's Q, K and V rows stacked, so one activation quantization serves all three.
-    qkv: B::Linear,
     qkv_bias: Option<B::Tensor>,
-    /// Row-parallel: this rank's columns of o_proj.
-    o: B::Linear,
     mlp_norm: B::Tensor,
-    /// This rank's gate and up rows stacked: `[2*local_intermediate, hidden]`.
-    gate_up: B::Linear,
-    /// Row-parallel: this rank's columns of down_proj.
-    down: B::Linear,
 }
 
 /// A loaded model (or one rank's shard of it) on one backend.
@@ -38,6 +32,11 @@ pub struct Model<B: Backend> {
     lm_head: Option<B::Linear>,
     norm: B::Tensor,
     layers: Vec<Layer<B>>,
+    /// Each layer's matrices, in the order of `weights::LAYER_LINEARS`: Q/K/V
+    /// rows stacked (one activation quantization serves all three), o_proj
+    /// (row-parallel: this rank's columns), gate and up rows stacked, down_proj
+    /// (row-parallel). Resident, or streamed by `tessera-offload`.
+    weights: Box<dyn LayerWeights<B>>,
     /// Sums the row-parallel partial products; `Local` when the world is 1.
     comm: Mutex<Box<dyn Collective>>,
 }
@@ -114,7 +113,7 @@ fn stack_rows(parts: Vec<HostTensor>) -> HostTensor {
     }
 }
 
-impl<B: Backend> Model<B> {
+impl<B: Backend + 'static> Model<B> {
     /// Load every weight from `src` onto `backend`, converting linear layers to `dtype`.
     /// `on_progress(done, total)` is called after each layer.
     pub fn load(
@@ -145,6 +144,31 @@ impl<B: Backend> Model<B> {
         dtype: WeightDType,
         plan: ShardPlan,
         comm: Box<dyn Collective>,
+        on_progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        Self::load_shard_into(
+            backend,
+            spec,
+            src,
+            dtype,
+            plan,
+            comm,
+            Box::new(ResidentLayers::<B>::default()),
+            on_progress,
+        )
+    }
+
+    /// As [`Model::load_shard`], handing each layer's matrices to `sink`
+    /// (e.g. a streamer that keeps some layers in host memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_shard_into(
+        backend: B,
+        spec: &ModelSpec,
+        src: &dyn TensorSource,
+        dtype: WeightDType,
+        plan: ShardPlan,
+        comm: Box<dyn Collective>,
+        mut sink: Box<dyn LayerSink<B>>,
         mut on_progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         if comm.world() != plan.world() || comm.rank() != plan.rank() {
@@ -199,21 +223,28 @@ impl<B: Backend> Model<B> {
             ]);
             let o = read(&format!("{p}.self_attn.o_proj.weight"), &[h, qn])?;
             let down = read(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?;
+            let mut linears = vec![backend.upload_linear(&qkv, dtype)?];
+            drop(qkv);
+            linears.push(backend.upload_linear(&o, dtype)?);
+            drop(o);
+            linears.push(backend.upload_linear(&gate_up, dtype)?);
+            drop(gate_up);
+            linears.push(backend.upload_linear(&down, dtype)?);
+            drop(down);
+            sink.push(&backend, l, linears)?;
             layers.push(Layer {
                 attn_norm: backend.upload(&read(&format!("{p}.input_layernorm.weight"), &[h])?)?,
-                qkv: backend.upload_linear(&qkv, dtype)?,
                 qkv_bias,
-                o: backend.upload_linear(&o, dtype)?,
                 mlp_norm: backend.upload(&read(
                     &format!("{p}.post_attention_layernorm.weight"),
                     &[h],
                 )?)?,
-                gate_up: backend.upload_linear(&gate_up, dtype)?,
-                down: backend.upload_linear(&down, dtype)?,
             });
             on_progress(l + 1, total);
         }
+        let weights = sink.finish(&backend)?;
         Ok(Model {
+            weights,
             inv_freq: spec.rope_inv_freq(),
             backend,
             spec: spec.clone(),
@@ -226,7 +257,9 @@ impl<B: Backend> Model<B> {
             comm: Mutex::new(comm),
         })
     }
+}
 
+impl<B: Backend> Model<B> {
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
@@ -236,6 +269,11 @@ impl<B: Backend> Model<B> {
     pub fn dtype(&self) -> WeightDType {
         self.dtype
     }
+    /// Where the layers' matrices live (resident or streamed).
+    pub fn layer_weights(&self) -> &dyn LayerWeights<B> {
+        self.weights.as_ref()
+    }
+
     /// Which part of the weights this model holds.
     pub fn plan(&self) -> &ShardPlan {
         &self.plan
@@ -331,52 +369,56 @@ impl<B: Backend> Model<B> {
         let tp = comm.world() > 1;
         let mut x = b.embedding(&self.embed, &ids)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let hn = b.rms_norm(&x, &layer.attn_norm, s.rms_norm_eps)?;
-            let mut qkv = b.matmul(&hn, &layer.qkv)?;
-            if let Some(bias) = &layer.qkv_bias {
-                b.add_bias(&mut qkv, bias)?;
-            }
-            let mut parts = b
-                .split_cols(&qkv, &[nh * hd, nkv * hd, nkv * hd])?
-                .into_iter();
-            let (mut q, mut k, v) = match (parts.next(), parts.next(), parts.next()) {
-                (Some(q), Some(k), Some(v)) => (q, k, v),
-                _ => unreachable!("split_cols returns one tensor per width"),
-            };
-            let attn = if batch.len() == 1 {
-                let start = rows[0].2;
-                b.rope(&mut q, nh, hd, start, &self.inv_freq)?;
-                b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
-                b.kv_store(&mut batch[0].seq.cache, l, start, &k, &v)?;
-                b.attention(&q, &batch[0].seq.cache, l, start, shape)?
-            } else {
-                let mut outs = Vec::with_capacity(batch.len());
-                for (e, &(r0, n, start)) in batch.iter_mut().zip(&rows) {
-                    let mut qi = b.slice_rows(&q, r0, n)?;
-                    let mut ki = b.slice_rows(&k, r0, n)?;
-                    let vi = b.slice_rows(&v, r0, n)?;
-                    b.rope(&mut qi, nh, hd, start, &self.inv_freq)?;
-                    b.rope(&mut ki, nkv, hd, start, &self.inv_freq)?;
-                    b.kv_store(&mut e.seq.cache, l, start, &ki, &vi)?;
-                    outs.push(b.attention(&qi, &e.seq.cache, l, start, shape)?);
+            self.weights.with_layer(l, &mut |w: &[B::Linear]| {
+                let hn = b.rms_norm(&x, &layer.attn_norm, s.rms_norm_eps)?;
+                let mut qkv = b.matmul(&hn, &w[QKV])?;
+                if let Some(bias) = &layer.qkv_bias {
+                    b.add_bias(&mut qkv, bias)?;
                 }
-                b.concat_rows(&outs.iter().collect::<Vec<_>>())?
-            };
-            let mut o = b.matmul(&attn, &layer.o)?;
-            if tp {
-                b.all_reduce_sum(&mut o, comm.as_mut())?;
-            }
-            b.add_assign(&mut x, &o)?;
-            let hn = b.rms_norm(&x, &layer.mlp_norm, s.rms_norm_eps)?;
-            let gu = b.matmul(&hn, &layer.gate_up)?;
-            let m = b.swiglu(&gu)?;
-            let mut d = b.matmul(&m, &layer.down)?;
-            if tp {
-                b.all_reduce_sum(&mut d, comm.as_mut())?;
-            }
-            b.add_assign(&mut x, &d)?;
+                let mut parts = b
+                    .split_cols(&qkv, &[nh * hd, nkv * hd, nkv * hd])?
+                    .into_iter();
+                let (mut q, mut k, v) = match (parts.next(), parts.next(), parts.next()) {
+                    (Some(q), Some(k), Some(v)) => (q, k, v),
+                    _ => unreachable!("split_cols returns one tensor per width"),
+                };
+                let attn = if batch.len() == 1 {
+                    let start = rows[0].2;
+                    b.rope(&mut q, nh, hd, start, &self.inv_freq)?;
+                    b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
+                    b.kv_store(&mut batch[0].seq.cache, l, start, &k, &v)?;
+                    b.attention(&q, &batch[0].seq.cache, l, start, shape)?
+                } else {
+                    let mut outs = Vec::with_capacity(batch.len());
+                    for (e, &(r0, n, start)) in batch.iter_mut().zip(&rows) {
+                        let mut qi = b.slice_rows(&q, r0, n)?;
+                        let mut ki = b.slice_rows(&k, r0, n)?;
+                        let vi = b.slice_rows(&v, r0, n)?;
+                        b.rope(&mut qi, nh, hd, start, &self.inv_freq)?;
+                        b.rope(&mut ki, nkv, hd, start, &self.inv_freq)?;
+                        b.kv_store(&mut e.seq.cache, l, start, &ki, &vi)?;
+                        outs.push(b.attention(&qi, &e.seq.cache, l, start, shape)?);
+                    }
+                    b.concat_rows(&outs.iter().collect::<Vec<_>>())?
+                };
+                let mut o = b.matmul(&attn, &w[O_PROJ])?;
+                if tp {
+                    b.all_reduce_sum(&mut o, comm.as_mut())?;
+                }
+                b.add_assign(&mut x, &o)?;
+                let hn = b.rms_norm(&x, &layer.mlp_norm, s.rms_norm_eps)?;
+                let gu = b.matmul(&hn, &w[GATE_UP])?;
+                let m = b.swiglu(&gu)?;
+                let mut d = b.matmul(&m, &w[DOWN_PROJ])?;
+                if tp {
+                    b.all_reduce_sum(&mut d, comm.as_mut())?;
+                }
+                b.add_assign(&mut x, &d)?;
+                Ok(())
+            })?;
         }
         drop(comm);
+        self.weights.end_step();
         for (e, &(_, n, _)) in batch.iter_mut().zip(&rows) {
             e.seq.len += n;
         }

@@ -213,6 +213,7 @@ impl Worker for Service {
             threads: req.threads as usize,
             rank: st.rank,
             world: st.world,
+            offload: req.offload,
         };
         let comm: Box<dyn Collective> = match lock(&st.comm, "the collective")?.take() {
             Some(c) => c,

@@ -7,6 +7,7 @@ use tessera_backend::{Backend, WeightDType};
 use tessera_comm::Collective;
 use tessera_engine::{BatchEntry, Model, Sequence};
 use tessera_model::ShardPlan;
+use tessera_offload::{load_streamed, PlanInput, StreamOptions};
 use tessera_proto::worker::{SeqLogits, StepReply, StepRequest};
 
 /// A loaded shard: runs steps, whatever the backend.
@@ -92,7 +93,12 @@ impl<B: Backend> ShardEngine for Loaded<B> {
     }
 
     fn backend_name(&self) -> String {
-        self.model.backend().name()
+        let name = self.model.backend().name();
+        // Streamed: say so, e.g. `cpu (...); streamed: 1 of 4 layers resident, ...`.
+        match self.model.layer_weights().describe() {
+            d if d == "resident" => name,
+            d => format!("{name}; {d}"),
+        }
     }
 }
 
@@ -104,6 +110,8 @@ pub struct LoadSpec {
     pub threads: usize,
     pub rank: usize,
     pub world: usize,
+    /// Stream this rank's layers (tessera-offload) within this plan.
+    pub offload: Option<tessera_proto::worker::OffloadSpec>,
 }
 
 struct LoadJob<'a, F: FnMut(usize, usize)> {
@@ -117,15 +125,44 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
     fn run<B: Backend + 'static>(self, backend: B) -> Self::Output {
         let ckpt = open_checkpoint(&self.spec.model)?;
         let plan = ShardPlan::new(&ckpt.spec, self.spec.world, self.spec.rank)?;
-        let model = Model::load_shard(
-            backend,
-            &ckpt.spec,
-            ckpt.source.as_ref(),
-            self.spec.dtype,
-            plan,
-            self.comm,
-            self.progress,
-        )?;
+        let model = match &self.spec.offload {
+            None => Model::load_shard(
+                backend,
+                &ckpt.spec,
+                ckpt.source.as_ref(),
+                self.spec.dtype,
+                plan,
+                self.comm,
+                self.progress,
+            )?,
+            Some(o) => {
+                // Each rank streams its own shard within its own budget.
+                let input = PlanInput::for_model(
+                    &ckpt.spec,
+                    &plan,
+                    o.weight_budget as usize,
+                    o.prefetch_depth as usize,
+                    o.resident_layers.map(|r| r as usize),
+                    tessera_offload::DEFAULT_LINK_GBPS,
+                );
+                let opts = StreamOptions {
+                    plan: input,
+                    pin_memory: o.pin_memory,
+                    record: false,
+                    synchronous: false,
+                };
+                load_streamed(
+                    backend,
+                    &ckpt.spec,
+                    ckpt.source.as_ref(),
+                    plan,
+                    self.comm,
+                    opts,
+                    self.progress,
+                )?
+                .0
+            }
+        };
         Ok(Box::new(Loaded {
             model,
             seqs: HashMap::new(),

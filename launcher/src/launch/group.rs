@@ -32,6 +32,8 @@ pub struct GroupSpec {
     pub collective_timeout: Duration,
     /// Wait for `tessera worker --join` processes at this address instead of spawning.
     pub join_listen: Option<String>,
+    /// Per rank: stream its layers within this plan (offload enabled).
+    pub offload: Option<Vec<tessera_proto::worker::OffloadSpec>>,
 }
 
 /// One rank as the launcher sees it.
@@ -353,6 +355,7 @@ impl WorkerGroup {
                 dtype: spec.dtype.clone(),
                 device: spec.devices[rank].clone(),
                 threads: spec.threads as u32,
+                offload: spec.offload.as_ref().and_then(|o| o.get(rank).cloned()),
             };
             tokio::spawn(async move {
                 match c.load(req).await {

@@ -30,7 +30,7 @@ impl From<EngineError> for LoopError {
     }
 }
 
-fn model_name(cfg: &Config) -> Result<String> {
+pub(crate) fn model_name(cfg: &Config) -> Result<String> {
     match (cfg.model.format, &cfg.model.dummy, &cfg.model.path) {
         (ModelFormat::Dummy, Some(d), _) => Ok(format!("dummy:{}:{}", d.shape, d.seed)),
         (_, _, Some(p)) => Ok(p.display().to_string()),
@@ -89,6 +89,12 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     let world = cfg.parallelism.tensor_parallel as usize;
     let plans = ShardPlan::all(&ckpt.spec, world)
         .with_context(|| format!("splitting {model} over tensor_parallel {world}"))?;
+    // Offload: refuse a plan that cannot work before any worker starts.
+    let offload = if cfg.offload.enabled {
+        Some(crate::plan_cmd::offload_plans(&cfg, &ckpt.spec)?)
+    } else {
+        None
+    };
     let devices: Vec<String> = cfg
         .parallelism
         .devices
@@ -126,6 +132,17 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         step_timeout: sup.step_timeout,
         collective_timeout: sup.collective_timeout,
         join_listen: args.join_listen.clone(),
+        offload: offload.map(|plans| {
+            plans
+                .iter()
+                .map(|(p, _)| tessera_proto::worker::OffloadSpec {
+                    weight_budget: p.budget as u64,
+                    prefetch_depth: p.prefetch_depth as u32,
+                    pin_memory: cfg.offload.pin_memory,
+                    resident_layers: cfg.offload.resident_layers,
+                })
+                .collect()
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -4,6 +4,7 @@
 
 pub mod features;
 pub mod kernels;
+pub mod stream;
 
 use crate::checks::{self, CacheGeometry};
 use crate::error::shape_err;
@@ -406,5 +407,19 @@ impl Backend for CpuBackend {
         });
         let _ = n;
         Ok(tensor(q.rows, q.cols, out))
+    }
+
+    fn linear_image(&self, w: &CpuLinear) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; stream::image_len(w)];
+        w.write_image(&mut out);
+        Ok(out)
+    }
+
+    fn slot_copier(
+        &self,
+        host: std::sync::Arc<crate::stream::HostLayers>,
+        slots: Vec<Vec<CpuLinear>>,
+    ) -> Result<Box<dyn crate::stream::SlotCopier<CpuLinear>>> {
+        Ok(Box::new(stream::CpuSlotCopier::new(host, slots)?))
     }
 }

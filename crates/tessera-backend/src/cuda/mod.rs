@@ -19,10 +19,12 @@ mod launch;
 mod linear;
 pub mod module;
 mod ops;
+pub mod stream_slots;
 mod tensor;
 
 pub use gemv::{GemvTuning, GemvVariant};
 pub use linear::{Bf16Weight, CudaLinear, Int8Weight, GEMV_MAX_ROWS};
+pub use stream_slots::memory_info;
 pub use tensor::CudaTensor;
 
 use crate::{BackendError, Result};

@@ -56,6 +56,22 @@ impl Backend for CudaBackend {
         w.dims()
     }
 
+    fn linear_image(&self, w: &CudaLinear) -> Result<Vec<u8>> {
+        self.linear_image_impl(w)
+    }
+
+    fn host_buffer(&self, len: usize, pinned: bool) -> Result<Box<dyn crate::stream::HostBytes>> {
+        self.host_buffer_impl(len, pinned)
+    }
+
+    fn slot_copier(
+        &self,
+        host: std::sync::Arc<crate::stream::HostLayers>,
+        slots: Vec<Vec<CudaLinear>>,
+    ) -> Result<Box<dyn crate::stream::SlotCopier<CudaLinear>>> {
+        self.slot_copier_impl(host, slots)
+    }
+
     fn slice_rows(&self, x: &CudaTensor, start: usize, count: usize) -> Result<CudaTensor> {
         if start + count > x.rows {
             let detail = format!("rows {start}..{} of {}", start + count, x.rows);

@@ -133,6 +133,53 @@ impl PackedInt8 {
         }
     }
 
+    /// Bytes of the packed lines plus the scales: the weight's image size.
+    pub fn image_len(&self) -> usize {
+        std::mem::size_of_val(self.lines.as_slice()) + std::mem::size_of_val(self.scales.as_slice())
+    }
+
+    /// The packed lines and then the scales, as bytes (see `load_image`).
+    pub fn write_image(&self, out: &mut [u8]) {
+        let (l, s) = self.image_parts();
+        out[..l.len()].copy_from_slice(l);
+        out[l.len()..l.len() + s.len()].copy_from_slice(s);
+    }
+
+    /// Overwrite the lines and scales with an image of a weight of the same
+    /// shape; `false` (and nothing written) when the length does not match.
+    pub fn load_image(&mut self, image: &[u8]) -> bool {
+        if image.len() != self.image_len() {
+            return false;
+        }
+        let nl = std::mem::size_of_val(self.lines.as_slice());
+        // SAFETY: `Line` is `repr(C)` bytes and f32 has no invalid bit
+        // patterns, so any bytes are valid values; the lengths match exactly.
+        let lines =
+            unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), nl) };
+        lines.copy_from_slice(&image[..nl]);
+        let ns = image.len() - nl;
+        let scales =
+            unsafe { std::slice::from_raw_parts_mut(self.scales.as_mut_ptr().cast::<u8>(), ns) };
+        scales.copy_from_slice(&image[nl..]);
+        true
+    }
+
+    fn image_parts(&self) -> (&[u8], &[u8]) {
+        // SAFETY: reading plain-old-data as bytes, lengths from size_of_val.
+        unsafe {
+            (
+                std::slice::from_raw_parts(
+                    self.lines.as_ptr().cast::<u8>(),
+                    std::mem::size_of_val(self.lines.as_slice()),
+                ),
+                std::slice::from_raw_parts(
+                    self.scales.as_ptr().cast::<u8>(),
+                    std::mem::size_of_val(self.scales.as_slice()),
+                ),
+            )
+        }
+    }
+
     /// Number of 16-row blocks.
     pub(crate) fn blocks(&self) -> usize {
         self.rows.div_ceil(BLOCK_ROWS)
