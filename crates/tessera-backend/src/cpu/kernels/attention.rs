@@ -337,7 +337,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn weighted_sum512(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
-        let (hd, len) = (out.len(), weights.len());
+        let hd = out.len();
         let mut c = 0;
         while c < hd {
             let m = if c + 16 <= hd {
@@ -346,15 +346,23 @@ mod simd {
                 head_mask(hd - c)
             };
             let mut acc = [_mm512_setzero_ps(); 4];
-            let mut start = 0;
-            for block in vals {
-                let rows = (len - start).min(block_rows);
-                let (block, w) = (&block[..rows * hd], &weights[start..start + rows]);
+            for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+                let rows = w.len();
+                let block = &block[..rows * hd];
                 // SAFETY: the mask keeps every load inside row p's columns c..hd,
                 // and p < rows.
                 let load =
                     |p: usize| unsafe { _mm512_maskz_loadu_ps(m, block.as_ptr().add(p * hd + c)) };
                 let mut p = 0;
+                if rows == 16 {
+                    // A full pool block: a constant trip count, unrolled.
+                    for g in 0..4 {
+                        for (u, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(w[4 * g + u]), load(4 * g + u), *a);
+                        }
+                    }
+                    p = 16;
+                }
                 while p + 4 <= rows {
                     for (u, a) in acc.iter_mut().enumerate() {
                         *a = _mm512_fmadd_ps(_mm512_set1_ps(w[p + u]), load(p + u), *a);
@@ -364,7 +372,6 @@ mod simd {
                 for (a, q) in acc.iter_mut().zip(p..rows) {
                     *a = _mm512_fmadd_ps(_mm512_set1_ps(w[q]), load(q), *a);
                 }
-                start += rows;
             }
             let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
             // SAFETY: the mask keeps the store inside out[c..hd].
@@ -482,17 +489,25 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     fn weighted_sum256(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
-        let (hd, len) = (out.len(), weights.len());
+        let hd = out.len();
         let mut c = 0;
         while c + 8 <= hd {
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut start = 0;
-            for block in vals {
-                let rows = (len - start).min(block_rows);
-                let (block, w) = (&block[..rows * hd], &weights[start..start + rows]);
+            for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+                let rows = w.len();
+                let block = &block[..rows * hd];
                 // SAFETY: c + 8 <= hd and p < rows keep every load inside row p.
                 let load = |p: usize| unsafe { _mm256_loadu_ps(block.as_ptr().add(p * hd + c)) };
                 let mut p = 0;
+                if rows == 16 {
+                    // A full pool block: a constant trip count, unrolled.
+                    for g in 0..4 {
+                        for (u, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(_mm256_set1_ps(w[4 * g + u]), load(4 * g + u), *a);
+                        }
+                    }
+                    p = 16;
+                }
                 while p + 4 <= rows {
                     for (u, a) in acc.iter_mut().enumerate() {
                         *a = _mm256_fmadd_ps(_mm256_set1_ps(w[p + u]), load(p + u), *a);
@@ -502,7 +517,6 @@ mod simd {
                 for (a, q) in acc.iter_mut().zip(p..rows) {
                     *a = _mm256_fmadd_ps(_mm256_set1_ps(w[q]), load(q), *a);
                 }
-                start += rows;
             }
             let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             // SAFETY: c + 8 <= hd.
