@@ -203,8 +203,10 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
         out.fill(0.0);
-        for (&a, v) in weights.iter().zip(rows(vals, block_rows, out.len())) {
-            out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+        for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+            for (&a, v) in w.iter().zip(block.chunks_exact(out.len())) {
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            }
         }
     }
 
