@@ -5,6 +5,14 @@ pub enum BackendError {
     Shape { op: &'static str, detail: String },
     #[error("KV cache full: position {pos} is beyond its capacity of {capacity} tokens")]
     CacheFull { pos: usize, capacity: usize },
+    #[error(
+        "KV block pool exhausted: {needed} more blocks of 16 positions needed, {free} of {total} free"
+    )]
+    KvPoolExhausted {
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
     #[error("device error: {0}")]
     Device(String),
     #[error("collective failed: {0}")]

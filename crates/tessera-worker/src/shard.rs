@@ -3,6 +3,7 @@
 use crate::device::{open_checkpoint, run_on, BackendJob, Device};
 use crate::{Result, WorkerError};
 use std::collections::HashMap;
+use tessera_backend::cpu::CpuBackend;
 use tessera_backend::{Backend, WeightDType};
 use tessera_comm::Collective;
 use tessera_engine::{BatchEntry, Model, Sequence};
@@ -22,7 +23,19 @@ struct Loaded<B: Backend> {
     seqs: HashMap<u64, Sequence<B>>,
 }
 
-impl<B: Backend> ShardEngine for Loaded<B> {
+/// `(used, total)` blocks of the backend's KV pool. Only the CPU backend
+/// pages its caches; asking through `Any` keeps the `Backend` trait as it is.
+fn kv_blocks<B: Backend + 'static>(backend: &B) -> (u32, u32) {
+    match (backend as &dyn std::any::Any).downcast_ref::<CpuBackend>() {
+        Some(cpu) => {
+            let s = cpu.kv_pool_stats();
+            (s.blocks_used as u32, s.blocks_total as u32)
+        }
+        None => (0, 0),
+    }
+}
+
+impl<B: Backend + 'static> ShardEngine for Loaded<B> {
     fn step(&mut self, req: &StepRequest, rank: usize) -> Result<StepReply> {
         for id in &req.drop {
             self.seqs.remove(id);
@@ -86,9 +99,12 @@ impl<B: Backend> ShardEngine for Loaded<B> {
                 },
             })
             .collect();
+        let (kv_blocks_used, kv_blocks_total) = kv_blocks(self.model.backend());
         Ok(StepReply {
             seqs,
             live_sequences: self.seqs.len() as u32,
+            kv_blocks_used,
+            kv_blocks_total,
         })
     }
 
@@ -185,4 +201,49 @@ pub fn load(
             progress,
         },
     )?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_proto::worker::SeqStep;
+
+    fn seq(seq_id: u64, ids: Vec<u32>, capacity: u32) -> SeqStep {
+        SeqStep {
+            seq_id,
+            ids,
+            capacity,
+            all_logits: false,
+        }
+    }
+
+    #[test]
+    fn step_replies_report_the_cpu_kv_pool() {
+        let spec = LoadSpec {
+            model: "dummy:tiny".into(),
+            dtype: WeightDType::F32,
+            device: Device::Cpu,
+            threads: 1,
+            rank: 0,
+            world: 1,
+        };
+        let mut shard = load(&spec, Box::new(tessera_comm::Local), |_, _| {}).unwrap();
+        // Two sequences reserving 1000 positions each hold blocks only for
+        // what they stored: 20 positions (2 blocks) and 3 (1 block).
+        let step = StepRequest {
+            seqs: vec![seq(1, (1..21).collect(), 1000), seq(2, vec![5, 6, 7], 1000)],
+            drop: vec![],
+            logits_from_all_ranks: false,
+        };
+        let reply = shard.step(&step, 0).unwrap();
+        assert_eq!((reply.kv_blocks_used, reply.kv_blocks_total), (3, 3));
+        // Dropping sequence 1 returns its blocks; the pool keeps them.
+        let step = StepRequest {
+            seqs: vec![seq(2, vec![8], 0)],
+            drop: vec![1],
+            logits_from_all_ranks: false,
+        };
+        let reply = shard.step(&step, 0).unwrap();
+        assert_eq!((reply.kv_blocks_used, reply.kv_blocks_total), (1, 3));
+    }
 }

@@ -59,6 +59,10 @@ pub struct Stats {
     pub kv_blocks_total: usize,
     pub kv_blocks_used: usize,
     pub kv_block_tokens: usize,
+    /// Rank 0's KV block pool after the last step (CPU workers; 0 on CUDA):
+    /// blocks its sequences really hold, next to the reservations above.
+    pub worker_kv_blocks_used: usize,
+    pub worker_kv_blocks_total: usize,
     pub running: usize,
     pub queued: usize,
     pub steps: u64,
@@ -263,7 +267,11 @@ impl Scheduler {
                     return Err(e);
                 }
             };
-            self.stats(|s| s.steps += 1);
+            self.stats(|s| {
+                s.steps += 1;
+                s.worker_kv_blocks_used = reply.kv_blocks_used as usize;
+                s.worker_kv_blocks_total = reply.kv_blocks_total as usize;
+            });
 
             // Sample for every sequence whose prompt is complete.
             let mut logits = reply.seqs.into_iter();

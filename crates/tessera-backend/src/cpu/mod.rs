@@ -4,12 +4,15 @@
 
 pub mod features;
 pub mod kernels;
+mod paged_kv;
 pub mod stream;
 
 use crate::checks::{self, CacheGeometry};
 use crate::error::shape_err;
 use crate::{reference, AttentionShape, Backend, BackendError, Result, WeightDType};
 use features::CpuFeatures;
+pub use paged_kv::{CpuKvCache, KvPoolStats, KV_BLOCK_TOKENS};
+use paged_kv::{Half, KvBlockPool};
 use rayon::prelude::*;
 use tessera_model::{HostTensor, Int8Matrix, INT8_GROUP};
 
@@ -31,20 +34,10 @@ pub enum CpuLinear {
     Int8(kernels::PackedInt8),
 }
 
-/// Per-sequence KV cache: `[layer][kv_head][position][head_dim]`, so one
-/// head's keys are contiguous for the attention loop.
-pub struct CpuKvCache {
-    kv_heads: usize,
-    head_dim: usize,
-    capacity: usize,
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-}
-
 impl CpuKvCache {
     fn geometry(&self) -> CacheGeometry {
         CacheGeometry {
-            layers: self.k.len(),
+            layers: self.layers,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
             capacity: self.capacity,
@@ -56,6 +49,7 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     threads: usize,
     features: CpuFeatures,
+    kv_pool: KvBlockPool,
 }
 
 impl CpuBackend {
@@ -79,7 +73,21 @@ impl CpuBackend {
             pool,
             threads,
             features: CpuFeatures::detect(),
+            kv_pool: KvBlockPool::new(),
         })
+    }
+
+    /// Limit the KV block pool to `blocks` blocks of `KV_BLOCK_TOKENS`
+    /// positions (`None`, the default: grow on demand). Past the limit
+    /// `kv_store` fails with `KvPoolExhausted`; caches already holding
+    /// blocks keep them.
+    pub fn set_kv_pool_blocks(&self, blocks: Option<usize>) {
+        self.kv_pool.set_limit(blocks);
+    }
+
+    /// Blocks of the KV pool in use by live caches, and the pool's size.
+    pub fn kv_pool_stats(&self) -> KvPoolStats {
+        self.kv_pool.stats()
     }
 
     pub fn threads(&self) -> usize {
@@ -329,14 +337,14 @@ impl Backend for CpuBackend {
         head_dim: usize,
         capacity: usize,
     ) -> Result<CpuKvCache> {
-        let per_layer = kv_heads * capacity * head_dim;
-        Ok(CpuKvCache {
+        // Blocks are taken as positions are stored, not for `capacity` up front.
+        Ok(CpuKvCache::new(
+            self.kv_pool.clone(),
+            layers,
             kv_heads,
             head_dim,
             capacity,
-            k: (0..layers).map(|_| vec![0f32; per_layer]).collect(),
-            v: (0..layers).map(|_| vec![0f32; per_layer]).collect(),
-        })
+        ))
     }
 
     fn kv_store(
@@ -354,16 +362,7 @@ impl Backend for CpuBackend {
             (k.rows, k.cols),
             (v.rows, v.cols),
         )?;
-        let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
-        for (src, dst) in [(k, &mut cache.k[layer]), (v, &mut cache.v[layer])] {
-            for i in 0..src.rows {
-                for h in 0..kvh {
-                    let from = &src.data[i * src.cols + h * hd..][..hd];
-                    dst[(h * cap + start_pos + i) * hd..][..hd].copy_from_slice(from);
-                }
-            }
-        }
-        Ok(())
+        cache.store(layer, start_pos, k.rows, &k.data, &v.data)
     }
 
     fn attention(
@@ -380,10 +379,27 @@ impl Backend for CpuBackend {
             head_dim,
         } = shape;
         checks::attention(&cache.geometry(), layer, start_pos, (q.rows, q.cols), shape)?;
-        let n = q.rows;
+        let end = start_pos + q.rows;
+        if end > cache.len() {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "positions 0..{end} requested, the KV cache holds {}",
+                    cache.len()
+                ),
+            ));
+        }
+        // Each KV head's block slices, head-major: `[kv_head][block]`.
+        let nblocks = end.div_ceil(KV_BLOCK_TOKENS);
+        let (mut kb, mut vb) = (
+            Vec::with_capacity(num_kv_heads * nblocks),
+            Vec::with_capacity(num_kv_heads * nblocks),
+        );
+        for h in 0..num_kv_heads {
+            cache.head_blocks(Half::K, layer, h, nblocks, &mut kb);
+            cache.head_blocks(Half::V, layer, h, nblocks, &mut vb);
+        }
         let mut out = vec![0f32; q.data.len()];
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-        let cap = cache.capacity;
         // One task per (token, head): independent outputs, no locking.
         self.pool.install(|| {
             out.par_chunks_mut(head_dim)
@@ -392,20 +408,19 @@ impl Backend for CpuBackend {
                     let (i, h) = (idx / num_heads, idx % num_heads);
                     let kh = h / (num_heads / num_kv_heads);
                     let qv = &q.data[idx * head_dim..(idx + 1) * head_dim];
-                    let keys = &kc[kh * cap * head_dim..];
-                    let vals = &vc[kh * cap * head_dim..];
-                    kernels::attend_one(
+                    let blocks = kh * nblocks..(kh + 1) * nblocks;
+                    kernels::attend_blocks(
                         self.features,
                         qv,
-                        keys,
-                        vals,
+                        &kb[blocks.clone()],
+                        &vb[blocks],
+                        KV_BLOCK_TOKENS,
                         start_pos + i + 1,
                         head_dim,
                         o,
                     );
                 })
         });
-        let _ = n;
         Ok(tensor(q.rows, q.cols, out))
     }
 

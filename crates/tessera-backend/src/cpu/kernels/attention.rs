@@ -24,21 +24,62 @@ pub fn attend_one(
     out: &mut [f32],
 ) {
     assert!(
+        keys.len() >= len * head_dim && vals.len() >= len * head_dim,
+        "attend_one: cache shorter than len"
+    );
+    let (k, v) = (&keys[..len * head_dim], &vals[..len * head_dim]);
+    // One block holding every position: the same sums as any block size that
+    // is a multiple of 4 (see `attend_blocks`).
+    attend_blocks(features, q, &[k], &[v], len.max(1), len, head_dim, out);
+}
+
+/// As `attend_one`, over a paged cache: position `p` is row `p % block_rows`
+/// of `keys[p / block_rows]` (each block `[block_rows][head_dim]`, the last
+/// may be cut short after position `len - 1`). With `block_rows` a multiple
+/// of 4 the result is bit-identical to `attend_one` over the same positions
+/// laid out contiguously: every sum runs in the same order.
+#[allow(clippy::too_many_arguments)] // the kernel's whole input, flat like attend_one's
+pub fn attend_blocks(
+    features: CpuFeatures,
+    q: &[f32],
+    keys: &[&[f32]],
+    vals: &[&[f32]],
+    block_rows: usize,
+    len: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    assert!(
         q.len() == head_dim && out.len() == head_dim,
         "attend_one: q/out are not head_dim long"
     );
+    assert!(block_rows > 0, "attend_blocks: blocks of 0 positions");
+    let nblocks = len.div_ceil(block_rows);
     assert!(
-        keys.len() >= len * head_dim && vals.len() >= len * head_dim,
-        "attend_one: cache shorter than len"
+        keys.len() >= nblocks && vals.len() >= nblocks,
+        "attend_blocks: {} / {} blocks for {len} positions of {block_rows}",
+        keys.len(),
+        vals.len()
     );
     if len == 0 || head_dim == 0 {
         out.fill(0.0);
         return;
     }
+    let rows_in = |b: usize| (len - b * block_rows).min(block_rows);
+    for (b, (k, v)) in keys.iter().zip(vals).take(nblocks).enumerate() {
+        let want = rows_in(b) * head_dim;
+        assert!(
+            k.len() >= want && v.len() >= want,
+            "attend_blocks: block {b} shorter than its {} positions",
+            rows_in(b)
+        );
+    }
     let job = Job {
         q,
-        keys: &keys[..len * head_dim],
-        vals: &vals[..len * head_dim],
+        keys: &keys[..nblocks],
+        vals: &vals[..nblocks],
+        block_rows,
+        len,
         head_dim,
     };
     let kernel = features.f32_kernel();
@@ -53,12 +94,35 @@ pub fn attend_one(
     });
 }
 
-/// The inputs of one call, cut to `len` positions.
+/// The inputs of one call: `len` positions in blocks of `block_rows`
+/// (exactly `len.div_ceil(block_rows)` blocks, each long enough).
 struct Job<'a> {
     q: &'a [f32],
-    keys: &'a [f32],
-    vals: &'a [f32],
+    keys: &'a [&'a [f32]],
+    vals: &'a [&'a [f32]],
+    block_rows: usize,
+    len: usize,
     head_dim: usize,
+}
+
+impl Job<'_> {
+    /// Positions held by block `b`.
+    #[inline(always)]
+    fn rows_in(&self, b: usize) -> usize {
+        (self.len - b * self.block_rows).min(self.block_rows)
+    }
+}
+
+/// Rows of `len` positions in blocks, in position order.
+#[inline(always)]
+fn rows<'a>(
+    blocks: &'a [&'a [f32]],
+    block_rows: usize,
+    hd: usize,
+) -> impl Iterator<Item = &'a [f32]> + 'a {
+    blocks
+        .iter()
+        .flat_map(move |b| b.chunks_exact(hd).take(block_rows))
 }
 
 fn run(kernel: F32Kernel, job: &Job, out: &mut [f32], scores: &mut [f32]) {
@@ -81,12 +145,14 @@ trait Lanes {
     /// # Safety
     /// The CPU must have the implementation's target features.
     unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// `out = sum_p weights[p] * vals[p]`, with `vals` laid out
-    /// `[weights.len()][out.len()]`.
+    /// `out = sum_p weights[p] * vals[p]`, position `p` being row
+    /// `p % block_rows` of block `p / block_rows` (`[block_rows][out.len()]`),
+    /// summed in the same order whatever the blocking (for `block_rows` a
+    /// multiple of 4). `vals` holds exactly the blocks `weights` needs.
     ///
     /// # Safety
     /// As for `dot`.
-    unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[f32]);
+    unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize);
     /// `s[i] = exp(s[i] - shift)`; returns the sum of the new values.
     ///
     /// # Safety
@@ -104,17 +170,23 @@ unsafe fn attend<L: Lanes>(job: &Job, out: &mut [f32], scores: &mut [f32]) {
     let hd = job.head_dim;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut max = f32::NEG_INFINITY;
-    for (s, k) in scores.iter_mut().zip(job.keys.chunks_exact(hd)) {
-        // SAFETY: forwarded from the caller.
-        *s = unsafe { L::dot(job.q, k) } * scale;
-        max = max.max(*s);
+    let mut at = 0;
+    for (b, block) in job.keys.iter().enumerate() {
+        let rows = job.rows_in(b);
+        let dst = &mut scores[at..at + rows];
+        for (s, k) in dst.iter_mut().zip(block[..rows * hd].chunks_exact(hd)) {
+            // SAFETY: forwarded from the caller.
+            *s = unsafe { L::dot(job.q, k) } * scale;
+            max = max.max(*s);
+        }
+        at += rows;
     }
     // Shifting by the max keeps every exponent <= 0: no overflow, and the
     // largest term is exactly 1 so the sum is >= 1.
     // SAFETY: forwarded from the caller.
     let sum = unsafe { L::exp_shifted(scores, max) };
     // SAFETY: forwarded from the caller.
-    unsafe { L::weighted_sum(out, scores, job.vals) };
+    unsafe { L::weighted_sum(out, scores, job.vals, job.block_rows) };
     let inv = 1.0 / sum;
     out.iter_mut().for_each(|o| *o *= inv);
 }
@@ -129,10 +201,12 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
-    unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[f32]) {
+    unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
         out.fill(0.0);
-        for (&a, v) in weights.iter().zip(vals.chunks_exact(out.len())) {
-            out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+        for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+            for (&a, v) in w.iter().zip(block.chunks_exact(out.len())) {
+                out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+            }
         }
     }
 
@@ -151,7 +225,7 @@ mod simd {
     //! (`x = n ln2 + r`, |r| <= ln2/2) with a degree-6 polynomial: about 1 ulp
     //! over the softmax range, checked against f64 `exp` in the tests below.
 
-    use super::{attend, Job, Lanes};
+    use super::{attend, rows, Job, Lanes};
     use std::arch::x86_64::*;
 
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -195,9 +269,14 @@ mod simd {
             unsafe { dot512(a, b) }
         }
         #[inline(always)]
-        unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[f32]) {
+        unsafe fn weighted_sum(
+            out: &mut [f32],
+            weights: &[f32],
+            vals: &[&[f32]],
+            block_rows: usize,
+        ) {
             // SAFETY: the caller guarantees avx512f.
-            unsafe { weighted_sum512(out, weights, vals) }
+            unsafe { weighted_sum512(out, weights, vals, block_rows) }
         }
         #[inline(always)]
         unsafe fn exp_shifted(s: &mut [f32], shift: f32) -> f32 {
@@ -255,12 +334,12 @@ mod simd {
 
     /// Column strips of 16 outer, positions inner: the strip's sum stays in
     /// registers (4 chains to cover FMA latency) instead of round-tripping
-    /// through `out` once per position.
+    /// through `out` once per position. Chain `u` takes positions `p % 4 == u`
+    /// (blocks of a multiple of 4 positions keep that), the ragged end chains 0..
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn weighted_sum512(out: &mut [f32], weights: &[f32], vals: &[f32]) {
-        let (hd, len) = (out.len(), weights.len());
-        assert!(vals.len() >= len * hd);
+    fn weighted_sum512(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
+        let hd = out.len();
         let mut c = 0;
         while c < hd {
             let m = if c + 16 <= hd {
@@ -268,19 +347,33 @@ mod simd {
             } else {
                 head_mask(hd - c)
             };
-            // SAFETY: the mask keeps every load inside row p's columns c..hd.
-            let load =
-                |p: usize| unsafe { _mm512_maskz_loadu_ps(m, vals.as_ptr().add(p * hd + c)) };
             let mut acc = [_mm512_setzero_ps(); 4];
-            let mut p = 0;
-            while p + 4 <= len {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(_mm512_set1_ps(weights[p + u]), load(p + u), *a);
+            for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+                let rows = w.len();
+                let block = &block[..rows * hd];
+                // SAFETY: the mask keeps every load inside row p's columns c..hd,
+                // and p < rows.
+                let load =
+                    |p: usize| unsafe { _mm512_maskz_loadu_ps(m, block.as_ptr().add(p * hd + c)) };
+                let mut p = 0;
+                if rows == 16 {
+                    // A full pool block: a constant trip count, unrolled.
+                    for g in 0..4 {
+                        for (u, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(w[4 * g + u]), load(4 * g + u), *a);
+                        }
+                    }
+                    p = 16;
                 }
-                p += 4;
-            }
-            for (a, q) in acc.iter_mut().zip(p..len) {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(weights[q]), load(q), *a);
+                while p + 4 <= rows {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(w[p + u]), load(p + u), *a);
+                    }
+                    p += 4;
+                }
+                for (a, q) in acc.iter_mut().zip(p..rows) {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(w[q]), load(q), *a);
+                }
             }
             let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
             // SAFETY: the mask keeps the store inside out[c..hd].
@@ -346,9 +439,14 @@ mod simd {
             unsafe { dot256(a, b) }
         }
         #[inline(always)]
-        unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], vals: &[f32]) {
+        unsafe fn weighted_sum(
+            out: &mut [f32],
+            weights: &[f32],
+            vals: &[&[f32]],
+            block_rows: usize,
+        ) {
             // SAFETY: the caller guarantees avx2 and fma.
-            unsafe { weighted_sum256(out, weights, vals) }
+            unsafe { weighted_sum256(out, weights, vals, block_rows) }
         }
         #[inline(always)]
         unsafe fn exp_shifted(s: &mut [f32], shift: f32) -> f32 {
@@ -392,23 +490,35 @@ mod simd {
     /// As `weighted_sum512`, in strips of 8; leftover columns go scalar.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn weighted_sum256(out: &mut [f32], weights: &[f32], vals: &[f32]) {
-        let (hd, len) = (out.len(), weights.len());
-        assert!(vals.len() >= len * hd);
+    fn weighted_sum256(out: &mut [f32], weights: &[f32], vals: &[&[f32]], block_rows: usize) {
+        let hd = out.len();
         let mut c = 0;
         while c + 8 <= hd {
-            // SAFETY: c + 8 <= hd keeps every load inside row p.
-            let load = |p: usize| unsafe { _mm256_loadu_ps(vals.as_ptr().add(p * hd + c)) };
             let mut acc = [_mm256_setzero_ps(); 4];
-            let mut p = 0;
-            while p + 4 <= len {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(weights[p + u]), load(p + u), *a);
+            for (block, w) in vals.iter().zip(weights.chunks(block_rows)) {
+                let rows = w.len();
+                let block = &block[..rows * hd];
+                // SAFETY: c + 8 <= hd and p < rows keep every load inside row p.
+                let load = |p: usize| unsafe { _mm256_loadu_ps(block.as_ptr().add(p * hd + c)) };
+                let mut p = 0;
+                if rows == 16 {
+                    // A full pool block: a constant trip count, unrolled.
+                    for g in 0..4 {
+                        for (u, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(_mm256_set1_ps(w[4 * g + u]), load(4 * g + u), *a);
+                        }
+                    }
+                    p = 16;
                 }
-                p += 4;
-            }
-            for (a, q) in acc.iter_mut().zip(p..len) {
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(weights[q]), load(q), *a);
+                while p + 4 <= rows {
+                    for (u, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(w[p + u]), load(p + u), *a);
+                    }
+                    p += 4;
+                }
+                for (a, q) in acc.iter_mut().zip(p..rows) {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(w[q]), load(q), *a);
+                }
             }
             let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
             // SAFETY: c + 8 <= hd.
@@ -418,7 +528,7 @@ mod simd {
         for (j, o) in out.iter_mut().enumerate().skip(c) {
             *o = weights
                 .iter()
-                .zip(vals.chunks_exact(hd))
+                .zip(rows(vals, block_rows, hd))
                 .map(|(w, v)| w * v[j])
                 .sum();
         }

@@ -10,7 +10,8 @@
 //! | `matmul_f32`  | avx512f FMA, 8x1 / 4x4        | avx2+fma FMA, 8x1 / 4x2         | scalar   |
 //! | `attend_one`  | avx512f dot / exp / wsum      | avx2+fma dot / exp / wsum       | scalar   |
 //!
-//! (Tiles are output rows x tokens per register block.)
+//! (Tiles are output rows x tokens per register block.) `attend_blocks` is
+//! `attend_one` over a paged cache, with the same sums in the same order.
 //!
 //! The matmuls split the weight rows into ranges, one rayon task each (run in
 //! the backend's pool), and walk each range in register tiles of a few weight
@@ -27,7 +28,7 @@ mod int8_avx2;
 mod int8_avx512;
 mod int8_scalar;
 
-pub use attention::attend_one;
+pub use attention::{attend_blocks, attend_one};
 pub use f32_matmul::matmul_f32;
 pub use int8::{matmul_int8, PackedInt8};
 
