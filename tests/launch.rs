@@ -474,7 +474,13 @@ fn restart_policy_on_failure_restarts_the_group_and_finishes() {
     .unwrap();
     let mut child = launch_cmd(
         &cfg,
-        &["--prompt", "Once upon a time", "--max-new-tokens", "96", "--ignore-eos"],
+        &[
+            "--prompt",
+            "Once upon a time",
+            "--max-new-tokens",
+            "96",
+            "--ignore-eos",
+        ],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -494,7 +500,12 @@ fn restart_policy_on_failure_restarts_the_group_and_finishes() {
     let status = child.wait().unwrap();
     let _ = drain.join();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "the restarted run failed: {err}");
     assert!(err.contains("restarting the workers (1 of 1"), "{err}");
     assert!(err.contains(&format!("pid {}", workers[0])), "{err}");

@@ -10,12 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in ["worker.proto", "inference.proto", "debug.proto"] {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());
     }
-    tonic_prost_build::configure().compile_protos(&[dir.join("worker.proto")], &[dir.clone()])?;
+    tonic_prost_build::configure()
+        .compile_protos(&[dir.join("worker.proto")], std::slice::from_ref(&dir))?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("public_descriptor.bin"))
         .compile_protos(
             &[dir.join("inference.proto"), dir.join("debug.proto")],
-            &[dir.clone()],
+            std::slice::from_ref(&dir),
         )?;
     Ok(())
 }

@@ -205,7 +205,7 @@ impl Worker for Service {
             .dtype
             .parse()
             .map_err(|e: String| Status::invalid_argument(e))?;
-        let device: Device = req.device.parse().map_err(WorkerError::from)?;
+        let device: Device = req.device.parse()?;
         let spec = LoadSpec {
             model: req.model,
             dtype,

@@ -226,6 +226,7 @@ mod tests {
             threads: 1,
             rank: 0,
             world: 1,
+            offload: None,
         };
         let mut shard = load(&spec, Box::new(tessera_comm::Local), |_, _| {}).unwrap();
         // Two sequences reserving 1000 positions each hold blocks only for
