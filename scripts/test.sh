@@ -9,10 +9,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/fetch-model.sh >/dev/null
 
 # Real third-party clients for the gRPC API tests (tests/serve.rs):
-# tritonclient[grpc] and grpcio-health-checking, in .venv-client/.
-if ! .venv-client/bin/python -c 'import tritonclient.grpc, grpc_health.v1' 2>/dev/null; then
+# tritonclient[grpc], grpcio-health-checking and grpcio-reflection, in .venv-client/.
+if ! .venv-client/bin/python -c 'import tritonclient.grpc, grpc_health.v1, grpc_reflection.v1alpha' 2>/dev/null; then
     python3 -m venv .venv-client
-    .venv-client/bin/pip install -q --disable-pip-version-check "tritonclient[grpc]" grpcio-health-checking
+    .venv-client/bin/pip install -q --disable-pip-version-check "tritonclient[grpc]" grpcio-health-checking==1.81.1 grpcio-reflection==1.81.1
 fi
 
 cargo fmt --all -- --check

@@ -129,6 +129,14 @@ for svc in ["", "inference.GRPCInferenceService"]:
     st = health.Check(health_pb2.HealthCheckRequest(service=svc), timeout=5).status
     check(st == health_pb2.HealthCheckResponse.SERVING, f"health of '{svc}' is SERVING")
 
+# ---- server reflection lists the public services (what grpcurl uses)
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+services = set(ProtoReflectionDescriptorDatabase(grpc.insecure_channel(ADDR)).get_services())
+check({"inference.GRPCInferenceService", "grpc.health.v1.Health", "tessera.debug.v1.Debug"} <= services,
+      f"reflection lists the services: {sorted(services)}")
+check(not any("worker" in s for s in services), "reflection does not advertise the private worker control plane")
+
 # ---- ModelInfer, greedy: the text of `tessera generate`
 prompt, n, want = EXPECTED["prompt"], EXPECTED["max_tokens"], EXPECTED["text"]
 r = client.infer(MODEL, inputs(prompt, greedy(n)))

@@ -92,11 +92,18 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    // Both reflection versions: grpcurl speaks v1, older clients (and
+    // grpcio-reflection's descriptor database) v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::PUBLIC_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tessera_proto::PUBLIC_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let stats = Arc::new(Mutex::new(Stats::default()));
     let ready = Arc::new(AtomicBool::new(false));
@@ -118,6 +125,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(DebugServer::new(DebugApi(stats.clone())))
         .add_service(GrpcInferenceServiceServer::new(inference).max_decoding_message_size(32 << 20))
         .serve_with_incoming_shutdown(
