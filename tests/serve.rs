@@ -27,14 +27,17 @@ fn client_python() -> Option<PathBuf> {
     None
 }
 
-/// Start the server on a free port; returns it and the address it printed.
-fn start_server() -> (Child, String) {
+/// Start the server on free ports; returns it, the gRPC address and the
+/// metrics address it printed.
+fn start_server() -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .current_dir(repo_root())
         .args([
             "launch",
             "configs/cpu-tp2.yaml",
             "--grpc-address",
+            "127.0.0.1:0",
+            "--metrics-address",
             "127.0.0.1:0",
         ])
         .stdout(Stdio::null())
@@ -46,15 +49,46 @@ fn start_server() -> (Child, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[server] {line}");
+            if let Some(addr) = line.strip_prefix("metrics: http://") {
+                let _ = tx.send(("metrics", addr.trim_end_matches("/metrics").to_string()));
+            }
             if let Some(addr) = line.strip_prefix("ready: inference.GRPCInferenceService on ") {
-                let _ = tx.send(addr.trim().to_string());
+                let _ = tx.send(("grpc", addr.trim().to_string()));
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the server did not report ready within 120 s");
-    (child, addr)
+    let (mut grpc, mut metrics) = (None, None);
+    while grpc.is_none() || metrics.is_none() {
+        let (kind, addr) = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server did not report ready within 120 s");
+        match kind {
+            "grpc" => grpc = Some(addr),
+            _ => metrics = Some(addr),
+        }
+    }
+    (child, grpc.unwrap(), metrics.unwrap())
+}
+
+/// `GET /metrics` over plain HTTP/1.1.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut out = String::new();
+    match std::net::TcpStream::connect(addr) {
+        Ok(mut s) => {
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut out);
+        }
+        Err(e) => out = format!("cannot connect to {addr}: {e}"),
+    }
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }
 
 #[test]
@@ -79,7 +113,7 @@ fn triton_client_against_cpu_tp2() {
         serde_json::json!({"prompt": prompt, "max_tokens": n, "text": want["text"]}).to_string(),
     )
     .unwrap();
-    let (mut server, addr) = start_server();
+    let (mut server, addr, metrics) = start_server();
     let out = Command::new(&py)
         .arg(repo_root().join("tests/python/triton_client_check.py"))
         .args([
@@ -92,6 +126,9 @@ fn triton_client_against_cpu_tp2() {
     let log = String::from_utf8_lossy(&out.stdout);
     eprintln!("{log}{}", String::from_utf8_lossy(&out.stderr));
     let ok = out.status.success() && log.contains("ALL CHECKS PASSED");
+    // Prometheus metrics reflect what the checks did (checked after the
+    // server is stopped, so a failure leaves no server behind).
+    let m = scrape(&metrics);
     // Graceful stop: SIGTERM drains and exits 0, leaving no worker.
     let workers = children(server.id());
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
@@ -107,6 +144,20 @@ fn triton_client_against_cpu_tp2() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(ok, "the Triton client checks failed (see the log above)");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(
+        metric(&m, "tessera_requests_completed_total") >= 20.0,
+        "{m}"
+    );
+    assert!(metric(&m, "tessera_requests_cancelled_total") >= 1.0, "{m}");
+    assert!(metric(&m, "tessera_steps_total") > 0.0, "{m}");
+    assert_eq!(metric(&m, "tessera_kv_blocks_used"), 0.0, "{m}");
+    assert!(metric(&m, "tessera_worker_kv_blocks_total") > 0.0, "{m}");
+    assert_eq!(
+        metric(&m, "tessera_offload_bytes_total"),
+        0.0,
+        "resident weights stream nothing"
+    );
     assert!(
         status.is_some_and(|s| s.success()),
         "SIGTERM did not stop the server cleanly: {status:?}"

@@ -125,6 +125,10 @@ pub struct LaunchArgs {
     /// the address is printed on stderr as `ready: ... on ADDR`).
     #[arg(long, value_name = "HOST:PORT")]
     pub grpc_address: Option<String>,
+    /// Also serve Prometheus metrics (`GET /metrics`, plain HTTP) here when
+    /// serving; the address is printed on stderr as `metrics: http://ADDR/metrics`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<String>,
 }
 
 #[derive(Args)]

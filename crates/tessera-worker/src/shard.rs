@@ -100,11 +100,16 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
             })
             .collect();
         let (kv_blocks_used, kv_blocks_total) = kv_blocks(self.model.backend());
+        let st = self.model.layer_weights().take_stats().unwrap_or_default();
         Ok(StepReply {
             seqs,
             live_sequences: self.seqs.len() as u32,
             kv_blocks_used,
             kv_blocks_total,
+            offload_copies: st.copies as u32,
+            offload_bytes: st.bytes as u64,
+            offload_copy_us: st.copy_time.as_micros() as u64,
+            offload_wait_us: st.wait_time.as_micros() as u64,
         })
     }
 

@@ -161,6 +161,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                 .grpc_address
                 .clone()
                 .unwrap_or_else(|| cfg.server.grpc_address.clone()),
+            metrics_address: args.metrics_address.clone(),
             model_name: served_name(&cfg),
             max_queue: cfg.server.max_queue as usize,
             max_batch: cfg.server.max_batch as usize,

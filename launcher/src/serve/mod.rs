@@ -24,6 +24,8 @@ use tessera_proto::inference::grpc_inference_service_server::GrpcInferenceServic
 /// Everything the server needs besides the worker group.
 pub struct ServeSpec {
     pub address: String,
+    /// Where to serve Prometheus metrics (plain HTTP), if anywhere.
+    pub metrics_address: Option<String>,
     pub model_name: String,
     pub max_queue: usize,
     pub max_batch: usize,
@@ -106,6 +108,13 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
         .context("building the reflection service (v1alpha)")?;
 
     let stats = Arc::new(Mutex::new(Stats::default()));
+    if let Some(m) = &spec.metrics_address {
+        let l = std::net::TcpListener::bind(m.as_str())
+            .with_context(|| format!("--metrics-address {m}: cannot listen"))?;
+        let a = l.local_addr().context("reading the metrics address")?;
+        eprintln!("metrics: http://{a}/metrics");
+        scheduler::serve_metrics(l, stats.clone());
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let tokenizer = spec.tokenizer.map(Arc::new);
     let (queue_tx, queue_rx) = tokio::sync::mpsc::channel(spec.max_queue);

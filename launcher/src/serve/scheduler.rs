@@ -63,6 +63,11 @@ pub struct Stats {
     /// blocks its sequences really hold, next to the reservations above.
     pub worker_kv_blocks_used: usize,
     pub worker_kv_blocks_total: usize,
+    /// Weight streaming on rank 0 since start (0 when resident).
+    pub offload_copies: u64,
+    pub offload_bytes: u64,
+    pub offload_copy_seconds: f64,
+    pub offload_wait_seconds: f64,
     pub running: usize,
     pub queued: usize,
     pub steps: u64,
@@ -271,6 +276,10 @@ impl Scheduler {
                 s.steps += 1;
                 s.worker_kv_blocks_used = reply.kv_blocks_used as usize;
                 s.worker_kv_blocks_total = reply.kv_blocks_total as usize;
+                s.offload_copies += reply.offload_copies as u64;
+                s.offload_bytes += reply.offload_bytes;
+                s.offload_copy_seconds += reply.offload_copy_us as f64 * 1e-6;
+                s.offload_wait_seconds += reply.offload_wait_us as f64 * 1e-6;
             });
 
             // Sample for every sequence whose prompt is complete.
@@ -352,4 +361,155 @@ pub fn stats_json(stats: &Mutex<Stats>) -> String {
         Ok(s) => json!(*s).to_string(),
         Err(_) => "{}".into(),
     }
+}
+
+/// The stats in the Prometheus text format (version 0.0.4).
+pub fn prometheus(stats: &Mutex<Stats>) -> String {
+    let Ok(s) = stats.lock() else {
+        return String::new();
+    };
+    let s = s.clone();
+    let rows: [(&str, &str, &str, f64); 16] = [
+        (
+            "tessera_requests_running",
+            "gauge",
+            "Sequences in the running batch.",
+            s.running as f64,
+        ),
+        (
+            "tessera_requests_queued",
+            "gauge",
+            "Requests waiting for a batch slot or KV blocks.",
+            s.queued as f64,
+        ),
+        (
+            "tessera_max_batch",
+            "gauge",
+            "Batch slots (server.max_batch).",
+            s.max_batch as f64,
+        ),
+        (
+            "tessera_kv_blocks_used",
+            "gauge",
+            "KV blocks reserved by admitted requests (router accounting).",
+            s.kv_blocks_used as f64,
+        ),
+        (
+            "tessera_kv_blocks_total",
+            "gauge",
+            "KV blocks the router admits against.",
+            s.kv_blocks_total as f64,
+        ),
+        (
+            "tessera_kv_block_tokens",
+            "gauge",
+            "Positions per KV block.",
+            s.kv_block_tokens as f64,
+        ),
+        (
+            "tessera_worker_kv_blocks_used",
+            "gauge",
+            "KV pool blocks holding positions on rank 0 (0 where the backend has no pool).",
+            s.worker_kv_blocks_used as f64,
+        ),
+        (
+            "tessera_worker_kv_blocks_total",
+            "gauge",
+            "KV pool blocks allocated on rank 0.",
+            s.worker_kv_blocks_total as f64,
+        ),
+        (
+            "tessera_steps_total",
+            "counter",
+            "Engine steps run.",
+            s.steps as f64,
+        ),
+        (
+            "tessera_requests_completed_total",
+            "counter",
+            "Requests finished (length, eos or stop).",
+            s.completed as f64,
+        ),
+        (
+            "tessera_requests_cancelled_total",
+            "counter",
+            "Requests whose client went away.",
+            s.cancelled as f64,
+        ),
+        (
+            "tessera_requests_failed_total",
+            "counter",
+            "Requests failed by a worker or step error.",
+            s.failed as f64,
+        ),
+        (
+            "tessera_offload_copies_total",
+            "counter",
+            "Layers copied to the device by weight streaming (rank 0).",
+            s.offload_copies as f64,
+        ),
+        (
+            "tessera_offload_bytes_total",
+            "counter",
+            "Bytes copied to the device by weight streaming (rank 0).",
+            s.offload_bytes as f64,
+        ),
+        (
+            "tessera_offload_copy_seconds_total",
+            "counter",
+            "Copy-engine busy time of weight streaming (rank 0).",
+            s.offload_copy_seconds,
+        ),
+        (
+            "tessera_offload_wait_seconds_total",
+            "counter",
+            "Time compute waited for a weight copy (rank 0).",
+            s.offload_wait_seconds,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in rows {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    out
+}
+
+/// Serve `GET /metrics` (Prometheus text) over plain HTTP/1.1 on `listener`,
+/// one short connection at a time, on a thread of its own.
+pub fn serve_metrics(listener: std::net::TcpListener, stats: Arc<Mutex<Stats>>) {
+    use std::io::{BufRead, BufReader, Write};
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut line = String::new();
+            let Ok(reader) = conn.try_clone() else {
+                continue;
+            };
+            let mut reader = BufReader::new(reader);
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Skip the headers.
+            let mut h = String::new();
+            while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+                h.clear();
+            }
+            let (status, body) = if line.starts_with("GET /metrics") {
+                ("200 OK", prometheus(&stats))
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
 }
