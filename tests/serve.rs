@@ -59,9 +59,12 @@ fn start_server() -> (Child, String, String) {
     });
     let (mut grpc, mut metrics) = (None, None);
     while grpc.is_none() || metrics.is_none() {
-        let (kind, addr) = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("the server did not report ready within 120 s");
+        let Ok((kind, addr)) = rx.recv_timeout(Duration::from_secs(120)) else {
+            // Leave nothing behind: SIGTERM stops the launcher and its workers.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+            panic!("the server did not report ready within 120 s");
+        };
         match kind {
             "grpc" => grpc = Some(addr),
             _ => metrics = Some(addr),

@@ -1,5 +1,14 @@
 //! `tessera`: the command-line front end. Thin glue over the library crates.
 
+/// `eprintln!` that never panics: a launcher whose stderr was closed (its
+/// reader went away) must still drain, stop its workers and exit.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod bench_cmd;
 mod cli;
 mod device;

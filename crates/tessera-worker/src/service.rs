@@ -3,6 +3,7 @@
 use crate::device::Device;
 use crate::shard::{self, LoadSpec, ShardEngine};
 use crate::{peak_rss_bytes, Result, WorkerError};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -68,7 +69,11 @@ struct AttachGuard;
 
 impl Drop for AttachGuard {
     fn drop(&mut self) {
-        eprintln!("tessera worker: the launcher's connection closed; exiting");
+        // Not eprintln!: stderr may be a pipe nobody reads any more.
+        let _ = writeln!(
+            std::io::stderr(),
+            "tessera worker: the launcher's connection closed; exiting"
+        );
         std::process::exit(0);
     }
 }
@@ -348,7 +353,10 @@ fn die_with_parent(parent: u32) {
     // The parent may have died before the prctl: then we were re-parented.
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != parent {
-        eprintln!("tessera worker: launcher (pid {parent}) is already gone; exiting");
+        let _ = writeln!(
+            std::io::stderr(),
+            "tessera worker: launcher (pid {parent}) is already gone; exiting"
+        );
         std::process::exit(1);
     }
 }

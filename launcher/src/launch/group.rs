@@ -592,7 +592,7 @@ async fn accept_joins(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--join-listen {addr}: cannot listen"))?;
-    eprintln!(
+    note!(
         "waiting for {world} workers to join at {} (tessera worker --join {} --rank R --world {world})",
         listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         addr

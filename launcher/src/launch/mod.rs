@@ -271,8 +271,8 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             }
             Err(e) if attempt < max_restarts => {
                 attempt += 1;
-                eprintln!("error: {e:#}");
-                eprintln!("restarting the workers ({attempt} of {max_restarts}, restart_policy: on-failure)");
+                note!("error: {e:#}");
+                note!("restarting the workers ({attempt} of {max_restarts}, restart_policy: on-failure)");
             }
             Err(e) => return Err(e),
         }

@@ -112,7 +112,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
         let l = std::net::TcpListener::bind(m.as_str())
             .with_context(|| format!("--metrics-address {m}: cannot listen"))?;
         let a = l.local_addr().context("reading the metrics address")?;
-        eprintln!("metrics: http://{a}/metrics");
+        note!("metrics: http://{a}/metrics");
         scheduler::serve_metrics(l, stats.clone());
     }
     let ready = Arc::new(AtomicBool::new(false));
@@ -145,7 +145,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
             },
         );
     let server = tokio::spawn(server);
-    eprintln!(
+    note!(
         "serving {SERVICE} for model `{}` on {local} (loading the workers)",
         spec.model_name
     );
@@ -168,7 +168,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
         ready: ready.clone(),
     };
     set_serving.set(true).await;
-    eprintln!("ready: {SERVICE} on {local}");
+    note!("ready: {SERVICE} on {local}");
 
     // SIGTERM/SIGINT: health NOT_SERVING, no new requests, finish the running ones.
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
@@ -187,7 +187,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
                     "SIGINT"
                 }
             };
-            eprintln!("{sig}: draining (health NOT_SERVING, finishing running requests)");
+            note!("{sig}: draining (health NOT_SERVING, finishing running requests)");
             set_serving.set(false).await;
             let _ = drain_tx.send(true);
         });
@@ -200,8 +200,8 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
             Err(e) if restarts < spec.max_restarts => {
                 restarts += 1;
                 set_serving.set(false).await;
-                eprintln!("error: {e:#}");
-                eprintln!(
+                note!("error: {e:#}");
+                note!(
                     "restarting the workers ({restarts} of {}, restart_policy: on-failure)",
                     spec.max_restarts
                 );
@@ -224,7 +224,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
     match outcome {
         Ok(()) => {
             sched.group.shutdown().await;
-            eprintln!("stopped");
+            note!("stopped");
             Ok(())
         }
         Err(e) => {
