@@ -50,40 +50,6 @@ fn tokens(v: &Value) -> Vec<u32> {
     ids(&v["generated_ids"])
 }
 
-/// Processes whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-            let ppid: u32 = rest
-                .split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0);
-            if ppid == pid {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has /proc/PID; count it as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit_once(')')
-            .map(|x| x.1.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
 fn wait_gone(pids: &[u32], limit: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < limit {

@@ -133,7 +133,7 @@ fn triton_client_against_cpu_tp2() {
     // server is stopped, so a failure leaves no server behind).
     let m = scrape(&metrics);
     // Graceful stop: SIGTERM drains and exits 0, leaving no worker.
-    let workers = children(server.id());
+    let workers = children_of(server.id());
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
     let status = loop {
@@ -167,39 +167,6 @@ fn triton_client_against_cpu_tp2() {
     );
     std::thread::sleep(Duration::from_millis(500));
     for w in workers {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{w}")).exists() || zombie(w),
-            "worker {w} survived"
-        );
+        assert!(!alive(w), "worker {w} survived");
     }
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-            if rest
-                .split_whitespace()
-                .nth(1)
-                .and_then(|x| x.parse::<u32>().ok())
-                == Some(pid)
-            {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|x| x.1.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }

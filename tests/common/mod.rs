@@ -106,3 +106,37 @@ pub fn agreement(a: &[u32], b: &[u32]) -> f64 {
     let n = a.len().max(b.len()).max(1);
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / n as f64
 }
+
+/// Processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let ppid: u32 = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+            if ppid == pid {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` runs; a zombie (still in /proc) counts as gone.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .map(|x| x.1.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}

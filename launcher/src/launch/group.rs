@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_proto::worker::rendezvous_server::{Rendezvous, RendezvousServer};
 use tessera_proto::worker::worker_client::WorkerClient;
 use tessera_proto::worker::*;
 use tokio::sync::{mpsc, watch};
@@ -112,46 +111,6 @@ fn client(ch: Channel) -> WorkerClient<Channel> {
         .max_encoding_message_size(usize::MAX)
 }
 
-/// The launcher's side of `--join`: records who registered.
-struct Registry {
-    world: usize,
-    joined: Mutex<Vec<Option<JoinRequest>>>,
-    tx: mpsc::UnboundedSender<()>,
-}
-
-struct RegistryService(Arc<Registry>);
-
-#[tonic::async_trait]
-impl Rendezvous for RegistryService {
-    async fn join(
-        &self,
-        req: tonic::Request<JoinRequest>,
-    ) -> Result<tonic::Response<JoinReply>, tonic::Status> {
-        let j = req.into_inner();
-        let me = &self.0;
-        if j.world as usize != me.world || j.rank as usize >= me.world {
-            return Err(tonic::Status::invalid_argument(format!(
-                "worker says rank {} of {}, but this launch has tensor_parallel {}",
-                j.rank, j.world, me.world
-            )));
-        }
-        let mut joined = me
-            .joined
-            .lock()
-            .map_err(|_| tonic::Status::internal("registry lock poisoned"))?;
-        let slot = &mut joined[j.rank as usize];
-        if let Some(prev) = slot {
-            return Err(tonic::Status::already_exists(format!(
-                "rank {} already joined from {} (pid {})",
-                j.rank, prev.address, prev.pid
-            )));
-        }
-        *slot = Some(j);
-        let _ = me.tx.send(());
-        Ok(tonic::Response::new(JoinReply {}))
-    }
-}
-
 impl WorkerGroup {
     /// Start every rank and bring the group to ready: spawn or accept joins,
     /// connect the collective, load the shards (progress on `bar`), and check
@@ -193,7 +152,8 @@ impl WorkerGroup {
                 (clients, places, Some(dir))
             }
             Some(addr) => {
-                let joined = accept_joins(addr, world, deadline, spec.start_timeout).await?;
+                let joined =
+                    super::join::accept_joins(addr, world, deadline, spec.start_timeout).await?;
                 let mut clients = Vec::with_capacity(world);
                 let mut places = Vec::with_capacity(world);
                 for j in joined {
@@ -428,17 +388,7 @@ impl WorkerGroup {
         limit: Duration,
         what: &str,
     ) -> Result<T> {
-        let mut death = self.death.clone();
-        let dead = async {
-            loop {
-                if let Some(d) = death.borrow_and_update().clone() {
-                    return d;
-                }
-                if death.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let dead = self.died();
         tokio::select! {
             r = fut => {
                 match r {
@@ -580,68 +530,4 @@ fn spawn_worker(
         }
     });
     Ok(pid)
-}
-
-/// Serve the rendezvous at `addr` until all `world` ranks have joined.
-async fn accept_joins(
-    addr: &str,
-    world: usize,
-    deadline: tokio::time::Instant,
-    limit: Duration,
-) -> Result<Vec<JoinRequest>> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--join-listen {addr}: cannot listen"))?;
-    note!(
-        "waiting for {world} workers to join at {} (tessera worker --join {} --rank R --world {world})",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        addr
-    );
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let registry = Arc::new(Registry {
-        world,
-        joined: Mutex::new(vec![None; world]),
-        tx,
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .add_service(RendezvousServer::new(RegistryService(registry.clone())))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
-    let serving = tokio::spawn(server);
-    let result = loop {
-        let count = registry
-            .joined
-            .lock()
-            .map(|j| j.iter().filter(|x| x.is_some()).count())
-            .unwrap_or(0);
-        if count == world {
-            break Ok(());
-        }
-        tokio::select! {
-            _ = rx.recv() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let missing: Vec<usize> = registry.joined.lock()
-                    .map(|j| j.iter().enumerate().filter(|(_, x)| x.is_none()).map(|(r, _)| r).collect())
-                    .unwrap_or_default();
-                break Err(anyhow!("ranks {missing:?} did not join within {limit:?}"));
-            }
-        }
-    };
-    let _ = stop_tx.send(());
-    let _ = serving.await;
-    result?;
-    let joined = registry
-        .joined
-        .lock()
-        .map_err(|_| anyhow!("registry lock poisoned"))?
-        .iter()
-        .flatten()
-        .cloned()
-        .collect();
-    Ok(joined)
 }

@@ -6,6 +6,7 @@
 //! weight dtype, and that CUDA devices exist.
 
 pub(crate) mod group;
+mod join;
 pub(crate) mod progress;
 
 use crate::cli::LaunchArgs;
