@@ -369,6 +369,7 @@ impl BackendJob for Job<'_> {
                     "secs": Stats::of(&decode_b.secs).json(),
                     "runs_tokens_per_s": decode_b.rates(),
                 }) } else { json!(null) },
+                "step_graphs": crate::load::step_graphs_json(&model),
                 "peak_rss_bytes": peak_rss,
                 "rss_bytes": rss,
             });
@@ -420,6 +421,16 @@ impl BackendJob for Job<'_> {
             if let Some(b) = &stream_batch {
                 stream_row(&format!("decode b={nb}"), b, steps_b1);
             }
+        }
+        let rec = model.recording_stats();
+        if rec.replayed > 0 || rec.last_failure.is_some() {
+            println!(
+                "graphs   {} decode steps replayed from recorded steps{}",
+                rec.replayed,
+                rec.last_failure
+                    .map(|f| format!("; recording failed: {f}"))
+                    .unwrap_or_default()
+            );
         }
         println!("peak RSS {}", mib(peak_rss));
         Ok(())

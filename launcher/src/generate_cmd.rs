@@ -157,7 +157,7 @@ impl BackendJob for Job<'_> {
             &backend_name,
             &self.args.model.dtype,
             load_secs,
-            serde_json::json!({}),
+            serde_json::json!({ "step_graphs": crate::load::step_graphs_json(&model) }),
         )
     }
 }

@@ -106,3 +106,10 @@ pub fn load_model<B: Backend + 'static>(
     };
     Ok((model, t0.elapsed().as_secs_f64()))
 }
+
+/// How many decode steps ran from recorded step graphs (CUDA graphs), and why
+/// recording last failed, as the `step_graphs` field of JSON reports.
+pub fn step_graphs_json<B: Backend>(model: &Model<B>) -> serde_json::Value {
+    let s = model.recording_stats();
+    serde_json::json!({ "replayed": s.replayed, "last_failure": s.last_failure })
+}

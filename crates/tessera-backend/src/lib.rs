@@ -69,6 +69,9 @@ pub trait Backend: Send + Sync {
     type Linear: Send + Sync;
     /// Keys and values of every layer for one sequence.
     type KvCache: Send;
+    /// A recorded single-token decode step of one sequence, replayed at later
+    /// positions (a CUDA graph). `()` for backends that record nothing.
+    type StepGraph: Send;
 
     /// Human-readable name, e.g. `cpu (avx512-vnni, 2 threads)`.
     fn name(&self) -> String;
@@ -153,6 +156,46 @@ pub trait Backend: Send + Sync {
         comm.all_reduce_sum(&mut host.data)?;
         *x = self.upload(&host)?;
         Ok(())
+    }
+
+    // ---- recorded decode steps (see `cuda/graph.rs`) ----
+    /// Start recording a single-token decode step of one sequence at position
+    /// `pos` for `token`, whose logits row has `cols` values: the ops that
+    /// follow are recorded, not run, until [`Backend::end_step_graph`] (or
+    /// [`Backend::abort_step_graph`] after an error). `Ok(false)`, the
+    /// default: this backend does not record; run the step as usual.
+    fn begin_step_graph(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
+        let _ = (pos, token, cols);
+        Ok(false)
+    }
+
+    /// Finish the recording with the step's logits (`[1, cols]`). Nothing has
+    /// run yet: replay the graph to run the step.
+    fn end_step_graph(&self, logits: Self::Tensor) -> Result<Self::StepGraph> {
+        let _ = logits;
+        Err(BackendError::Unavailable(
+            format!("recorded steps on {}", self.name()),
+            "this backend does not record".into(),
+        ))
+    }
+
+    /// Abandon a recording (after an op failed while recording); a no-op
+    /// when nothing is being recorded.
+    fn abort_step_graph(&self) {}
+
+    /// Run a recorded step at position `pos` for `token`: what the recorded
+    /// ops would do there. Returns the logits row `[1, cols]`.
+    fn replay_step_graph(
+        &self,
+        graph: &Self::StepGraph,
+        pos: usize,
+        token: u32,
+    ) -> Result<HostTensor> {
+        let _ = (graph, pos, token);
+        Err(BackendError::Unavailable(
+            format!("recorded steps on {}", self.name()),
+            "this backend does not record".into(),
+        ))
     }
 
     // ---- weight streaming (tessera-offload; see `stream`) ----

@@ -78,6 +78,13 @@ pub trait LayerWeights<B: Backend>: Send + Sync {
 
     /// A one-line description, e.g. `resident` or `streamed: 12 of 32 resident, 3 slots`.
     fn describe(&self) -> String;
+
+    /// Whether a step may be recorded once and replayed (a CUDA graph): true
+    /// only when every layer's matrices stay at the same place for the life
+    /// of the model and `with_layer` does nothing but hand them over.
+    fn recordable(&self) -> bool {
+        false
+    }
 }
 
 /// Receives each layer's matrices as the model loads, and then builds the provider.
@@ -110,6 +117,10 @@ impl<B: Backend> LayerWeights<B> for ResidentLayers<B> {
 
     fn describe(&self) -> String {
         "resident".into()
+    }
+
+    fn recordable(&self) -> bool {
+        true
     }
 }
 

@@ -108,6 +108,7 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Linear = CpuLinear;
     type KvCache = CpuKvCache;
+    type StepGraph = ();
 
     fn name(&self) -> String {
         format!(

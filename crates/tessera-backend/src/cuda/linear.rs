@@ -411,13 +411,19 @@ impl CudaBackend {
         if n == 0 || hidden == 0 {
             return Ok(CudaTensor::ready(n, hidden, out));
         }
-        // One id travels as a kernel argument (no copy); more go up in one copy.
+        // One id travels as a kernel argument (no copy), or, in a recorded
+        // step, is read from the step's device scalar; more go up in one copy.
+        let step_token = if n == 1 { self.step_token_ptr()? } else { None };
         let id_buf = if n > 1 {
             Some(self.stream.clone_htod(ids).map_err(dev("embedding"))?)
         } else {
             None
         };
-        let ids_ptr: u64 = id_buf.as_ref().map(|b| self.ptr(b)).unwrap_or(0);
+        let ids_ptr: u64 = id_buf
+            .as_ref()
+            .map(|b| self.ptr(b))
+            .or(step_token)
+            .unwrap_or(0);
         let dims = Dims::blocks(n, 256);
         let (f, args) = match table {
             CudaLinear::F32 { w, .. } => (&self.k.embedding_f32, Args::new().ptr(self.ptr(w))),

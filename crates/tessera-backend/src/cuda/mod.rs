@@ -15,6 +15,7 @@
 //!   so kernels may start early (PDL) and read weights before that wait.
 
 mod gemv;
+mod graph;
 mod launch;
 mod linear;
 pub mod module;
@@ -23,6 +24,7 @@ pub mod stream_slots;
 mod tensor;
 
 pub use gemv::{GemvTuning, GemvVariant};
+pub use graph::CudaStepGraph;
 pub use linear::{Bf16Weight, CudaLinear, Int8Weight, GEMV_MAX_ROWS};
 pub use stream_slots::memory_info;
 pub use tensor::CudaTensor;
@@ -83,6 +85,10 @@ pub struct CudaBackend {
     occupancy_cache: Mutex<HashMap<(usize, usize), usize>>,
     /// Kernel launches so far.
     launches: AtomicU64,
+    /// Record decode steps as CUDA graphs when the engine asks (`graph.rs`).
+    graphs: bool,
+    /// The recording in progress, if any.
+    capture: Mutex<Option<graph::Capture>>,
 }
 
 /// Map a driver error to a `BackendError` naming the op.
@@ -149,10 +155,12 @@ impl CudaBackend {
         let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
         let name = format!("cuda:{ordinal} ({gpu}, sm_{maj}{min}, {mem:.0} GiB)");
         // TESSERA_CUDA_FUSE=0 turns the fusion off, TESSERA_PDL=0 early
-        // launches, TESSERA_GEMV=v1|v2|v3 forces a GEMV variant (A/B timing).
+        // launches, TESSERA_CUDA_GRAPH=0 recorded decode steps,
+        // TESSERA_GEMV=v1|v2|v3 forces a GEMV variant (A/B timing).
         let env_on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
         let fuse = env_on("TESSERA_CUDA_FUSE");
         let pdl = env_on("TESSERA_PDL") && maj >= 9;
+        let graphs = env_on("TESSERA_CUDA_GRAPH");
         let gemv_select = match std::env::var("TESSERA_GEMV") {
             Ok(v) if !v.is_empty() && v != "auto" => Some(
                 v.parse()
@@ -182,6 +190,8 @@ impl CudaBackend {
             gemv_log: Mutex::new(Vec::new()),
             occupancy_cache: Mutex::new(HashMap::new()),
             launches: AtomicU64::new(0),
+            graphs,
+            capture: Mutex::new(None),
         })
     }
 
@@ -198,6 +208,12 @@ impl CudaBackend {
     pub fn set_pdl(&mut self, on: bool) {
         let major = self.ctx.compute_capability().map(|c| c.0).unwrap_or(0);
         self.pdl = on && major >= 9;
+    }
+
+    /// Turn recorded decode steps (CUDA graphs) on or off; on by default.
+    /// Results are bit-identical either way.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

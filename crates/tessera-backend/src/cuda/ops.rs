@@ -16,6 +16,7 @@ impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type Linear = CudaLinear;
     type KvCache = CudaKvCache;
+    type StepGraph = super::graph::CudaStepGraph;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -70,6 +71,27 @@ impl Backend for CudaBackend {
         slots: Vec<Vec<CudaLinear>>,
     ) -> Result<Box<dyn crate::stream::SlotCopier<CudaLinear>>> {
         self.slot_copier_impl(host, slots)
+    }
+
+    fn begin_step_graph(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
+        self.begin_step_graph_impl(pos, token, cols)
+    }
+
+    fn end_step_graph(&self, logits: CudaTensor) -> Result<Self::StepGraph> {
+        self.end_step_graph_impl(logits)
+    }
+
+    fn abort_step_graph(&self) {
+        self.abort_step_graph_impl()
+    }
+
+    fn replay_step_graph(
+        &self,
+        graph: &Self::StepGraph,
+        pos: usize,
+        token: u32,
+    ) -> Result<HostTensor> {
+        self.replay_step_graph_impl(graph, pos, token)
     }
 
     fn slice_rows(&self, x: &CudaTensor, start: usize, count: usize) -> Result<CudaTensor> {
@@ -281,10 +303,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::rope(x.cols, heads, head_dim, inv_freq)?;
         let table = self.rope_table(inv_freq)?;
+        let (start, dpos) = self.step_pos(start_pos)?;
         let job = RopeJob {
             table,
             head_dim,
-            start: start_pos,
+            start,
+            dpos,
         };
         // Fused: a Q/K view applies RoPE where it is read.
         if self.fuse && x.defer_rope(job)? {
@@ -300,8 +324,9 @@ impl Backend for CudaBackend {
             .int(rows)
             .int(heads)
             .int(head_dim)
-            .int(start_pos)
-            .ptr(table);
+            .int(start)
+            .ptr(table)
+            .ptr(dpos);
         // SAFETY: x holds rows x heads*head_dim f32; the table head_dim/2.
         unsafe { self.launch("rope", &self.k.rope, Dims::flat(threads), args) }
     }
@@ -343,9 +368,11 @@ impl Backend for CudaBackend {
             (v.rows, v.cols),
         )?;
         let layer_off = (layer * kvh * cap * hd * 4) as u64;
+        let (start, dpos) = self.step_pos(start_pos)?;
         // K may carry RoPE of this head size; V never (it is computed first).
         let ks = self.strided(k, Some(hd))?;
         let vs = self.strided(v, None)?;
+        same_step(ks.rope, dpos)?;
         if k.rows * kvh * hd == 0 {
             return Ok(());
         }
@@ -360,9 +387,10 @@ impl Backend for CudaBackend {
             .int(kvh)
             .int(hd)
             .int(cap)
-            .int(start_pos)
+            .int(start)
             .ptr(ks.rope.map(|r| r.table).unwrap_or(0))
-            .int(ks.rope.map(|r| r.start).unwrap_or(0));
+            .int(ks.rope.map(|r| r.start).unwrap_or(0))
+            .ptr(dpos);
         // SAFETY: k and v rows hold kvh*hd f32 at their strides; the cache
         // layer holds kvh x cap x hd f32 each, start_pos + rows <= cap.
         unsafe {
@@ -399,7 +427,9 @@ impl Backend for CudaBackend {
         }
         let cap = cache.capacity;
         let layer_off = (layer * num_kv_heads * cap * head_dim * 4) as u64;
+        let (start, dpos) = self.step_pos(start_pos)?;
         let qs = self.strided(q, Some(head_dim))?;
+        same_step(qs.rope, dpos)?;
         let f = if head_dim <= 128 {
             &self.k.attention_d128
         } else {
@@ -415,10 +445,11 @@ impl Backend for CudaBackend {
             .int(num_kv_heads)
             .int(head_dim)
             .int(cap)
-            .int(start_pos)
+            .int(start)
             .f32(1.0f32 / (head_dim as f32).sqrt())
             .ptr(qs.rope.map(|r| r.table).unwrap_or(0))
-            .int(qs.rope.map(|r| r.start).unwrap_or(0));
+            .int(qs.rope.map(|r| r.start).unwrap_or(0))
+            .ptr(dpos);
         let dims = Dims {
             grid: (q.rows as u32, num_heads as u32),
             block: 256,
@@ -429,5 +460,16 @@ impl Backend for CudaBackend {
         // start_pos+rows-1 < cap were stored.
         unsafe { self.launch("attention", f, dims, args) }?;
         Ok(CudaTensor::ready(q.rows, q.cols, out))
+    }
+}
+
+/// A kernel adds one device position to both its own positions and those of
+/// the RoPE it applies on load, so both must come from the same step.
+fn same_step(rope: Option<RopeJob>, dpos: u64) -> Result<()> {
+    match rope {
+        Some(r) if r.dpos != dpos => Err(crate::BackendError::Device(
+            "internal: RoPE recorded in another step than its consumer".into(),
+        )),
+        _ => Ok(()),
     }
 }

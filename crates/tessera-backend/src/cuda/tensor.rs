@@ -93,13 +93,15 @@ pub(crate) struct ColView {
     pub rope: Option<RopeJob>,
 }
 
-/// RoPE still to apply: heads of `head_dim`, row `i` at position `start + i`,
-/// frequencies at device address `table` (kept alive by the backend).
+/// RoPE still to apply: heads of `head_dim`, row `i` at position `start + i`
+/// (plus the recorded step's device position when `dpos` is set, see
+/// `graph.rs`), frequencies at device address `table` (kept alive by the backend).
 #[derive(Clone, Copy)]
 pub(crate) struct RopeJob {
     pub table: u64,
     pub head_dim: usize,
     pub start: usize,
+    pub dpos: u64,
 }
 
 /// Where a kernel that accepts strided input reads a tensor: address, row
@@ -332,10 +334,10 @@ impl CudaBackend {
         if rows * cols == 0 {
             return Ok(());
         }
-        let (table, head_dim, start) = v
+        let (table, head_dim, start, dpos) = v
             .rope
-            .map(|r| (r.table, r.head_dim, r.start))
-            .unwrap_or((0, 1, 0));
+            .map(|r| (r.table, r.head_dim, r.start, r.dpos))
+            .unwrap_or((0, 1, 0, 0));
         let args = Args::new()
             .ptr(self.ptr(&*v.parent))
             .int(v.stride)
@@ -345,7 +347,8 @@ impl CudaBackend {
             .ptr(out)
             .ptr(table)
             .int(head_dim)
-            .int(start);
+            .int(start)
+            .ptr(dpos);
         // SAFETY: the parent holds rows x stride f32 with col0 + cols <= stride
         // (checked by split_cols); out holds rows x cols.
         unsafe {

@@ -2,7 +2,9 @@
 //! `BENCH name value` lines; not correctness tests (those assert nothing
 //! about speed).
 
-use crate::support::{backend, host, inv_freq, step, Weights, LLAMA2_7B};
+use crate::support::{
+    backend, host, inv_freq, step, step_tensor, step_token, Weights, LLAMA2_7B,
+};
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
@@ -125,6 +127,33 @@ fn decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, f64, Vec<f32
     )
 }
 
+/// As [`decode_rate`], with the step after the context recorded once (a
+/// CUDA graph) and every step replayed: a warm-up replay at 128, `steps - 1`
+/// timed replays, and the logits of the step at `128 + steps`.
+fn recorded_decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, Vec<f32>) {
+    let s = LLAMA2_7B;
+    let inv = inv_freq(s.head_dim);
+    let mut cache = b
+        .kv_cache(s.layers, s.kv_heads, s.head_dim, 128 + steps + 1)
+        .unwrap();
+    for pos in 0..128 {
+        step(b, w, s, &mut cache, pos, &inv);
+    }
+    assert!(b.begin_step_graph(128, step_token(s, 128), s.vocab).unwrap());
+    let logits = step_tensor(b, w, s, &mut cache, 128, &inv);
+    let graph = b.end_step_graph(logits).expect("recording a decode step");
+    b.replay_step_graph(&graph, 128, step_token(s, 128)).unwrap();
+    let t = Instant::now();
+    for pos in 129..128 + steps {
+        b.replay_step_graph(&graph, pos, step_token(s, pos)).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64() / (steps - 1) as f64;
+    let last = b
+        .replay_step_graph(&graph, 128 + steps, step_token(s, 128 + steps))
+        .unwrap();
+    (1.0 / secs, last.data)
+}
+
 /// Batch-1 decode of the llama2-7b shape, int8 and bf16: the default
 /// configuration (fusion, PDL, GEMV variant timed per shape), each variant
 /// forced, and without PDL and fusion (the previous state), with launches per
@@ -161,6 +190,14 @@ fn bench_decode_step_llama2_7b_shape() {
             println!("BENCH decode_7b_{dtype}{tag}_launches_per_step {launches:.0}");
             logits.push((tag, l));
         }
+        // The default configuration again, each step replayed from a recording.
+        b.set_fusion(true);
+        b.set_pdl(true);
+        b.set_gemv_variant(None);
+        let (rate, l) = recorded_decode_rate(&b, &w, steps);
+        println!("BENCH decode_7b_{dtype}_graph_tokens_per_s {rate:.1}");
+        println!("BENCH decode_7b_{dtype}_graph_launches_per_step 0");
+        logits.push(("_graph".into(), l));
         for t in b.gemv_tunings() {
             println!("TUNE {t}");
         }

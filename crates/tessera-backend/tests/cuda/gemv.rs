@@ -3,7 +3,8 @@
 //! and fused RMSNorm, PDL, and the per-shape timing.
 
 use crate::support::{
-    assert_close, backend, dequant_i8, get, host, inv_freq, round_bf16, step, Shape, Weights,
+    assert_close, backend, dequant_i8, get, host, inv_freq, round_bf16, step, step_tensor,
+    step_token, Shape, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -203,6 +204,65 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
     b.set_fusion(true);
     b.set_pdl(true);
     b.set_gemv_variant(None);
+}
+
+/// A decode step recorded once (a CUDA graph) and replayed at later
+/// positions gives the logits of the eager steps bit for bit, with no kernel
+/// launch of its own per replayed step.
+#[test]
+fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
+    let Some(b) = backend("recorded_decode_steps_replay_the_eager_steps_bit_for_bit") else {
+        return;
+    };
+    let s = Shape {
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        inter: 352,
+        vocab: 1000,
+        layers: 3,
+    };
+    let inv = inv_freq(s.head_dim);
+    let steps = 9;
+    for dtype in [WeightDType::F32, WeightDType::Int8, WeightDType::BF16] {
+        let w = Weights::new(&b, s, dtype);
+        let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+        let eager: Vec<Vec<f32>> = (0..steps)
+            .map(|pos| step(&b, &w, s, &mut cache, pos, &inv))
+            .collect();
+
+        let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+        // Step 0 eagerly (it warms up per-shape choices), step 1 recorded.
+        let mut got = vec![step(&b, &w, s, &mut cache, 0, &inv)];
+        assert!(
+            b.begin_step_graph(1, step_token(s, 1), s.vocab).unwrap(),
+            "{dtype}: the CUDA backend should record steps"
+        );
+        let logits = step_tensor(&b, &w, s, &mut cache, 1, &inv);
+        let graph = b.end_step_graph(logits).expect("recording a decode step");
+        let before = b.launch_count();
+        for pos in 1..steps {
+            let out = b.replay_step_graph(&graph, pos, step_token(s, pos)).unwrap();
+            assert_eq!(out.shape, vec![1, s.vocab]);
+            got.push(out.data);
+        }
+        assert_eq!(b.launch_count(), before, "{dtype}: replays launched kernels one by one");
+        for (pos, (g, e)) in got.iter().zip(&eager).enumerate() {
+            assert!(g == e, "{dtype}: position {pos}: replayed logits differ in bits from eager");
+        }
+        // An eager step after replays continues the same sequence.
+        let next = step(&b, &w, s, &mut cache, steps, &inv);
+        assert!(next.iter().all(|v| v.is_finite()));
+        println!("{dtype}: {} replayed steps identical to eager", steps - 1);
+    }
+    // A failed recording is abandoned cleanly and eager steps still work.
+    let w = Weights::new(&b, s, WeightDType::Int8);
+    let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+    assert!(b.begin_step_graph(0, 0, s.vocab).unwrap());
+    b.abort_step_graph();
+    let after_abort = step(&b, &w, s, &mut cache, 0, &inv);
+    assert!(after_abort.iter().all(|v| v.is_finite()));
 }
 
 #[test]

@@ -162,13 +162,30 @@ pub fn step(
     pos: usize,
     inv: &[f32],
 ) -> Vec<f32> {
+    get(b, &step_tensor(b, w, s, cache, pos, inv))
+}
+
+/// The token a test step at `pos` feeds in.
+pub fn step_token(s: Shape, pos: usize) -> u32 {
+    (pos % s.vocab) as u32
+}
+
+/// As [`step`], leaving the logits on the device (for recording a step).
+pub fn step_tensor(
+    b: &CudaBackend,
+    w: &Weights,
+    s: Shape,
+    cache: &mut <CudaBackend as Backend>::KvCache,
+    pos: usize,
+    inv: &[f32],
+) -> CudaTensor {
     let (hd, nh, nkv) = (s.head_dim, s.heads, s.kv_heads);
     let shape = AttentionShape {
         num_heads: nh,
         num_kv_heads: nkv,
         head_dim: hd,
     };
-    let mut x = b.embedding(&w.embed, &[(pos % s.vocab) as u32]).unwrap();
+    let mut x = b.embedding(&w.embed, &[step_token(s, pos)]).unwrap();
     for l in 0..s.layers {
         let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
         let t = b.matmul(&hn, &w.qkv).unwrap();
@@ -189,5 +206,5 @@ pub fn step(
     }
     let last = b.slice_rows(&x, 0, 1).unwrap();
     let hn = b.rms_norm(&last, &w.norm, 1e-5).unwrap();
-    get(b, &b.matmul(&hn, &w.lm_head).unwrap())
+    b.matmul(&hn, &w.lm_head).unwrap()
 }

@@ -4,11 +4,15 @@
 // they can be column views of the fused QKV product) at positions start.. of
 // one layer's cache [kvh][cap][hd]. With `inv_freq` set, RoPE is applied to k
 // on the way, row r at position rope_start + r (the same bits as the rope kernel).
+// Both positions are offsets from *dpos when dpos is set (see step_pos).
 extern "C" __global__ void kv_store(const float* __restrict__ k, int k_stride, const float* __restrict__ v,
                                     int v_stride, float* __restrict__ kc, float* __restrict__ vc, int n, int kvh,
                                     int hd, int cap, int start, const float* __restrict__ inv_freq,
-                                    int rope_start) {
+                                    int rope_start, const int* __restrict__ dpos) {
     KERNEL_PROLOGUE();
+    const int base = step_pos(dpos);
+    start += base;
+    rope_start += base;
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     int width = kvh * hd;
     if (i >= (long long)n * width) return;
@@ -28,7 +32,8 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, int k_stride, c
 // score matrix is materialised, so memory stays O(head_dim) per block.
 // q rows are `q_stride` floats apart (q may be a column view of the QKV
 // product); with `inv_freq` set, RoPE is applied to q as it is loaded (row i
-// at position rope_start + i).
+// at position rope_start + i). With dpos set, both positions are offsets from
+// *dpos (see step_pos).
 // ATT_MAXD: head_dim / 32 rounded up (registers per lane); ATT_POS: positions
 // per warp per step, loaded together for memory-level parallelism.
 template <int ATT_MAXD, int ATT_POS>
@@ -36,11 +41,14 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                const float* __restrict__ kc, const float* __restrict__ vc,
                                                float* __restrict__ out, int heads, int kvh, int hd, int cap,
                                                int start, float scale, const float* __restrict__ inv_freq,
-                                               int rope_start) {
+                                               int rope_start, const int* __restrict__ dpos) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
     KERNEL_PROLOGUE();
+    const int base = step_pos(dpos);
+    start += base;
+    rope_start += base;
     int i = blockIdx.x, h = blockIdx.y;
     int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     int kh = h / (heads / kvh);
@@ -120,9 +128,10 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)                                             \
         NAME(const float* __restrict__ q, int q_stride, const float* __restrict__ kc,                          \
              const float* __restrict__ vc, float* __restrict__ out, int heads, int kvh, int hd, int cap,       \
-             int start, float scale, const float* __restrict__ inv_freq, int rope_start) {                      \
+             int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
+             const int* __restrict__ dpos) {                                                                   \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
-                                  rope_start);                                                                 \
+                                  rope_start, dpos);                                                           \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)

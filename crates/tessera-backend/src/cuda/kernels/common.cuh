@@ -55,6 +55,13 @@ __device__ __forceinline__ void grid_dep_launch() {
     grid_dep_wait();      \
     grid_dep_launch()
 
+// ---------------------------------------------------------------- recorded steps
+
+// The position a recorded decode step (a CUDA graph, cuda/graph.rs) runs at:
+// kernels that take positions add *dpos to them. The host writes it before
+// each replay; eager launches pass null and their positions are absolute.
+__device__ __forceinline__ int step_pos(const int* __restrict__ dpos) { return dpos ? *dpos : 0; }
+
 // ---------------------------------------------------------------- number formats
 
 // The four signed bytes of v as floats, without I2F (a quarter-rate

@@ -63,10 +63,11 @@ extern "C" __global__ void swiglu(const float* __restrict__ gu, int m, long long
     out[i] = silu_mul(gu[r * 2 * m + c], gu[r * 2 * m + m + c]);
 }
 
-// Rotate-half RoPE in place; row i is at position start + i.
+// Rotate-half RoPE in place; row i is at position start + i (+ *dpos, see step_pos).
 extern "C" __global__ void rope(float* __restrict__ x, int rows, int heads, int head_dim, int start,
-                                const float* __restrict__ inv_freq) {
+                                const float* __restrict__ inv_freq, const int* __restrict__ dpos) {
     KERNEL_PROLOGUE();
+    start += step_pos(dpos);
     int half = head_dim / 2;
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)rows * heads * half) return;
@@ -82,12 +83,13 @@ extern "C" __global__ void rope(float* __restrict__ x, int rows, int heads, int 
 }
 
 // dst [rows, cols] = columns col0.. of src (row stride `stride`), with RoPE
-// (heads of head_dim, row r at position start + r) when inv_freq is set.
+// (heads of head_dim, row r at position start + r + *dpos) when inv_freq is set.
 // Materializes a column view (cuda/tensor.rs).
 extern "C" __global__ void gather_cols(const float* __restrict__ src, int stride, int col0, int rows, int cols,
                                        float* __restrict__ dst, const float* __restrict__ inv_freq, int head_dim,
-                                       int start) {
+                                       int start, const int* __restrict__ dpos) {
     KERNEL_PROLOGUE();
+    start += step_pos(dpos);
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)rows * cols) return;
     int r = i / cols, c = i % cols;

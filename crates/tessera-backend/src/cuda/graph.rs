@@ -1,0 +1,198 @@
+//! Recorded decode steps: a single-token forward step of one sequence is
+//! captured once as a CUDA graph and replayed for every later token, so a
+//! step costs one graph launch instead of ~200 kernel launches, their
+//! allocations and the host time between them.
+//!
+//! What makes a recording replayable at another position:
+//! - Positions and the token come from device memory. While recording, every
+//!   op that takes a position (RoPE, KV store, attention, column gathers)
+//!   passes it as an offset from the step's device scalar `desc[0]`
+//!   (`step_pos` in kernels/common.cuh), and the embedding reads its id from
+//!   `desc[1]`. The host writes both before each replay.
+//! - Memory. Temporaries allocated while recording come from the
+//!   stream-ordered allocator under capture, so they become the graph's own
+//!   allocations, at the same addresses on every replay, freed inside it.
+//!   The logits are copied into `out`, allocated before recording, so no
+//!   graph allocation outlives a replay.
+//! - No host synchronisation while recording. Ops that would synchronise
+//!   (timing a GEMV shape seen for the first time, the first upload of a RoPE
+//!   table) have run in an earlier eager step; if one runs anyway, capture
+//!   fails, the engine abandons the recording and stays eager.
+//!
+//! A graph bakes in the addresses of the sequence's KV cache and of the
+//! model's weights: it belongs to one sequence of one loaded model (the
+//! engine keeps it with the sequence and checks the model). Turned off with
+//! `TESSERA_CUDA_GRAPH=0` (A/B timing).
+
+use super::{dev, CudaBackend, CudaTensor};
+use crate::{BackendError, Result};
+use cudarc::driver::{result, sys, CudaGraph, CudaSlice};
+use tessera_model::HostTensor;
+
+/// A recording in progress.
+pub(crate) struct Capture {
+    /// `[position, token]` read by the recorded kernels.
+    desc: CudaSlice<i32>,
+    /// Where the recorded step leaves its logits.
+    out: CudaSlice<f32>,
+    /// The position the step was recorded at; ops pass positions relative to it.
+    base: usize,
+}
+
+/// A recorded decode step (see the module doc).
+pub struct CudaStepGraph {
+    graph: CudaGraph,
+    desc: CudaSlice<i32>,
+    out: CudaSlice<f32>,
+}
+
+// SAFETY: the graph handles are plain driver objects; the engine uses a
+// step graph only through `&mut Sequence`, so never from two threads at once
+// (the driver's requirement for graph objects).
+unsafe impl Send for CudaStepGraph {}
+
+fn poisoned() -> BackendError {
+    BackendError::Device("internal: capture lock poisoned".into())
+}
+
+impl CudaBackend {
+    /// `start` as the kernels take it: relative to the recorded step's
+    /// position plus the address of its device scalar while recording,
+    /// absolute with a null address otherwise.
+    pub(crate) fn step_pos(&self, start: usize) -> Result<(usize, u64)> {
+        let g = self.capture.lock().map_err(|_| poisoned())?;
+        match g.as_ref() {
+            None => Ok((start, 0)),
+            Some(c) => {
+                let rel = start.checked_sub(c.base).ok_or_else(|| {
+                    BackendError::Device(format!(
+                        "internal: position {start} before the recorded step's {}",
+                        c.base
+                    ))
+                })?;
+                Ok((rel, self.ptr(&c.desc)))
+            }
+        }
+    }
+
+    /// While recording: the device address of the step's token id.
+    pub(crate) fn step_token_ptr(&self) -> Result<Option<u64>> {
+        let g = self.capture.lock().map_err(|_| poisoned())?;
+        Ok(g.as_ref().map(|c| self.ptr(&c.desc) + 4))
+    }
+
+    pub(crate) fn begin_step_graph_impl(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
+        if !self.graphs || !self.ctx.has_async_alloc() {
+            return Ok(false);
+        }
+        let pos_i = i32::try_from(pos).map_err(|_| {
+            BackendError::Device(format!("position {pos} does not fit a recorded step"))
+        })?;
+        let mut g = self.capture.lock().map_err(|_| poisoned())?;
+        if g.is_some() {
+            return Err(BackendError::Device(
+                "internal: a step is already being recorded".into(),
+            ));
+        }
+        // Allocated (and written) before capture: they outlive every replay.
+        let desc = self
+            .stream
+            .clone_htod(&[pos_i, token as i32])
+            .map_err(dev("record step"))?;
+        let out = self.alloc::<f32>(cols)?;
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(dev("begin recording a step"))?;
+        *g = Some(Capture {
+            desc,
+            out,
+            base: pos,
+        });
+        Ok(true)
+    }
+
+    pub(crate) fn end_step_graph_impl(&self, logits: CudaTensor) -> Result<CudaStepGraph> {
+        let cap = self.capture.lock().map_err(|_| poisoned())?.take();
+        let Some(mut cap) = cap else {
+            return Err(BackendError::Device(
+                "internal: end of a recording that never began".into(),
+            ));
+        };
+        let n = logits.rows * logits.cols;
+        let copied = if logits.rows != 1 || n != cap.out.len() {
+            Err(BackendError::Device(format!(
+                "internal: recorded logits are [{}, {}], expected [1, {}]",
+                logits.rows,
+                logits.cols,
+                cap.out.len()
+            )))
+        } else {
+            self.buf(&logits).and_then(|src| {
+                self.stream
+                    .memcpy_dtod(&src.slice(..n), &mut cap.out.slice_mut(..n))
+                    .map_err(dev("record step"))
+            })
+        };
+        // Freed inside the graph: nothing allocated while recording outlives it.
+        drop(logits);
+        let ended = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(dev("finish recording a step"));
+        // Frees that failed against an invalidated capture leave an error in
+        // the context; it belongs to this recording, not to the next op.
+        let stale = self.ctx.check_err();
+        copied?;
+        let graph = ended?.ok_or_else(|| {
+            BackendError::Device("recording a step produced no graph".into())
+        })?;
+        stale.map_err(dev("record step"))?;
+        graph.upload().map_err(dev("upload a recorded step"))?;
+        Ok(CudaStepGraph {
+            graph,
+            desc: cap.desc,
+            out: cap.out,
+        })
+    }
+
+    pub(crate) fn abort_step_graph_impl(&self) {
+        let Ok(mut g) = self.capture.lock() else {
+            return;
+        };
+        if g.take().is_none() {
+            return;
+        }
+        if let Ok(status) = self.stream.capture_status() {
+            if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                // Drops the partial graph (if any) at once.
+                let _ = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+            }
+        }
+        let _ = self.ctx.check_err();
+    }
+
+    pub(crate) fn replay_step_graph_impl(
+        &self,
+        g: &CudaStepGraph,
+        pos: usize,
+        token: u32,
+    ) -> Result<HostTensor> {
+        let pos_i = i32::try_from(pos).map_err(|_| {
+            BackendError::Device(format!("position {pos} does not fit a recorded step"))
+        })?;
+        self.ctx.bind_to_thread().map_err(dev("replay step"))?;
+        let vals = [pos_i, token as i32];
+        // SAFETY: desc holds two i32; the copy is ordered before the launch on
+        // the same stream, and a pageable source is staged before the call
+        // returns, so `vals` may go out of scope.
+        unsafe { result::memcpy_htod_async(self.ptr(&g.desc), &vals[..], self.stream.cu_stream()) }
+            .map_err(dev("replay step"))?;
+        g.graph.launch().map_err(dev("replay step"))?;
+        let mut data = vec![0f32; g.out.len()];
+        self.stream
+            .memcpy_dtoh(&g.out, &mut data)
+            .map_err(dev("replay step"))?;
+        self.synchronize()?;
+        Ok(HostTensor::new(vec![1, data.len()], data))
+    }
+}
