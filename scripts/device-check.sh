@@ -85,8 +85,8 @@ fi
 # bf16 rounds the weights: CUDA bf16 is compared with CPU bf16 (the same
 # rounded weights in f32), whose own distance from f32 is shown too.
 PROMPT=1,15,300,7,99,512,3,42,870,5
-gen() { # shape device dtype tokens prompt outdir
-    local base="$6/$1-${2%%:*}-$3"
+gen() { # shape device dtype tokens prompt outdir [timeout] [name suffix]
+    local base="$6/$1-${2%%:*}-$3${8:-}"
     timeout "${7:-90}" "$TESSERA" generate --model "dummy:$1:1" --device "$2" --dtype "$3" \
         --prompt-ids "$5" --max-new-tokens "$4" --json --dump-logits "$base.npy" >"$base.json" 2>"$base.err"
     local rc=$?
@@ -101,6 +101,12 @@ for shape in tiny small; do
         gen "$shape" "$1" "$2" 32 "$PROMPT" "$OUT/runs"
     done
 done
+# Decode steps 3.. of the CUDA runs above replay a recorded CUDA graph; the
+# same int8 run launched kernel by kernel must give the same tokens.
+if [ $HAVE_GPU = 1 ]; then
+    say "correctness: small on cuda, int8, recorded steps off"
+    TESSERA_CUDA_GRAPH=0 gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -eager
+fi
 
 # ---------------------------------------------------------------- speed
 # A 128-token prompt (prefill) then 128 greedy tokens (decode), batch 1.
@@ -111,7 +117,12 @@ if [ $HAVE_GPU = 1 ]; then
         gen llama2-7b cuda $dt 128 "$LONG" "$OUT/speed" 150
         grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-$dt.json" 2>/dev/null
         grep "tessera: GEMV" "$OUT/speed/llama2-7b-cuda-$dt.err" 2>/dev/null
+        grep -o '"step_graphs":{[^}]*}' "$OUT/speed/llama2-7b-cuda-$dt.json" 2>/dev/null
     done
+    # A/B: the same int8 run with every decode step launched kernel by kernel.
+    say "speed: llama2-7b int8 on cuda, recorded steps off (TESSERA_CUDA_GRAPH=0)"
+    TESSERA_CUDA_GRAPH=0 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -eager
+    grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-eager.json" 2>/dev/null
 fi
 
 # ---------------------------------------------------------------- batch 16, NCCL
