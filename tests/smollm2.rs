@@ -160,7 +160,7 @@ fn int8_first_token_equal_and_90_percent_agreement() {
 }
 
 #[test]
-fn perplexity_f32_matches_transformers_and_int8_within_2_percent() {
+fn perplexity_f32_matches_transformers_int8_within_2_int4_within_50_percent() {
     let Some(model) = smollm2_path() else { return };
     let model = model.to_str().unwrap();
     let exp = &expected("smollm2")["perplexity"];
@@ -189,9 +189,11 @@ fn perplexity_f32_matches_transformers_and_int8_within_2_percent() {
         );
         v["perplexity"].as_f64().unwrap()
     };
-    let (f, q) = (ppl("f32"), ppl("int8"));
+    let (f, q, q4) = (ppl("f32"), ppl("int8"), ppl("int4"));
     let reference = exp["perplexity"].as_f64().unwrap();
-    eprintln!("perplexity: transformers {reference:.4}, tessera f32 {f:.4}, int8 {q:.4}");
+    eprintln!(
+        "perplexity: transformers {reference:.4}, tessera f32 {f:.4}, int8 {q:.4}, int4 {q4:.4}"
+    );
     assert!(
         (f - reference).abs() / reference < 1e-3,
         "f32 perplexity {f} vs transformers {reference}"
@@ -199,6 +201,13 @@ fn perplexity_f32_matches_transformers_and_int8_within_2_percent() {
     assert!(
         (q - f).abs() / f < 0.02,
         "int8 perplexity {q} is more than 2% from f32 {f}"
+    );
+    // Int4 re-rounds weights that are already 4-bit (Q4_1) in this GGUF:
+    // measured +39% (docs/int8.md). The bound catches a broken int4 path
+    // (random weights give perplexities in the thousands).
+    assert!(
+        q4 > f && q4 < 1.5 * f,
+        "int4 perplexity {q4} is not within 50% above f32 {f}"
     );
 }
 

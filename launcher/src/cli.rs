@@ -37,7 +37,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: String,
     /// Weight type at run time.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "bf16"])]
+    #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "int4", "bf16"])]
     pub dtype: String,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]

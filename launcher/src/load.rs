@@ -63,13 +63,14 @@ pub fn load_model<B: Backend + 'static>(
         None => Model::load(backend, &ckpt.spec, ckpt.source.as_ref(), dtype, progress)
             .with_context(ctx)?,
         Some(budget) => {
-            if dtype != WeightDType::Int8 {
-                bail!("--offload-budget streams int8 weights: add --dtype int8");
+            if !matches!(dtype, WeightDType::Int8 | WeightDType::Int4) {
+                bail!("--offload-budget streams int8 or int4 weights: add --dtype int8 (or int4)");
             }
             let shard = ShardPlan::new(&ckpt.spec, 1, 0)?;
-            let input = PlanInput::for_model(
+            let input = PlanInput::for_model_as(
                 &ckpt.spec,
                 &shard,
+                dtype,
                 offload_budget(budget, &args.device)?,
                 args.prefetch,
                 args.resident_layers,
@@ -80,6 +81,7 @@ pub fn load_model<B: Backend + 'static>(
                 pin_memory: true,
                 record: false,
                 synchronous: false,
+                dtype,
             };
             let (model, probe) = load_streamed(
                 backend,

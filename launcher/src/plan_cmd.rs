@@ -5,6 +5,7 @@
 
 use crate::cli::PlanArgs;
 use anyhow::{anyhow, bail, Context, Result};
+use tessera_backend::WeightDType;
 use tessera_config::{Config, Device, WeightBudget};
 use tessera_model::{ModelSpec, ShardPlan};
 use tessera_offload::{plan, PlanInput, ResidencyPlan, DEFAULT_LINK_GBPS};
@@ -61,6 +62,13 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
+/// The run-time weight type of the config's model.
+fn weight_dtype(cfg: &Config) -> Result<WeightDType> {
+    crate::launch::dtype_name(cfg.model.dtype)?
+        .parse()
+        .map_err(|e: String| anyhow!("model.dtype: {e}"))
+}
+
 /// The residency plan of every rank, or the first refusal (with what would fit).
 pub fn offload_plans(cfg: &Config, spec: &ModelSpec) -> Result<Vec<(ResidencyPlan, String)>> {
     let world = cfg.parallelism.tensor_parallel as usize;
@@ -71,9 +79,10 @@ pub fn offload_plans(cfg: &Config, spec: &ModelSpec) -> Result<Vec<(ResidencyPla
     for (rank, shard) in shards.iter().enumerate() {
         let device = cfg.parallelism.devices[rank];
         let (budget, how) = resolve_budget(cfg, spec, shard, device)?;
-        let input = PlanInput::for_model(
+        let input = PlanInput::for_model_as(
             spec,
             shard,
+            weight_dtype(cfg)?,
             budget as usize,
             o.prefetch_depth as usize,
             o.resident_layers.map(|r| r as usize),
@@ -106,10 +115,12 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     if !cfg.offload.enabled {
         let shards = ShardPlan::all(spec, world)?;
+        let dtype = weight_dtype(&cfg)?;
         for (rank, s) in shards.iter().enumerate() {
-            let dev = plan::fixed_bytes(spec, s) + spec.num_layers * plan::layer_bytes(spec, s);
+            let dev = plan::fixed_bytes_as(spec, s, dtype)
+                + spec.num_layers * plan::layer_bytes_as(spec, s, dtype);
             println!(
-                "rank {rank}     offload disabled: all weights resident, {} as int8 (estimate)",
+                "rank {rank}     offload disabled: all weights resident, {} as {dtype} (estimate)",
                 gib(dev as u64)
             );
         }
@@ -120,7 +131,10 @@ pub fn run(args: PlanArgs) -> Result<()> {
             "assumption host-to-device link of {DEFAULT_LINK_GBPS} GB/s (PCIe Gen4 x16, effective); set offload.link_gbps to change it"
         );
     }
-    println!("sizes      int8 estimates: values + one f32 scale per 32 inputs (device layouts pad slightly)");
+    println!(
+        "sizes      {} estimates: values + one f32 scale per 32 inputs (device layouts pad slightly)",
+        weight_dtype(&cfg)?
+    );
     for (rank, (p, how)) in offload_plans(&cfg, spec)?.iter().enumerate() {
         println!(
             "rank {rank} on {}   budget {how}",

@@ -26,6 +26,10 @@ pub enum WeightDType {
     Int8,
     /// bfloat16 (weights rounded to nearest even; products in f32).
     BF16,
+    /// Int4 (`-8..=7`, llama.cpp Q4_0's rule), one f32 scale per group of 32
+    /// inputs: the int8 format with 16 levels. Two per byte on CUDA (W4A16 GEMVs); on the
+    /// CPU the rounded weights are kept as f32, so both compute one function.
+    Int4,
 }
 
 impl std::str::FromStr for WeightDType {
@@ -35,8 +39,9 @@ impl std::str::FromStr for WeightDType {
             "f32" => Ok(WeightDType::F32),
             "int8" => Ok(WeightDType::Int8),
             "bf16" => Ok(WeightDType::BF16),
+            "int4" => Ok(WeightDType::Int4),
             other => Err(format!(
-                "unknown weight dtype `{other}` (expected f32, int8 or bf16)"
+                "unknown weight dtype `{other}` (expected f32, int8, int4 or bf16)"
             )),
         }
     }
@@ -48,6 +53,7 @@ impl std::fmt::Display for WeightDType {
             WeightDType::F32 => "f32",
             WeightDType::Int8 => "int8",
             WeightDType::BF16 => "bf16",
+            WeightDType::Int4 => "int4",
         })
     }
 }

@@ -40,6 +40,9 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "gemv_v3_bf16_n16",
                     "attention_d128",
                     "kv_store",
+                    "gemv_v2_i4_n1_r2",
+                    "embedding_i4",
+                    "dequantize_i4",
                     "quantize_i8",
                     "to_bf16",
                     "split_bf16",
@@ -249,6 +252,17 @@ fn embedding_and_quantizer_are_exact() {
     assert_eq!(got.data, support::round_bf16(&table), "bf16 embedding");
     let one = b.download(&b.embedding(&bw, &[17]).unwrap()).unwrap();
     assert_eq!(one.data, got.data[17 * 300..18 * 300]);
+    // Int4: the host quantizer's values, unpacked on the device.
+    let i4w = b.upload_linear(&table, WeightDType::Int4).unwrap();
+    let got = b.download(&b.embedding(&i4w, &all).unwrap()).unwrap();
+    assert_eq!(got.data, support::dequant_i4(&table), "int4 embedding");
+    let one = b.download(&b.embedding(&i4w, &[17]).unwrap()).unwrap();
+    assert_eq!(one.data, got.data[17 * 300..18 * 300]);
+    // Prefill (more rows than the GEMVs take) dequantizes int4 for cuBLAS.
+    let x = host(40, 300, 12);
+    let want = reference::matmul_f32(&x.data, 40, 300, &support::dequant_i4(&table), 50);
+    let got = b.download(&b.matmul(&b.upload(&x).unwrap(), &i4w).unwrap()).unwrap();
+    assert_close(&got.data, &want, 2e-4, "int4 prefill product");
 }
 
 #[test]

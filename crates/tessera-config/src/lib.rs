@@ -92,6 +92,8 @@ pub enum DType {
     #[default]
     F32,
     Int8,
+    /// Int4 (-8..7), one scale per group of 32 (int8's format with 16 levels).
+    Int4,
     Bf16,
     F16,
 }

@@ -38,6 +38,7 @@ fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::Int8 => "int8",
+        DType::Int4 => "int4",
         DType::Bf16 => "bf16",
         DType::F16 => "f16",
     }
@@ -149,7 +150,7 @@ pub(crate) fn validate(config: &mut Config, file: &Path) -> Result<(), ConfigErr
             "model.dtype",
             dtype_name(dtype),
             "half-precision weights run only on CUDA devices and the devices are cpu",
-            "`f32` or `int8` with cpu devices",
+            "`f32`, `int8` or `int4` with cpu devices",
         )?;
     }
 
@@ -164,12 +165,12 @@ pub(crate) fn validate(config: &mut Config, file: &Path) -> Result<(), ConfigErr
                 "an integer >= 1 (2 is a good start)",
             )?;
         }
-        if dtype != DType::Int8 {
+        if !matches!(dtype, DType::Int8 | DType::Int4) {
             c.fail(
                 "model.dtype",
                 dtype_name(dtype),
-                "offload streams int8 weights from host memory",
-                "`int8` with `offload.enabled: true`",
+                "offload streams int8 or int4 weights from host memory",
+                "`int8` (or `int4`) with `offload.enabled: true`",
             )?;
         }
         if let Some(g) = o.link_gbps {

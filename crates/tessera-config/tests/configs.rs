@@ -165,6 +165,10 @@ supervision: {step_timeout: 1m30s, collective_timeout: 1m 30s, worker_start_time
     let c = Config::from_str("model: {path: m}\noffload:\nserver:\n", Path::new("x.yaml")).unwrap();
     assert!(!c.offload.enabled);
     // Offload on cpu with an explicit budget is the CI configuration of the streamer.
+    // int4 streams too, and runs on the CPU (as f32 there).
+    let text = "model: {path: m, dtype: int4}\noffload: {enabled: true, weight_budget: 64MiB}\n";
+    let c = Config::from_str(text, Path::new("x.yaml")).unwrap();
+    assert_eq!(c.model.dtype, DType::Int4);
     let text = "model: {path: m, dtype: int8}\noffload: {enabled: true, weight_budget: 64MiB}\n";
     let c = Config::from_str(text, Path::new("x.yaml")).unwrap();
     assert_eq!(c.offload.weight_budget, WeightBudget::Bytes(64 << 20));

@@ -109,7 +109,7 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
         "unknown dtype",
         "model: {path: m, dtype: q4}\n",
         "model.dtype",
-        &["`q4`", "`f32`, `int8`, `bf16`, `f16`"],
+        &["`q4`", "`f32`, `int8`, `int4`, `bf16`, `f16`"],
     ),
     (
         "unknown collective",
@@ -224,7 +224,7 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
         "half precision on cpu",
         "model: {path: m, dtype: bf16}\n",
         "model.dtype",
-        &["bf16", "`f32` or `int8`"],
+        &["bf16", "`f32`, `int8` or `int4`"],
     ),
     (
         "path with format dummy",

@@ -19,7 +19,9 @@ mod tokenizer;
 
 pub use checkpoint::Checkpoint;
 pub use error::{ModelError, Result};
-pub use quant::{quantize_group, Int8Matrix, INT8_GROUP, MAX_INT8_GROUP};
+pub use quant::{
+    quantize_group, quantize_group_to, Int8Matrix, INT4_MAX, INT8_GROUP, INT8_MAX, MAX_INT8_GROUP,
+};
 pub use safetensors_dir::SafetensorsDir;
 pub use shard::{Parallelism, RankParams, ShardPlan};
 pub use source::TensorSource;

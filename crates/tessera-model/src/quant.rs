@@ -1,6 +1,10 @@
 //! The int8 weight format: symmetric, one f32 scale per group of consecutive
 //! input values of one output row. Tessera quantizes with [`INT8_GROUP`]
 //! (see docs/int8.md); the format allows any group up to [`MAX_INT8_GROUP`].
+//!
+//! Int4 weights are the same format with the values limited to `-8..=7`
+//! (see [`quantize_group_int4`]), held in an [`Int8Matrix`] on the host;
+//! devices that stream them pack two per byte (docs/int8.md).
 
 use crate::HostTensor;
 
@@ -9,6 +13,13 @@ pub const INT8_GROUP: usize = 32;
 
 /// Largest group the format (and every kernel) accepts.
 pub const MAX_INT8_GROUP: usize = 128;
+
+/// Largest int8 magnitude (`scale = max|w| / INT8_MAX`).
+pub const INT8_MAX: i8 = 127;
+
+/// Largest positive int4 value; passed to [`Int8Matrix::quantize_to`] it
+/// selects int4 quantization (16 levels, `-8..=7`, [`quantize_group_int4`]).
+pub const INT4_MAX: i8 = 7;
 
 /// A `[rows, cols]` matrix quantized to int8 with per-row, per-group scales.
 /// Row `r`, group `g` covers columns `g*group .. min((g+1)*group, cols)`; the
@@ -28,11 +39,37 @@ pub struct Int8Matrix {
 /// Returns the scale. The single definition of int8 rounding, for weights and
 /// (in the reference kernels) activations alike.
 pub fn quantize_group(src: &[f32], dst: &mut [i8]) -> f32 {
+    quantize_group_to(src, dst, INT8_MAX)
+}
+
+/// [`quantize_group`] onto `-max..=max` (`scale = max|x| / max`); for
+/// `max == INT4_MAX` all 16 int4 levels (see [`quantize_group_int4`]).
+pub fn quantize_group_to(src: &[f32], dst: &mut [i8], max: i8) -> f32 {
+    if max == INT4_MAX {
+        return quantize_group_int4(src, dst);
+    }
+    let levels = f32::from(max);
     let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let scale = amax / 127.0;
+    let scale = amax / levels;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
     for (d, v) in dst.iter_mut().zip(src) {
-        *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        *d = (v * inv).round().clamp(-levels, levels) as i8;
+    }
+    scale
+}
+
+/// Int4 with all 16 levels, `-8..=7` (llama.cpp's Q4_0 rule): the value of
+/// largest magnitude, `v`, gets `scale = v / -8` and lands on -8 exactly;
+/// the others round to nearest and clamp to `-8..=7`. The scale may be
+/// negative.
+pub fn quantize_group_int4(src: &[f32], dst: &mut [i8]) -> f32 {
+    let v = src
+        .iter()
+        .fold(0f32, |m, &x| if x.abs() > m.abs() { x } else { m });
+    let scale = v / -8.0;
+    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    for (d, x) in dst.iter_mut().zip(src) {
+        *d = (x * inv).round().clamp(-8.0, 7.0) as i8;
     }
     scale
 }
@@ -45,6 +82,11 @@ impl Int8Matrix {
     /// Quantize a 2-D f32 tensor: each group's scale is `max|w| / 127`, values
     /// are rounded to nearest. This is the reference quantizer.
     pub fn quantize(t: &HostTensor, group: usize) -> Int8Matrix {
+        Self::quantize_to(t, group, INT8_MAX)
+    }
+
+    /// [`Int8Matrix::quantize`] onto `-max..=max`: `INT4_MAX` gives int4 weights.
+    pub fn quantize_to(t: &HostTensor, group: usize, max: i8) -> Int8Matrix {
         let (rows, cols) = t.dims2();
         let group = group.clamp(1, MAX_INT8_GROUP);
         let gpr = cols.div_ceil(group);
@@ -54,9 +96,10 @@ impl Int8Matrix {
             for g in 0..gpr {
                 let c0 = g * group;
                 let c1 = (c0 + group).min(cols);
-                scales[r * gpr + g] = quantize_group(
+                scales[r * gpr + g] = quantize_group_to(
                     &t.data[r * cols + c0..r * cols + c1],
                     &mut q[r * cols + c0..r * cols + c1],
+                    max,
                 );
             }
         }
@@ -99,6 +142,33 @@ mod tests {
                 assert!((row[c] - data[r * cols + c]).abs() <= step * 0.5 + 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn int4_uses_sixteen_levels_and_rounds_to_the_nearest() {
+        let cols = 70; // two full groups of 32 and a ragged one
+        let data: Vec<f32> = (0..cols).map(|i| ((i * 29 % 61) as f32 - 30.0) / 9.0).collect();
+        let t = HostTensor::new(vec![1, cols], data.clone());
+        let m = Int8Matrix::quantize_to(&t, 32, INT4_MAX);
+        assert!(m.q.iter().all(|&v| (-8..=7).contains(&v)));
+        for g in 0..3 {
+            let (c0, c1) = (g * 32, ((g + 1) * 32).min(cols));
+            let grp = &data[c0..c1];
+            let i = (0..grp.len()).fold(0, |b, i| if grp[i].abs() > grp[b].abs() { i } else { b });
+            // The value of largest magnitude lands on -8 exactly (scale may be negative).
+            assert_eq!(m.scales[g], grp[i] / -8.0);
+            assert_eq!(m.q[c0 + i], -8);
+        }
+        let mut row = vec![0f32; cols];
+        m.dequantize_row(0, &mut row);
+        for c in 0..cols {
+            let (err, step) = ((row[c] - data[c]).abs(), m.scales[c / 32].abs());
+            // Half a step, or (clamped at +7, opposite the extreme) one step.
+            let bound = if m.q[c] == 7 { step } else { step * 0.5 };
+            assert!(err <= bound + 1e-6, "column {c}");
+        }
+        // int8 is the same quantizer with 127 levels.
+        assert_eq!(Int8Matrix::quantize_to(&t, 32, INT8_MAX), Int8Matrix::quantize(&t, 32));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use tessera_engine::Model;
 use tessera_model::{ModelSpec, ShardPlan, TensorSource};
 
 impl PlanInput {
-    /// The planner's input for `shard` of a model, with estimated sizes.
+    /// The planner's input for `shard` of a model in int8, with estimated sizes.
     pub fn for_model(
         spec: &ModelSpec,
         shard: &ShardPlan,
@@ -39,10 +39,31 @@ impl PlanInput {
         resident_layers: Option<usize>,
         link_gbps: f64,
     ) -> Self {
+        Self::for_model_as(
+            spec,
+            shard,
+            WeightDType::Int8,
+            budget,
+            prefetch_depth,
+            resident_layers,
+            link_gbps,
+        )
+    }
+
+    /// [`PlanInput::for_model`] for weights of `dtype` (int8 or int4 stream).
+    pub fn for_model_as(
+        spec: &ModelSpec,
+        shard: &ShardPlan,
+        dtype: WeightDType,
+        budget: usize,
+        prefetch_depth: usize,
+        resident_layers: Option<usize>,
+        link_gbps: f64,
+    ) -> Self {
         PlanInput {
             num_layers: spec.num_layers,
-            layer_bytes: plan::layer_bytes(spec, shard),
-            fixed_bytes: plan::fixed_bytes(spec, shard),
+            layer_bytes: plan::layer_bytes_as(spec, shard, dtype),
+            fixed_bytes: plan::fixed_bytes_as(spec, shard, dtype),
             budget,
             prefetch_depth,
             resident_layers,
@@ -51,8 +72,8 @@ impl PlanInput {
     }
 }
 
-/// Load `shard` of a model as int8 with its layers streamed per `opts`.
-/// Returns the model and a probe into its streamer.
+/// Load `shard` of a model as `opts.dtype` (int8 or int4) with its layers
+/// streamed per `opts`. Returns the model and a probe into its streamer.
 pub fn load_streamed<B: Backend + 'static>(
     backend: B,
     spec: &ModelSpec,
@@ -62,12 +83,19 @@ pub fn load_streamed<B: Backend + 'static>(
     opts: StreamOptions,
     on_progress: impl FnMut(usize, usize),
 ) -> tessera_engine::Result<(Model<B>, StreamProbe<B>)> {
+    if !matches!(opts.dtype, WeightDType::Int8 | WeightDType::Int4) {
+        return Err(tessera_engine::EngineError::Streaming(format!(
+            "streaming moves int8 or int4 weights, not {}",
+            opts.dtype
+        )));
+    }
+    let dtype = opts.dtype;
     let (sink, probe) = OffloadSink::new(opts);
     let model = Model::load_shard_into(
         backend,
         spec,
         src,
-        WeightDType::Int8,
+        dtype,
         shard,
         comm,
         Box::new(sink),

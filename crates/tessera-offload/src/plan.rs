@@ -4,6 +4,7 @@
 
 use crate::{OffloadError, Result};
 use std::fmt::Write as _;
+use tessera_backend::WeightDType;
 use tessera_model::{ModelSpec, ShardPlan, INT8_GROUP};
 
 /// Host-to-device bandwidth assumed when none is configured: PCIe Gen4 x16,
@@ -17,27 +18,51 @@ pub fn int8_bytes(rows: usize, cols: usize) -> usize {
     rows * cols + rows * cols.div_ceil(INT8_GROUP) * 4
 }
 
-/// Estimated bytes of one layer's four matrices for `shard`'s rank.
+/// Estimated device bytes of a `[rows, cols]` weight of `dtype` (CUDA
+/// layouts: int4 two values per byte plus int8's scales; the CPU keeps int4
+/// and bf16 weights as f32, see `WeightDType`, and the streamer then plans
+/// with the measured size).
+pub fn weight_bytes(dtype: WeightDType, rows: usize, cols: usize) -> usize {
+    match dtype {
+        WeightDType::Int8 => int8_bytes(rows, cols),
+        WeightDType::Int4 => rows * cols.div_ceil(2) + rows * cols.div_ceil(INT8_GROUP) * 4,
+        WeightDType::BF16 => rows * cols * 2,
+        WeightDType::F32 => rows * cols * 4,
+    }
+}
+
+/// Estimated bytes of one layer's four matrices for `shard`'s rank, as int8.
 pub fn layer_bytes(spec: &ModelSpec, shard: &ShardPlan) -> usize {
+    layer_bytes_as(spec, shard, WeightDType::Int8)
+}
+
+/// [`layer_bytes`] for weights of `dtype`.
+pub fn layer_bytes_as(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
     let h = spec.hidden_size;
     let (q, kv, i) = (
         shard.q_rows().len(),
         shard.kv_rows().len(),
         shard.local_intermediate(),
     );
-    int8_bytes(q + 2 * kv, h) + int8_bytes(h, q) + int8_bytes(2 * i, h) + int8_bytes(h, i)
+    let b = |r, c| weight_bytes(dtype, r, c);
+    b(q + 2 * kv, h) + b(h, q) + b(2 * i, h) + b(h, i)
 }
 
 /// Estimated bytes that always stay on the device: embedding, LM head (when
-/// not tied), norms and biases.
+/// not tied), norms and biases, as int8.
 pub fn fixed_bytes(spec: &ModelSpec, shard: &ShardPlan) -> usize {
+    fixed_bytes_as(spec, shard, WeightDType::Int8)
+}
+
+/// [`fixed_bytes`] for weights of `dtype`.
+pub fn fixed_bytes_as(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
     let h = spec.hidden_size;
     let heads = if spec.tie_word_embeddings { 1 } else { 2 };
     let mut small = (2 * spec.num_layers + 1) * h * 4;
     if spec.attention_bias {
         small += spec.num_layers * (shard.q_rows().len() + 2 * shard.kv_rows().len()) * 4;
     }
-    heads * int8_bytes(spec.vocab_size, h) + small
+    heads * weight_bytes(dtype, spec.vocab_size, h) + small
 }
 
 /// What the planner is given.
@@ -326,6 +351,19 @@ mod tests {
             resident_layers: None,
             link_gbps: 25.0,
         }
+    }
+
+    #[test]
+    fn int4_layers_are_about_half_of_int8() {
+        // 4096 x 11008 (a llama2-7b down_proj): values + one f32 scale per 32.
+        let (r, c) = (4096, 11008);
+        assert_eq!(weight_bytes(WeightDType::Int8, r, c), r * c + r * (c / 32) * 4);
+        assert_eq!(weight_bytes(WeightDType::Int4, r, c), r * c / 2 + r * (c / 32) * 4);
+        let ratio = weight_bytes(WeightDType::Int8, r, c) as f64
+            / weight_bytes(WeightDType::Int4, r, c) as f64;
+        assert!((ratio - 1.8).abs() < 1e-9, "{ratio}");
+        // A ragged row rounds its half byte up.
+        assert_eq!(weight_bytes(WeightDType::Int4, 1, 33), 17 + 2 * 4);
     }
 
     #[test]

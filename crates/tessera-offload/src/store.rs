@@ -10,7 +10,7 @@ use crate::{OffloadError, Result};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use tessera_backend::stream::{HostBytes, HostLayers};
-use tessera_backend::Backend;
+use tessera_backend::{Backend, WeightDType};
 use tessera_engine::weights::{LayerSink, LayerWeights};
 
 /// Device bytes the streamer holds, against its budget. Reservations past the
@@ -51,6 +51,8 @@ pub struct StreamOptions {
     pub record: bool,
     /// One slot, no prefetch: see [`ResidencyPlan::synchronous`]. Tests only.
     pub synchronous: bool,
+    /// Weight type of the streamed layers: int8 or int4.
+    pub dtype: WeightDType,
 }
 
 /// Looks into a streamer after the model owns it: plan, arena, trace.

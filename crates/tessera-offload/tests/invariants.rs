@@ -115,13 +115,24 @@ fn check_schedule(trace: &[TraceEvent], depth: u64, what: &str) -> usize {
 
 /// Every combination of slots and resident layers on one checkpoint.
 fn check_model(path: &Path, prompt: &[u32], decode: usize, want_real_overlap: bool) {
+    check_model_as(path, prompt, decode, want_real_overlap, WeightDType::Int8)
+}
+
+/// [`check_model`] with weights of `dtype` (int8 or int4).
+fn check_model_as(
+    path: &Path,
+    prompt: &[u32],
+    decode: usize,
+    want_real_overlap: bool,
+    dtype: WeightDType,
+) {
     let ckpt = Checkpoint::open(path).expect("checkpoint opens");
     let spec = &ckpt.spec;
     let resident = Model::load(
         CpuBackend::new(2).unwrap(),
         spec,
         ckpt.source.as_ref(),
-        WeightDType::Int8,
+        dtype,
         |_, _| {},
     )
     .expect("loads resident");
@@ -143,14 +154,16 @@ fn check_model(path: &Path, prompt: &[u32], decode: usize, want_real_overlap: bo
     let mut overlaps = 0;
     for slots in [1usize, 2, 5] {
         for r in [0, n / 2, n - 1] {
-            let what = format!("{} slots={slots} resident={r}", path.display());
-            let mut input = PlanInput::for_model(spec, &shard, 0, slots - 1, Some(r), 25.0);
+            let what = format!("{} {dtype} slots={slots} resident={r}", path.display());
+            let mut input =
+                PlanInput::for_model_as(spec, &shard, dtype, 0, slots - 1, Some(r), 25.0);
             input.budget = input.fixed_bytes + (r + slots) * layer_bytes;
             let opts = StreamOptions {
                 plan: input.clone(),
                 pin_memory: false,
                 record: true,
                 synchronous: slots == 1,
+                dtype,
             };
             let (model, probe) = load_streamed(
                 CpuBackend::new(2).unwrap(),
@@ -221,6 +234,19 @@ fn fixtures_stream_bit_identically_within_budget() {
 }
 
 #[test]
+fn int4_fixtures_stream_bit_identically_within_budget() {
+    for name in ["llama-gqa-tied", "qwen2-bias-f16"] {
+        check_model_as(
+            &root().join("tests/fixtures").join(name),
+            &[1, 5, 9, 2, 7],
+            4,
+            false,
+            WeightDType::Int4,
+        );
+    }
+}
+
+#[test]
 fn smollm2_streams_bit_identically_with_overlapping_copies() {
     let Some(path) = smollm2() else { return };
     check_model(&path, &[1, 504, 3303, 282, 260, 2030, 30], 3, true);
@@ -246,6 +272,7 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
             pin_memory: false,
             record: false,
             synchronous: false,
+            dtype: WeightDType::Int8,
         },
         |_, _| {},
     )
@@ -266,6 +293,7 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
             pin_memory: false,
             record: false,
             synchronous: false,
+            dtype: WeightDType::Int8,
         },
         |_, _| {},
     )
@@ -308,6 +336,7 @@ fn out_of_order_layers_resync_the_ring() {
             pin_memory: false,
             record: false,
             synchronous: false,
+            dtype: WeightDType::Int8,
         },
         |_, _| {},
     )

@@ -158,9 +158,10 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
             )?,
             Some(o) => {
                 // Each rank streams its own shard within its own budget.
-                let input = PlanInput::for_model(
+                let input = PlanInput::for_model_as(
                     &ckpt.spec,
                     &plan,
+                    self.spec.dtype,
                     o.weight_budget as usize,
                     o.prefetch_depth as usize,
                     o.resident_layers.map(|r| r as usize),
@@ -171,6 +172,7 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
                     pin_memory: o.pin_memory,
                     record: false,
                     synchronous: false,
+                    dtype: self.spec.dtype,
                 };
                 load_streamed(
                     backend,

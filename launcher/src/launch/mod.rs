@@ -41,10 +41,11 @@ pub(crate) fn model_name(cfg: &Config) -> Result<String> {
     }
 }
 
-fn dtype_name(d: DType) -> Result<&'static str> {
+pub(crate) fn dtype_name(d: DType) -> Result<&'static str> {
     let name = match d {
         DType::F32 => "f32",
         DType::Int8 => "int8",
+        DType::Int4 => "int4",
         DType::Bf16 => "bf16",
         DType::F16 => "f16",
     };
@@ -244,6 +245,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             Ok((gen, info, load_secs)) => {
                 let bytes_per_param = match dtype {
                     "int8" => 1.0 + 4.0 / tessera_model::INT8_GROUP as f64,
+                    "int4" => 0.5 + 4.0 / tessera_model::INT8_GROUP as f64,
                     "bf16" | "f16" => 2.0,
                     _ => 4.0,
                 };

@@ -14,7 +14,7 @@ use features::CpuFeatures;
 pub use paged_kv::{CpuKvCache, KvPoolStats, KV_BLOCK_TOKENS};
 use paged_kv::{Half, KvBlockPool};
 use rayon::prelude::*;
-use tessera_model::{HostTensor, Int8Matrix, INT8_GROUP};
+use tessera_model::{HostTensor, Int8Matrix, INT4_MAX, INT8_GROUP};
 
 /// Activations on the CPU: `rows x cols`, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +150,16 @@ impl Backend for CpuBackend {
                     .pool
                     .install(|| kernels::PackedInt8::new(Int8Matrix::quantize(w, INT8_GROUP)));
                 CpuLinear::Int8(packed)
+            }
+            // Int4-rounded weights kept as f32 (like bf16): the same products
+            // as the CUDA int4 kernels (f32 activations, f32 accumulation).
+            WeightDType::Int4 => {
+                let m = Int8Matrix::quantize_to(w, INT8_GROUP, INT4_MAX);
+                let mut data = vec![0f32; rows * cols];
+                for (r, row) in data.chunks_mut(cols.max(1)).enumerate().take(rows) {
+                    m.dequantize_row(r, row);
+                }
+                CpuLinear::F32 { rows, cols, data }
             }
             // bf16-rounded weights kept as f32: the same products as a bf16
             // kernel with f32 accumulation, at f32 speed.

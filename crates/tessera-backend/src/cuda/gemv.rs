@@ -37,9 +37,28 @@ impl GemvVariant {
     /// Every variant, baseline first.
     pub const ALL: [GemvVariant; 3] = [GemvVariant::V1, GemvVariant::V2, GemvVariant::V3];
 
-    /// Whether the variant runs products with this weight format.
+    /// Whether the variant runs products with int8 (`bf16 == false`) or
+    /// bf16 weights.
     pub fn supports(self, bf16: bool) -> bool {
         !(bf16 && self == GemvVariant::V1)
+    }
+
+    /// Whether the variant runs products with weights of this dtype (int4:
+    /// v2 only).
+    pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
+        match dtype {
+            crate::WeightDType::Int4 => self == GemvVariant::V2,
+            crate::WeightDType::BF16 => self.supports(true),
+            _ => self.supports(false),
+        }
+    }
+
+    fn supports_weight(self, w: &GemvWeight) -> bool {
+        if w.is_int4() {
+            self == GemvVariant::V2
+        } else {
+            self.supports(w.is_bf16())
+        }
     }
 }
 
@@ -100,7 +119,8 @@ impl std::fmt::Display for GemvTuning {
 /// What one tuning decision is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct GemvKey {
-    bf16: bool,
+    /// GemvWeight::format_index: int8, bf16 or int4.
+    format: usize,
     m: usize,
     k: usize,
     /// Activation rows rounded up to the kernels' bucket (1, 2, 4, 8, 16).
@@ -180,13 +200,16 @@ impl CudaBackend {
         mode: GemvMode,
         norm: Option<&NormSrc>,
     ) -> Result<GemvVariant> {
-        let bf16 = p.w.is_bf16();
         if let Some(v) = self.gemv_select {
-            return Ok(if v.supports(bf16) { v } else { GemvVariant::V2 });
+            return Ok(if v.supports_weight(&p.w) {
+                v
+            } else {
+                GemvVariant::V2
+            });
         }
         let (m, k) = p.w.dims();
         let key = GemvKey {
-            bf16,
+            format: p.w.format_index(),
             m,
             k,
             nb: bucket(n),
@@ -225,7 +248,7 @@ impl CudaBackend {
     ) -> Result<GemvTuning> {
         let cands: Vec<GemvVariant> = GemvVariant::ALL
             .into_iter()
-            .filter(|v| v.supports(key.bf16))
+            .filter(|v| v.supports_weight(&p.w))
             .collect();
         let rows_out = if key.swiglu { key.m / 2 } else { key.m };
         let tune_mode = if key.swiglu {
@@ -303,7 +326,7 @@ impl CudaBackend {
             .unwrap_or(cands[0]);
         let shape = format!(
             "{} {}x{} n={n}{}{}",
-            if key.bf16 { "bf16" } else { "int8" },
+            p.w.format_name(),
             key.m,
             key.k,
             if key.swiglu { " swiglu" } else { "" },
@@ -326,7 +349,9 @@ impl CudaBackend {
     /// Dynamic shared memory of a v2/v3 launch and whether x is staged in it.
     fn v23_smem(&self, v: GemvVariant, w: &GemvWeight, n: usize) -> (usize, bool) {
         let (_, k) = w.dims();
-        let x_bytes = n * k.div_ceil(16) * 16 * 4;
+        // Staged rows are padded to whole chunks (kernels/gemv.cu, KX).
+        let pad = if w.is_int4() { 32 } else { 16 };
+        let x_bytes = n * k.div_ceil(pad) * pad * 4;
         let fixed = match v {
             GemvVariant::V3 => {
                 let (r, s) = v3_shape(n);
@@ -354,6 +379,11 @@ impl CudaBackend {
                 "internal: GEMV v1 called with a bf16 weight".into(),
             ));
         };
+        if w.bits != 8 {
+            return Err(BackendError::Device(
+                "internal: GEMV v1 called with an int4 weight".into(),
+            ));
+        }
         let rows_out = if mode == GemvMode::SwiGlu {
             w.rows / 2
         } else {
@@ -416,7 +446,7 @@ impl CudaBackend {
     ) -> Result<()> {
         let (m, k) = w.dims();
         let rows_out = if mode == GemvMode::SwiGlu { m / 2 } else { m };
-        let wi = usize::from(w.is_bf16());
+        let wi = w.format_index();
         let (smem, x_smem) = self.v23_smem(v, w, n);
         if norm.is_some() && !x_smem {
             return Err(BackendError::Device(
@@ -425,6 +455,11 @@ impl CudaBackend {
         }
         let (f, per_block) = match v {
             GemvVariant::V3 => {
+                if w.is_int4() {
+                    return Err(BackendError::Device(
+                        "internal: GEMV v3 called with an int4 weight".into(),
+                    ));
+                }
                 let (r, _) = v3_shape(n);
                 let idx = bucket(n).trailing_zeros() as usize;
                 (&self.k.gemv_v3[wi][idx], 8 * r)

@@ -13,7 +13,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
-use tessera_model::{HostTensor, INT8_GROUP};
+use tessera_model::{quantize_group_to, HostTensor, INT4_MAX, INT8_GROUP};
 
 /// Activation rows up to which int8 and bf16 products use the streaming GEMV
 /// kernels (decode and short prompts); above it they go to cuBLAS.
@@ -43,18 +43,31 @@ pub(crate) enum GemvMode {
     SwiGlu = 2,
 }
 
-/// An int8 matrix: `q` is `[rows, kp]` (rows padded with zeros to a multiple
-/// of 16 bytes so every row starts 16-byte aligned for vector loads), `scales`
-/// is `[rows, gpr]`, one per [`INT8_GROUP`] inputs, rows padded with zero
-/// scales to a multiple of 4 (16 bytes) for the same reason: the layout of
-/// [`tessera_model::Int8Matrix`] apart from the padding.
+/// An int8 or int4 matrix. Int8: `q` is `[rows, kp]` (rows padded with
+/// zeros to a multiple of 16 bytes so every row starts 16-byte aligned for
+/// vector loads). Int4 (`bits == 4`): two values per byte, element `2b` in
+/// the low nibble of byte `b`, rows of `kp` elements padded to a multiple of
+/// 32 (16 bytes). `scales` is `[rows, gpr]`, one per [`INT8_GROUP`] inputs,
+/// rows padded with zero scales to a multiple of 4 (16 bytes) for the same
+/// reason: the layout of [`tessera_model::Int8Matrix`] apart from the padding
+/// (and the packing).
 pub struct Int8Weight {
     pub rows: usize,
     pub cols: usize,
+    /// Elements per padded row.
     pub kp: usize,
     pub gpr: usize,
+    /// 8, or 4 for int4.
+    pub bits: u32,
     pub q: CudaSlice<i8>,
     pub scales: CudaSlice<f32>,
+}
+
+impl Int8Weight {
+    /// Bytes of one padded row of `q`.
+    pub fn row_bytes(&self) -> usize {
+        self.kp * self.bits as usize / 8
+    }
 }
 
 /// A bf16 matrix: `[rows, kp]` bf16 bit patterns, rows padded with zeros to
@@ -87,10 +100,28 @@ impl GemvWeight {
         matches!(self, GemvWeight::Bf16(_))
     }
 
+    pub(crate) fn is_int4(&self) -> bool {
+        matches!(self, GemvWeight::Int8(w) if w.bits == 4)
+    }
+
+    /// Index of the weight format in the kernel tables (int8, bf16, int4).
+    pub(crate) fn format_index(&self) -> usize {
+        match self {
+            GemvWeight::Int8(w) if w.bits == 4 => 2,
+            GemvWeight::Int8(_) => 0,
+            GemvWeight::Bf16(_) => 1,
+        }
+    }
+
+    /// `int8`, `int4` or `bf16`.
+    pub(crate) fn format_name(&self) -> &'static str {
+        ["int8", "bf16", "int4"][self.format_index()]
+    }
+
     /// 16-byte chunks per row (the row stride the kernels use).
     pub(crate) fn chunks(&self) -> usize {
         match self {
-            GemvWeight::Int8(w) => w.kp / 16,
+            GemvWeight::Int8(w) => w.row_bytes() / 16,
             GemvWeight::Bf16(w) => w.kp / 8,
         }
     }
@@ -98,7 +129,7 @@ impl GemvWeight {
     /// Bytes one pass over the weight reads.
     pub(crate) fn bytes(&self) -> usize {
         match self {
-            GemvWeight::Int8(w) => w.rows * w.kp + w.rows * w.gpr * 4,
+            GemvWeight::Int8(w) => w.rows * w.row_bytes() + w.rows * w.gpr * 4,
             GemvWeight::Bf16(w) => w.rows * w.kp * 2,
         }
     }
@@ -149,6 +180,11 @@ impl CudaBackend {
             ));
         }
         let (rows, cols) = w.dims2();
+        if dtype == WeightDType::Int4 {
+            let lin = CudaLinear::Int8(Arc::new(self.upload_int4(w)?));
+            self.synchronize()?;
+            return Ok(lin);
+        }
         let f32_w = self
             .stream
             .clone_htod(&w.data)
@@ -188,6 +224,7 @@ impl CudaBackend {
                 }))
             }
             WeightDType::Int8 => CudaLinear::Int8(Arc::new(self.quantize(src, rows, cols)?)),
+            WeightDType::Int4 => unreachable!("int4 is quantized on the host above"),
         };
         self.synchronize()?;
         drop(f32_w);
@@ -239,8 +276,54 @@ impl CudaBackend {
             cols,
             kp,
             gpr,
+            bits: 8,
             q,
             scales,
+        })
+    }
+
+    /// Quantize to int4 on the host (the reference quantizer, so the CPU
+    /// backend's int4 weights are the same values), pack two per byte and
+    /// upload.
+    fn upload_int4(&self, w: &HostTensor) -> Result<Int8Weight> {
+        use rayon::prelude::*;
+        // A 16-byte chunk (32 values) must fall in one scale group.
+        if !(INT8_GROUP.is_power_of_two() && INT8_GROUP >= 32) {
+            return Err(BackendError::Unavailable(
+                "CUDA int4".into(),
+                format!("the group size {INT8_GROUP} must be a power of two >= 32"),
+            ));
+        }
+        let (rows, cols) = w.dims2();
+        let kp = cols.div_ceil(32) * 32;
+        let groups = cols.div_ceil(INT8_GROUP);
+        let gpr = groups.div_ceil(4) * 4;
+        let row_bytes = (kp / 2).max(1);
+        let mut q = vec![0u8; rows * row_bytes];
+        let mut scales = vec![0f32; rows * gpr.max(1)];
+        q.par_chunks_mut(row_bytes)
+            .zip(scales.par_chunks_mut(gpr.max(1)))
+            .enumerate()
+            .for_each(|(r, (qr, sr))| {
+                let src = &w.data[r * cols..(r + 1) * cols];
+                let mut vals = vec![0i8; cols];
+                for g in 0..groups {
+                    let (c0, c1) = (g * INT8_GROUP, ((g + 1) * INT8_GROUP).min(cols));
+                    sr[g] = quantize_group_to(&src[c0..c1], &mut vals[c0..c1], INT4_MAX);
+                }
+                for (c, &v) in vals.iter().enumerate() {
+                    qr[c / 2] |= ((v as u8) & 0x0f) << (4 * (c % 2));
+                }
+            });
+        let q: Vec<i8> = q.into_iter().map(|b| b as i8).collect();
+        Ok(Int8Weight {
+            rows,
+            cols,
+            kp,
+            gpr,
+            bits: 4,
+            q: self.stream.clone_htod(&q).map_err(dev("upload_linear"))?,
+            scales: self.stream.clone_htod(&scales).map_err(dev("upload_linear"))?,
         })
     }
 
@@ -290,11 +373,16 @@ impl CudaBackend {
                     .int(wq.gpr)
                     .int(INT8_GROUP)
                     .ptr(self.ptr(&scratch));
-                // SAFETY: scratch holds m*k f32; q is [m, kp] and scales [m, gpr].
+                // SAFETY: scratch holds m*k f32; q is [m, kp] (int8) or [m, kp/2]
+                // bytes (int4), scales [m, gpr].
                 unsafe {
                     self.launch(
-                        "dequantize_i8",
-                        &self.k.dequantize_i8,
+                        "dequantize",
+                        if wq.bits == 4 {
+                            &self.k.dequantize_i4
+                        } else {
+                            &self.k.dequantize_i8
+                        },
                         Dims::flat(m * k),
                         args,
                     )
@@ -428,7 +516,11 @@ impl CudaBackend {
         let (f, args) = match table {
             CudaLinear::F32 { w, .. } => (&self.k.embedding_f32, Args::new().ptr(self.ptr(w))),
             CudaLinear::Int8(wq) => (
-                &self.k.embedding_i8,
+                if wq.bits == 4 {
+                    &self.k.embedding_i4
+                } else {
+                    &self.k.embedding_i8
+                },
                 Args::new().ptr(self.ptr(&wq.q)).ptr(self.ptr(&wq.scales)),
             ),
             CudaLinear::Bf16(wb) => (&self.k.embedding_bf16, Args::new().ptr(self.ptr(&wb.w))),

@@ -162,6 +162,7 @@ fn cached_ptx(arch: &str) -> Result<(String, Option<PathBuf>)> {
 pub struct Kernels {
     pub embedding_f32: CudaFunction,
     pub embedding_i8: CudaFunction,
+    pub embedding_i4: CudaFunction,
     pub embedding_bf16: CudaFunction,
     pub rms_norm: CudaFunction,
     pub add_bias: CudaFunction,
@@ -171,6 +172,7 @@ pub struct Kernels {
     pub gather_cols: CudaFunction,
     pub quantize_i8: CudaFunction,
     pub dequantize_i8: CudaFunction,
+    pub dequantize_i4: CudaFunction,
     pub to_bf16: CudaFunction,
     pub split_bf16: CudaFunction,
     pub add_halves: CudaFunction,
@@ -179,9 +181,9 @@ pub struct Kernels {
     pub gemv_v1_1: [CudaFunction; 3],
     /// v1, up to 2 / 4 / 8 / 16 activation rows.
     pub gemv_v1_n: [CudaFunction; 4],
-    /// v2 per weight format (int8, bf16): one activation row with 4 and with
-    /// 2 weight rows per warp, then up to 2 / 4 / 8 / 16 activation rows.
-    pub gemv_v2: [[CudaFunction; 6]; 2],
+    /// v2 per weight format (int8, bf16, int4): one activation row with 4
+    /// and with 2 weight rows per warp, then up to 2 / 4 / 8 / 16 activation rows.
+    pub gemv_v2: [[CudaFunction; 6]; 3],
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
@@ -248,6 +250,7 @@ impl Kernels {
         let k = Kernels {
             embedding_f32: f("embedding_f32")?,
             embedding_i8: f("embedding_i8")?,
+            embedding_i4: f("embedding_i4")?,
             embedding_bf16: f("embedding_bf16")?,
             rms_norm: f("rms_norm")?,
             add_bias: f("add_bias")?,
@@ -257,13 +260,14 @@ impl Kernels {
             gather_cols: f("gather_cols")?,
             quantize_i8: f("quantize_i8")?,
             dequantize_i8: f("dequantize_i8")?,
+            dequantize_i4: f("dequantize_i4")?,
             to_bf16: f("to_bf16")?,
             split_bf16: f("split_bf16")?,
             add_halves: f("add_halves")?,
             l2_flush: f("l2_flush")?,
             gemv_v1_1: table(fs(&["gemv_i8_1_r1", "gemv_i8_1_r2", "gemv_i8_1_r4"])?)?,
             gemv_v1_n: table(fs(&["gemv_i8_2", "gemv_i8_4", "gemv_i8_8", "gemv_i8_16"])?)?,
-            gemv_v2: [v2("i8")?, v2("bf16")?],
+            gemv_v2: [v2("i8")?, v2("bf16")?, v2("i4")?],
             gemv_v3: [v3("i8")?, v3("bf16")?],
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,

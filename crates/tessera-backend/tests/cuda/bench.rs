@@ -15,6 +15,7 @@ fn copies(w: &CudaLinear, count: usize) -> Vec<CudaLinear> {
     (0..count)
         .map(|_| match w {
             CudaLinear::Int8(q) => CudaLinear::Int8(Arc::new(Int8Weight {
+                bits: q.bits,
                 rows: q.rows,
                 cols: q.cols,
                 kp: q.kp,

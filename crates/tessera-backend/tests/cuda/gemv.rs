@@ -3,7 +3,7 @@
 //! and fused RMSNorm, PDL, and the per-shape timing.
 
 use crate::support::{
-    assert_close, backend, dequant_i8, get, host, inv_freq, round_bf16, step, step_tensor,
+    assert_close, backend, dequant_i4, dequant_i8, get, host, inv_freq, round_bf16, step, step_tensor,
     step_token, Shape, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
@@ -14,7 +14,7 @@ use tessera_model::HostTensor;
 fn variants(dtype: WeightDType) -> Vec<GemvVariant> {
     GemvVariant::ALL
         .into_iter()
-        .filter(|v| v.supports(dtype == WeightDType::BF16))
+        .filter(|v| v.supports_dtype(dtype))
         .collect()
 }
 
@@ -22,6 +22,7 @@ fn variants(dtype: WeightDType) -> Vec<GemvVariant> {
 fn device_values(w: &HostTensor, dtype: WeightDType) -> Vec<f32> {
     match dtype {
         WeightDType::Int8 => dequant_i8(w),
+        WeightDType::Int4 => dequant_i4(w),
         WeightDType::BF16 => round_bf16(w),
         WeightDType::F32 => w.data.clone(),
     }
@@ -32,7 +33,7 @@ fn gemv_variants_match_reference_and_each_other() {
     let Some(mut b) = backend("gemv_variants_match_reference_and_each_other") else {
         return;
     };
-    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+    for dtype in [WeightDType::Int8, WeightDType::BF16, WeightDType::Int4] {
         // Ragged k, k beyond one v3 stage, and k = 11008 (activations staged
         // in shared memory for one row, read from global memory for more).
         for (m, k) in [
@@ -94,7 +95,7 @@ fn fused_epilogues_and_norm_match_unfused_and_reference() {
         let wgu = host(2 * inter, k, 31);
         let wo = host(k, k, 32);
         let nw = host(1, k, 33);
-        for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        for dtype in [WeightDType::Int8, WeightDType::BF16, WeightDType::Int4] {
             let (dgu, dwo) = (device_values(&wgu, dtype), device_values(&wo, dtype));
             let mut results = Vec::new();
             let mut configs: Vec<(bool, Option<GemvVariant>)> = vec![(true, None), (false, None)];
@@ -172,7 +173,7 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
         layers: 3,
     };
     let inv = inv_freq(s.head_dim);
-    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+    for dtype in [WeightDType::Int8, WeightDType::BF16, WeightDType::Int4] {
         let w = Weights::new(&b, s, dtype);
         let mut runs: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
         let mut configs = vec![
@@ -225,7 +226,12 @@ fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
     };
     let inv = inv_freq(s.head_dim);
     let steps = 9;
-    for dtype in [WeightDType::F32, WeightDType::Int8, WeightDType::BF16] {
+    for dtype in [
+        WeightDType::F32,
+        WeightDType::Int8,
+        WeightDType::BF16,
+        WeightDType::Int4,
+    ] {
         let w = Weights::new(&b, s, dtype);
         let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
         let eager: Vec<Vec<f32>> = (0..steps)

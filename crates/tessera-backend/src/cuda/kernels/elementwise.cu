@@ -20,6 +20,25 @@ extern "C" __global__ void embedding_i8(const signed char* __restrict__ q, const
         out[(size_t)i * hidden + c] = (float)q[(size_t)id * kp + c] * scales[(size_t)id * gpr + c / group];
 }
 
+// Element c of an int4 row (two per byte, low nibble first), -8..7.
+__device__ __forceinline__ int q4_at(const unsigned char* __restrict__ row, int c) {
+    unsigned b = row[c >> 1];
+    int nib = (c & 1) ? (int)(b >> 4) : (int)(b & 15u);
+    return (nib ^ 8) - 8;
+}
+
+// kp: elements per padded row (rows are kp / 2 bytes).
+extern "C" __global__ void embedding_i4(const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                        const unsigned* __restrict__ ids, unsigned id0, int hidden, int kp,
+                                        int gpr, int group, float* __restrict__ out) {
+    KERNEL_PROLOGUE();
+    int i = blockIdx.x;
+    unsigned id = ids ? ids[i] : id0;
+    const unsigned char* row = q + (size_t)id * (kp / 2);
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+        out[(size_t)i * hidden + c] = (float)q4_at(row, c) * scales[(size_t)id * gpr + c / group];
+}
+
 extern "C" __global__ void embedding_bf16(const unsigned short* __restrict__ w, const unsigned* __restrict__ ids,
                                           unsigned id0, int hidden, int kp, float* __restrict__ out) {
     KERNEL_PROLOGUE();
@@ -132,6 +151,16 @@ extern "C" __global__ void dequantize_i8(const signed char* __restrict__ q, cons
     if (i >= (long long)m * k) return;
     int r = i / k, c = i % k;
     out[i] = (float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group];
+}
+
+// Int4 [m, kp / 2 bytes] to f32 [m, k] scratch (prefill, as dequantize_i8).
+extern "C" __global__ void dequantize_i4(const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                         int m, int k, int kp, int gpr, int group, float* __restrict__ out) {
+    KERNEL_PROLOGUE();
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= (long long)m * k) return;
+    int r = i / k, c = i % k;
+    out[i] = (float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group];
 }
 
 // f32 [m, k] -> bf16 [m, kp] (padding stays as allocated: zero).

@@ -15,12 +15,14 @@
 // and the 32 lane sums are combined by warp_sum; epilogues are the
 // expressions of the standalone kernels (silu_mul, y + p, norm_elem).
 //
-// Activations staged in shared memory are zero-padded to a multiple of 16 and
+// Activations staged in shared memory are zero-padded to a multiple of 16 (32
+// for int4, so a chunk never reads past its row) and
 // stored float4-swizzled (float4 L at L ^ ((L >> 3) & 3)), which makes the
 // lanes' 64-byte x reads bank-conflict free.
 
 struct WInt8 {
     static constexpr int E = 16; // weights per 16-byte chunk
+    static constexpr bool QUANT = true; // one scale per chunk (group >= E)
     static __device__ __forceinline__ void decode(int4 v, float* w) {
         unpack4(v.x, w);
         unpack4(v.y, w + 4);
@@ -30,8 +32,30 @@ struct WInt8 {
     static __device__ __forceinline__ float combine(float acc, float d, float s) { return fmaf(s, d, acc); }
 };
 
+// Int4: two signed 4-bit values per byte (element 2b in the low nibble of
+// byte b), -8..7; 32 per chunk, one scale per chunk (group 32).
+struct WInt4 {
+    static constexpr int E = 32;
+    static constexpr bool QUANT = true;
+    static __device__ __forceinline__ void unpack8(int v, float* f) {
+        // Bias each nibble to unsigned (XOR 8), place it in the mantissa of
+        // 2^23 and subtract 2^23 + 8, as unpack4 does for bytes. Exact.
+        unsigned u = (unsigned)v ^ 0x88888888u;
+#pragma unroll
+        for (int e = 0; e < 8; e++) f[e] = __uint_as_float(0x4B000000u | ((u >> (4 * e)) & 0xFu)) - 8388616.0f;
+    }
+    static __device__ __forceinline__ void decode(int4 v, float* w) {
+        unpack8(v.x, w);
+        unpack8(v.y, w + 8);
+        unpack8(v.z, w + 16);
+        unpack8(v.w, w + 24);
+    }
+    static __device__ __forceinline__ float combine(float acc, float d, float s) { return fmaf(s, d, acc); }
+};
+
 struct WBf16 {
     static constexpr int E = 8;
+    static constexpr bool QUANT = false;
     static __device__ __forceinline__ void decode(int4 v, float* w) {
         unpack_bf16x2(v.x, w);
         unpack_bf16x2(v.y, w + 2);
@@ -204,7 +228,7 @@ __device__ __forceinline__ void v2_load(const int4* __restrict__ w, const float*
             int row = g < groups ? gemv_row<R>(j, g * per, rows_out, mode) : -1;
             bool ok = row >= 0 && ch < kc;
             wv[u][j] = ok ? ld_stream(w + (size_t)row * kc + ch) : make_int4(0, 0, 0, 0);
-            sc[u][j] = (WT::E == 16 && ok) ? __ldg(scales + (size_t)row * gpr + ((ch * WT::E) >> gshift)) : 0.f;
+            sc[u][j] = (WT::QUANT && ok) ? __ldg(scales + (size_t)row * gpr + ((ch * WT::E) >> gshift)) : 0.f;
         }
 }
 
@@ -213,6 +237,7 @@ __device__ __forceinline__ void gemv_v2(GEMV_PARAMS) {
     extern __shared__ __align__(16) float v2_xs[];
     __shared__ float red[BLOCK / WARP];
     constexpr int E = WT::E;
+    constexpr int KX = E < 16 ? 16 : E; // staged rows cover whole chunks
     const int lane = threadIdx.x & (WARP - 1);
     const int rows_out = mode == 2 ? m / 2 : m;
     const int per = mode == 2 ? R / 2 : R;
@@ -226,7 +251,7 @@ __device__ __forceinline__ void gemv_v2(GEMV_PARAMS) {
     v2_load<WT, R, U>(w, scales, g, s, groups, per, rows_out, mode, kc, gpr, gshift, lane, cur, cs);
     grid_dep_wait();
     const bool smem = x_smem != 0;
-    const int kx = (k + 15) & ~15;
+    const int kx = (k + KX - 1) & ~(KX - 1);
     if (smem) stage_x(x, n, k, kx, nw, eps, x_out, v2_xs, red);
     grid_dep_launch();
     if (g >= groups) return;
@@ -294,7 +319,8 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
     extern __shared__ __align__(16) int4 v3_ring[];
     __shared__ float red[BLOCK / WARP];
     constexpr int E = WT::E;
-    constexpr bool I8 = E == 16;
+    constexpr int KX = E < 16 ? 16 : E;
+    constexpr bool I8 = WT::QUANT;
     constexpr int TR = (BLOCK / WARP) * R;
     const int ngs = I8 ? (V3_CPS * E) >> gshift : 0; // scales per row per stage
     float* sring = (float*)(v3_ring + S * TR * V3_CPS);
@@ -336,7 +362,7 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
     }
     grid_dep_wait();
     const bool smem = x_smem != 0;
-    const int kx = (k + 15) & ~15;
+    const int kx = (k + KX - 1) & ~(KX - 1);
     if (smem) stage_x(x, n, k, kx, nw, eps, x_out, xs, red);
     grid_dep_launch();
     const bool vec = (k & 3) == 0;
@@ -390,6 +416,12 @@ GEMV_V2_ENTRY(gemv_v2_i8_n2, WInt8, 2, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_i8_n4, WInt8, 4, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_i8_n8, WInt8, 8, 2, 1)
 GEMV_V2_ENTRY(gemv_v2_i8_n16, WInt8, 16, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_i4_n1_r4, WInt4, 1, 4, 1)
+GEMV_V2_ENTRY(gemv_v2_i4_n1_r2, WInt4, 1, 2, 2)
+GEMV_V2_ENTRY(gemv_v2_i4_n2, WInt4, 2, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_i4_n4, WInt4, 4, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_i4_n8, WInt4, 8, 2, 1)
+GEMV_V2_ENTRY(gemv_v2_i4_n16, WInt4, 16, 2, 1)
 GEMV_V2_ENTRY(gemv_v2_bf16_n1_r4, WBf16, 1, 4, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n1_r2, WBf16, 1, 2, 4)
 GEMV_V2_ENTRY(gemv_v2_bf16_n2, WBf16, 2, 2, 2)
