@@ -110,6 +110,47 @@ fn generate_streamed_matches_resident_tokens() {
     assert_eq!(streamed["generated_ids"], resident["generated_ids"]);
 }
 
+/// Int4 streams the same way (`--dtype int4`); f32 is refused with a hint.
+#[test]
+fn generate_streamed_int4_matches_resident_int4() {
+    let base = [
+        "--model",
+        "dummy:tiny:5",
+        "--dtype",
+        "int4",
+        "--prompt-ids",
+        "9,2,7,4",
+        "--max-new-tokens",
+        "8",
+        "--threads",
+        "2",
+    ];
+    let resident = generate_json(&base);
+    assert_eq!(resident["dtype"], "int4");
+    let streamed_args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--offload-budget", "64MiB", "--resident-layers", "1"])
+        .collect();
+    let streamed = generate_json(&streamed_args);
+    assert_eq!(streamed["generated_ids"], resident["generated_ids"]);
+    let mut f32_args = base.to_vec();
+    f32_args[3] = "f32";
+    f32_args.extend(["--offload-budget", "64MiB"]);
+    let out = tessera(
+        &["generate", "--json"]
+            .iter()
+            .chain(f32_args.iter())
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("int8 or int4"),
+        "f32 streaming: {err}"
+    );
+}
+
 /// `tensor_parallel: 2` + offload: each worker streams its own shard, and the
 /// tokens are those of the same launch with every layer resident.
 #[test]

@@ -307,9 +307,9 @@ impl CudaBackend {
             .for_each(|(r, (qr, sr))| {
                 let src = &w.data[r * cols..(r + 1) * cols];
                 let mut vals = vec![0i8; cols];
-                for g in 0..groups {
+                for (g, scale) in sr.iter_mut().enumerate().take(groups) {
                     let (c0, c1) = (g * INT8_GROUP, ((g + 1) * INT8_GROUP).min(cols));
-                    sr[g] = quantize_group_to(&src[c0..c1], &mut vals[c0..c1], INT4_MAX);
+                    *scale = quantize_group_to(&src[c0..c1], &mut vals[c0..c1], INT4_MAX);
                 }
                 for (c, &v) in vals.iter().enumerate() {
                     qr[c / 2] |= ((v as u8) & 0x0f) << (4 * (c % 2));
