@@ -82,8 +82,9 @@ fi
 # The dummy weights lie exactly on the int8 grid, so CPU f32, CUDA f32 and CUDA
 # int8 (W8A16: f32 activations) compute the same function; only summation order
 # differs. CPU int8 is W8A8 (activations quantized too) and is shown for contrast.
-# bf16 rounds the weights: CUDA bf16 is compared with CPU bf16 (the same
-# rounded weights in f32), whose own distance from f32 is shown too.
+# bf16 and int4 round the weights: CUDA bf16 / int4 are compared with CPU
+# bf16 / int4 (the same rounded weights in f32), whose own distance from f32
+# is shown too.
 PROMPT=1,15,300,7,99,512,3,42,870,5
 gen() { # shape device dtype tokens prompt outdir [timeout] [name suffix]
     local base="$6/$1-${2%%:*}-$3${8:-}"
@@ -94,7 +95,7 @@ gen() { # shape device dtype tokens prompt outdir [timeout] [name suffix]
     return $rc
 }
 for shape in tiny small; do
-    for cfg in "cpu f32" "cpu int8" "cpu bf16" "cuda f32" "cuda int8" "cuda bf16"; do
+    for cfg in "cpu f32" "cpu int8" "cpu bf16" "cpu int4" "cuda f32" "cuda int8" "cuda bf16" "cuda int4"; do
         set -- $cfg
         if [ "$1" = cuda ] && [ $HAVE_GPU = 0 ]; then continue; fi
         say "correctness: $shape on $1, $2"

@@ -57,7 +57,21 @@ def bf16_bytes_per_token(shape):
     return layers * layer + mat(vocab, h)
 
 
-BYTES_PER_TOKEN = {"int8": int8_bytes_per_token, "bf16": bf16_bytes_per_token}
+def int4_bytes_per_token(shape):
+    """Weight bytes of one int4 decode step: two values per byte, rows padded to
+    32 values (16 bytes), plus int8's scales."""
+    vocab, h, inter, layers, heads, kv = SHAPES[shape]
+    hd = h // heads
+
+    def mat(m, k):
+        return m * ((k + 31) // 32 * 16) + m * ((k + INT8_GROUP - 1) // INT8_GROUP) * 4
+
+    layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
+    return layers * layer + mat(vocab, h)
+
+
+BYTES_PER_TOKEN = {"int8": int8_bytes_per_token, "bf16": bf16_bytes_per_token,
+                   "int4": int4_bytes_per_token}
 
 
 def load_json(path):
@@ -82,9 +96,11 @@ def load_npy(path):
 
 
 def reference_for(name, runs):
-    """CUDA bf16 is compared with CPU bf16 (same rounded weights); all else with CPU f32."""
-    if name.endswith("bf16") and name != "cpu-bf16" and "cpu-bf16" in runs:
-        return "cpu-bf16"
+    """CUDA bf16 and int4 are compared with CPU bf16 / int4 (the same rounded
+    weights, f32 products); everything else with CPU f32."""
+    for dt in ("bf16", "int4"):
+        if name.startswith(f"cuda-{dt}") and f"cpu-{dt}" in runs:
+            return f"cpu-{dt}"
     return "cpu-f32"
 
 
