@@ -398,11 +398,11 @@ def markdown(rep):
         lines += ["", "## GEMV weight bandwidth per variant (GB/s of weight bytes; `bench_gemv`)", "",
                   "Consecutive products read different copies of the matrix (> 256 MB), as in a decode step. "
                   "% = best variant / device-to-device copy bandwidth.", "",
-                  "| weights | matrix | rows | v1 | v2 | v3 | best | % of copy BW |", "|---|---|---|---|---|---|---|---|"]
+                  "| weights | matrix | rows | v1 | v2 | v3 | v4 | best | % of copy BW |", "|---|---|---|---|---|---|---|---|---|"]
         for g in rep["gemv"]:
             by, frac = g["gb_per_s"], g["best_fraction_of_copy_bw"]
             lines.append(f"| {g['dtype']} | {g['matrix']} | {g['rows']} | {fmt(by.get('v1'), '.0f')} | "
-                         f"{fmt(by.get('v2'), '.0f')} | {fmt(by.get('v3'), '.0f')} | {g['best']} | "
+                         f"{fmt(by.get('v2'), '.0f')} | {fmt(by.get('v3'), '.0f')} | {fmt(by.get('v4'), '.0f')} | {g['best']} | "
                          f"{fmt(frac * 100 if frac else None)} |")
     if rep.get("tuning"):
         lines += ["", "GEMV variant timing during `bench_decode` (per shape):", ""]

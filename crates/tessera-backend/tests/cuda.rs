@@ -41,6 +41,8 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "attention_d128",
                     "kv_store",
                     "gemv_v2_i4_n1_r2",
+                    "gemv_v4_i8_n1_r4",
+                    "gemv_v4_i4_n1_r2",
                     "embedding_i4",
                     "dequantize_i4",
                     "quantize_i8",

@@ -31,11 +31,19 @@ pub enum GemvVariant {
     /// Blocks stream row tiles through a 6-stage cp.async ring in shared
     /// memory; activations staged as in v2; first 5 stages issued early.
     V3,
+    /// v2 with twice the weight bytes in flight per warp (one activation row
+    /// only; with more rows v2 runs, which gives the same bits).
+    V4,
 }
 
 impl GemvVariant {
     /// Every variant, baseline first.
-    pub const ALL: [GemvVariant; 3] = [GemvVariant::V1, GemvVariant::V2, GemvVariant::V3];
+    pub const ALL: [GemvVariant; 4] = [
+        GemvVariant::V1,
+        GemvVariant::V2,
+        GemvVariant::V3,
+        GemvVariant::V4,
+    ];
 
     /// Whether the variant runs products with int8 (`bf16 == false`) or
     /// bf16 weights.
@@ -47,7 +55,7 @@ impl GemvVariant {
     /// v2 only).
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
-            crate::WeightDType::Int4 => self == GemvVariant::V2,
+            crate::WeightDType::Int4 => matches!(self, GemvVariant::V2 | GemvVariant::V4),
             crate::WeightDType::BF16 => self.supports(true),
             _ => self.supports(false),
         }
@@ -55,7 +63,7 @@ impl GemvVariant {
 
     fn supports_weight(self, w: &GemvWeight) -> bool {
         if w.is_int4() {
-            self == GemvVariant::V2
+            matches!(self, GemvVariant::V2 | GemvVariant::V4)
         } else {
             self.supports(w.is_bf16())
         }
@@ -69,8 +77,9 @@ impl std::str::FromStr for GemvVariant {
             "v1" => Ok(GemvVariant::V1),
             "v2" => Ok(GemvVariant::V2),
             "v3" => Ok(GemvVariant::V3),
+            "v4" => Ok(GemvVariant::V4),
             other => Err(format!(
-                "unknown GEMV variant `{other}` (expected v1, v2, v3 or auto)"
+                "unknown GEMV variant `{other}` (expected v1, v2, v3, v4 or auto)"
             )),
         }
     }
@@ -82,6 +91,7 @@ impl std::fmt::Display for GemvVariant {
             GemvVariant::V1 => "v1",
             GemvVariant::V2 => "v2",
             GemvVariant::V3 => "v3",
+            GemvVariant::V4 => "v4",
         })
     }
 }
@@ -201,7 +211,7 @@ impl CudaBackend {
         norm: Option<&NormSrc>,
     ) -> Result<GemvVariant> {
         if let Some(v) = self.gemv_select {
-            return Ok(if v.supports_weight(&p.w) {
+            return Ok(if v.supports_weight(&p.w) && (v != GemvVariant::V4 || n == 1) {
                 v
             } else {
                 GemvVariant::V2
@@ -248,7 +258,7 @@ impl CudaBackend {
     ) -> Result<GemvTuning> {
         let cands: Vec<GemvVariant> = GemvVariant::ALL
             .into_iter()
-            .filter(|v| v.supports_weight(&p.w))
+            .filter(|v| v.supports_weight(&p.w) && (*v != GemvVariant::V4 || n == 1))
             .collect();
         let rows_out = if key.swiglu { key.m / 2 } else { key.m };
         let tune_mode = if key.swiglu {
@@ -463,6 +473,14 @@ impl CudaBackend {
                 let (r, _) = v3_shape(n);
                 let idx = bucket(n).trailing_zeros() as usize;
                 (&self.k.gemv_v3[wi][idx], 8 * r)
+            }
+            GemvVariant::V4 if n == 1 => {
+                let (idx, r) = if rows_out >= 8192 || self.gemv_rows == Some(4) {
+                    (0, 4)
+                } else {
+                    (1, 2)
+                };
+                (&self.k.gemv_v4[wi][idx], 8 * r)
             }
             _ => {
                 let (idx, r) = match n {

@@ -184,6 +184,9 @@ pub struct Kernels {
     /// v2 per weight format (int8, bf16, int4): one activation row with 4
     /// and with 2 weight rows per warp, then up to 2 / 4 / 8 / 16 activation rows.
     pub gemv_v2: [[CudaFunction; 6]; 3],
+    /// v4 (v2, twice the loads in flight; one activation row) per weight
+    /// format (int8, bf16, int4): 4 and 2 weight rows per warp.
+    pub gemv_v4: [[CudaFunction; 2]; 3],
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
@@ -235,6 +238,7 @@ impl Kernels {
                 &["n1_r4", "n1_r2", "n2", "n4", "n8", "n16"],
             )?)
         };
+        let v4 = |w: &str| table(named(&format!("gemv_v4_{w}"), &["n1_r4", "n1_r2"])?);
         let v3 = |w: &str| {
             table(named(
                 &format!("gemv_v3_{w}"),
@@ -269,12 +273,19 @@ impl Kernels {
             gemv_v1_n: table(fs(&["gemv_i8_2", "gemv_i8_4", "gemv_i8_8", "gemv_i8_16"])?)?,
             gemv_v2: [v2("i8")?, v2("bf16")?, v2("i4")?],
             gemv_v3: [v3("i8")?, v3("bf16")?],
+            gemv_v4: [v4("i8")?, v4("bf16")?, v4("i4")?],
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,
             attention_d256: f("attention_d256")?,
             max_dyn_smem,
         };
-        for g in k.gemv_v2.iter().flatten().chain(k.gemv_v3.iter().flatten()) {
+        for g in k
+            .gemv_v2
+            .iter()
+            .flatten()
+            .chain(k.gemv_v3.iter().flatten())
+            .chain(k.gemv_v4.iter().flatten())
+        {
             g.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 max_dyn_smem as i32,

@@ -428,6 +428,14 @@ GEMV_V2_ENTRY(gemv_v2_bf16_n2, WBf16, 2, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n4, WBf16, 4, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n8, WBf16, 8, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
+// v4: v2 with twice the chunks per lane per step (twice the weight bytes in
+// flight per warp), one activation row only; same summation order as v2.
+GEMV_V2_ENTRY(gemv_v4_i8_n1_r4, WInt8, 1, 4, 4)
+GEMV_V2_ENTRY(gemv_v4_i8_n1_r2, WInt8, 1, 2, 8)
+GEMV_V2_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 1, 4, 4)
+GEMV_V2_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 1, 2, 8)
+GEMV_V2_ENTRY(gemv_v4_i4_n1_r4, WInt4, 1, 4, 2)
+GEMV_V2_ENTRY(gemv_v4_i4_n1_r2, WInt4, 1, 2, 4)
 // v3 ring (module.rs V3_SHAPES must match): 6 stages of 16 rows (48 KiB) up to 8
 // activation rows, which leaves room for two blocks per SM with a 44 KiB x
 // (k = 11008); 4 stages of 32 rows for 16 activation rows.
