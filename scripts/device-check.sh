@@ -16,8 +16,14 @@ OUT=${1:?usage: scripts/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEV="$ROOT/.device"
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-400} # stay inside the caller's 420 s limit
-# DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included).
+# DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included);
+# DEVICE_CHECK_ONLY=offload-big: only its "bigger than the GPU" run (and the copy ceiling).
 ONLY=${DEVICE_CHECK_ONLY:-}
+case "$ONLY" in
+    "") OFFLOAD_ONLY=0 ;;
+    offload | offload-big) OFFLOAD_ONLY=1 ;;
+    *) echo "DEVICE_CHECK_ONLY=$ONLY: expected offload or offload-big (or unset for everything)"; exit 2 ;;
+esac
 mkdir -p "$OUT/runs" "$OUT/speed"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -58,7 +64,7 @@ fi
 "$PY" "$ROOT/scripts/device/env_report.py" "$OUT/env.json" >/dev/null 2>&1 || say "env_report.py failed"
 "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); [print("  ", l["name"], l.get("version", l.get("error", ""))[:120], l.get("path") or "") for l in d["libraries"]]' "$OUT/env.json" 2>/dev/null
 
-if [ "$ONLY" != offload ]; then
+if [ $OFFLOAD_ONLY = 0 ]; then
 # ---------------------------------------------------------------- op tests
 say "CUDA op tests"
 if [ -x "$DEV/cuda-tests" ]; then
@@ -142,15 +148,15 @@ if [ $HAVE_GPU = 1 ] && [ -x "$DEV/nccl_check" ] && [ "$(remaining)" -gt 120 ]; 
     echo "   rc $?"; grep -E "PASS|FAIL|GB/s|us" "$OUT/nccl.txt" | head -30
 fi
 
-fi # ONLY != offload
+fi # OFFLOAD_ONLY = 0
 
 # ---------------------------------------------------------------- offload
 # Stage-3 streaming: see scripts/device/offload-check.sh (DEVICE_CHECK_ONLY=offload
-# runs only the environment set-up, this section and the report).
+# or offload-big runs only the environment set-up, this section and the report).
 # shellcheck source=device/offload-check.sh
 . "$ROOT/scripts/device/offload-check.sh"
 
-if [ "$ONLY" != offload ]; then
+if [ $OFFLOAD_ONLY = 0 ]; then
 # ---------------------------------------------------------------- baselines
 say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
 left=$(remaining)
@@ -171,7 +177,7 @@ if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 120 ]; then
     gen llama3-8b cuda int8 128 "$LONG" "$OUT/speed" $(($(remaining) - 15))
 fi
 
-fi # ONLY != offload
+fi # OFFLOAD_ONLY = 0
 
 # ---------------------------------------------------------------- report
 say "report"

@@ -58,6 +58,35 @@ fn plan_refuses_bad_configurations_saying_what_fits() {
     }
 }
 
+/// The synthetic shape bigger than an 80 GB GPU (docs/offload.md): `plan`
+/// prints its exact int8 bytes, which the device check compares with the GPU's
+/// memory, and plans it on a CPU-only machine without generating a weight.
+#[test]
+fn plan_sizes_the_shape_bigger_than_an_80gb_gpu() {
+    let deep = "model: {format: dummy, dtype: int8, dummy: {shape: llama2-70b-deep96}}\n";
+    let out = plan(deep);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("(93005053952 bytes) as int8"), "{text}");
+    // Fixed 596,148,224 bytes + 3 slots of 962,592,768: 75 of 96 layers fit 76 GB.
+    let out = plan(&format!(
+        "{deep}offload: {{enabled: true, weight_budget: 76GB, prefetch_depth: 2}}\n"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in ["75 of 96 layers", "(21 streamed layers)", "3 slots"] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+}
+
 #[test]
 fn generate_streamed_matches_resident_tokens() {
     let base = [

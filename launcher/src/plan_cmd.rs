@@ -120,7 +120,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
             let dev = plan::fixed_bytes_as(spec, s, dtype)
                 + spec.num_layers * plan::layer_bytes_as(spec, s, dtype);
             println!(
-                "rank {rank}     offload disabled: all weights resident, {} as {dtype} (estimate)",
+                "rank {rank}     offload disabled: all weights resident, {} ({dev} bytes) as {dtype} (estimate)",
                 gib(dev as u64)
             );
         }

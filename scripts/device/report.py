@@ -291,9 +291,64 @@ def offload_summary(out):
                       if key == "b1" and acc.get("decode_tokens_per_s") else None}
         runs[name] = e
     same = {dev: load_json(os.path.join(d, f"same-{dev}.json")) for dev in ("cuda", "cpu")}
+    big = {}
+    for p in sorted(glob.glob(os.path.join(d, "*-decision.json"))):
+        name = os.path.basename(p)[:-len("-decision.json")]
+        big[name] = bigger_than_gpu(d, name, load_json(p), ceiling)
     return {"h2d_pinned_gb_per_s": ceiling, "accelerate": acc or None,
             "error": base.get("error"), "runs": runs,
-            "streamed_vs_resident": {k: v for k, v in same.items() if v is not None}}
+            "streamed_vs_resident": {k: v for k, v in same.items() if v is not None},
+            "bigger_than_gpu": big}
+
+
+def bigger_than_gpu(d, name, decision, ceiling):
+    """A "bigger than the GPU" run (offload-check.sh, offload_big): the decision
+    and its numbers, and when it ran: load time, resident layers, decode speed,
+    streaming rate against the pinned ceiling, host memory."""
+    if decision is None:
+        return {"error": f"offload/{name}-decision.json unreadable"}
+    e = dict(decision)
+    if not e.get("run"):
+        return e
+    try:
+        with open(os.path.join(d, f"{name}.rc")) as f:
+            e["rc"] = int(f.read().strip())
+    except (OSError, ValueError):
+        e["rc"] = None
+    r = load_json(os.path.join(d, f"{name}.json"))
+    if r is None:
+        e["error"] = (f"timed out after {e.get('limit_s')} s" if e["rc"] == 124
+                      else f"run failed (rc {e['rc']}, see offload/{name}.err)")
+        return e
+    o = r.get("offload") or {}
+    s = o.get("decode") or {}
+    tok = ((r.get("decode") or {}).get("tokens_per_s") or {}).get("median")
+    gbps = s.get("bytes_per_step", 0) * tok / 1e9 if tok else None
+    m = re.search(r"(\d+) of (\d+) layers resident", o.get("layers") or "")
+    try:
+        with open(os.path.join(d, f"{name}-memavail.txt")) as f:
+            samples = [int(l) for l in f if l.strip().isdigit()]
+    except OSError:
+        samples = []
+    before = e.get("host_mem_available_bytes")
+    e.update({
+        "layers": o.get("layers"),
+        "resident_layers": int(m.group(1)) if m else None,
+        "num_layers": int(m.group(2)) if m else None,
+        "load_s": r.get("load_s"),
+        "decode_tokens": (r.get("decode") or {}).get("tokens"),
+        "decode_tokens_per_s": tok,
+        "bytes_per_step": s.get("bytes_per_step"),
+        "stream_gb_per_s": gbps,
+        "copy_gb_per_s": s.get("copy_gbps"),
+        "stall_ms_per_step": s.get("wait_ms_per_step"),
+        "fraction_of_pinned_ceiling": gbps / ceiling if ceiling and gbps else None,
+        "peak_rss_bytes": r.get("peak_rss_bytes"),
+        # Pinned memory may not count in a process's RSS; the host's MemAvailable drop does.
+        "host_mem_used_peak_bytes": before - min(samples) if samples and before else None,
+        "host_mem_samples": len(samples),
+    })
+    return e
 
 
 def offload_markdown(o):
@@ -327,11 +382,52 @@ def offload_markdown(o):
                      f"{acc.get('layers')} layers on CPU | | 1 | {fmt(acc.get('decode_tokens_per_s'), '.3f')} | | | | | | 1x |")
     elif o.get("error"):
         lines.append(f"| accelerate | failed: {o['error']} | | | | | | | | |")
+    lines += big_markdown(o.get("bigger_than_gpu") or {}, o.get("h2d_pinned_gb_per_s"))
+    return lines
+
+
+def big_markdown(big, ceiling):
+    if not big:
+        return ["", "Bigger than the GPU: not run (no decision recorded)."]
+    lines = ["", "### Bigger than the GPU", "",
+             "Int8 weights larger than the device's memory, streamed with a weight budget of the "
+             "device's free memory less a margin; batch 1, 8-token prompt, 8 decode tokens. "
+             f"Ceiling: {fmt(ceiling)} GB/s (above).", ""]
+    ran = {k: e for k, e in big.items() if e.get("run")}
+    for name, e in big.items():
+        if e.get("run"):
+            continue
+        lines.append(f"- {name}: dummy:{e.get('shape')} int8 on {e.get('device')}: **SKIP**: {e.get('skip_reason') or e.get('error')} "
+                     f"(model {gb(e.get('model_int8_bytes'))} GB, device {gb(e.get('device_total_bytes'))} GB, "
+                     f"host MemAvailable {gb(e.get('host_mem_available_bytes'))} GB)")
+    if ran:
+        if len(ran) < len(big):
+            lines.append("")
+        lines += ["| run | model | model GB | device GB | weight budget GB | resident layers | load s | "
+                  "decode tok/s | GB streamed/token | streaming GB/s | % of ceiling | stall ms/token | "
+                  "peak RSS GB | host memory used GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, e in ran.items():
+            head = (f"| {name} | dummy:{e.get('shape')} on {e.get('device')} | {gb(e.get('model_int8_bytes'))} | "
+                    f"{gb(e.get('device_total_bytes'))} | {gb(e.get('budget_bytes'))} |")
+            if e.get("error"):
+                lines.append(f"{head} {e['error']} | | | | | | | | |")
+                continue
+            frac = e.get("fraction_of_pinned_ceiling")
+            lines.append(f"{head} {e.get('resident_layers')} of {e.get('num_layers')} | {fmt(e.get('load_s'))} | "
+                         f"{fmt(e.get('decode_tokens_per_s'), '.2f')} | {gb(e.get('bytes_per_step'))} | "
+                         f"{fmt(e.get('stream_gb_per_s'))} | {fmt(frac * 100 if frac else None)} | "
+                         f"{fmt(e.get('stall_ms_per_step'), '.1f')} | {gb(e.get('peak_rss_bytes'))} | "
+                         f"{gb(e.get('host_mem_used_peak_bytes'))} |")
     return lines
 
 
 def fmt(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
+
+
+def gb(b):
+    """Bytes as GB (10^9), one decimal."""
+    return fmt(b / 1e9 if b is not None else None)
 
 
 def markdown(rep):

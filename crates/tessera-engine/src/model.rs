@@ -104,13 +104,13 @@ pub struct BatchEntry<'a, B: Backend> {
     pub all_logits: bool,
 }
 
-/// Read this rank's slice of a tensor, checking the full tensor's shape first.
-fn read(
+/// This rank's slice of a tensor, checking the full tensor's shape first.
+fn slice_of(
     src: &dyn TensorSource,
     plan: &ShardPlan,
     name: &str,
     expected: &[usize],
-) -> Result<HostTensor> {
+) -> Result<Slice> {
     let info = src
         .info(name)
         .ok_or_else(|| tessera_model::ModelError::MissingTensor {
@@ -125,12 +125,66 @@ fn read(
             expected: expected.to_vec(),
         });
     }
-    let slice = if plan.world() == 1 {
+    Ok(if plan.world() == 1 {
         Slice::Full
     } else {
         plan.slice_for(name)
-    };
+    })
+}
+
+/// Read this rank's slice of a tensor, checking the full tensor's shape first.
+fn read(
+    src: &dyn TensorSource,
+    plan: &ShardPlan,
+    name: &str,
+    expected: &[usize],
+) -> Result<HostTensor> {
+    let slice = slice_of(src, plan, name, expected)?;
     Ok(src.read(name, &slice)?)
+}
+
+/// Read this rank's slices of the `[rows, cols]` matrices `parts`, stacked by
+/// rows, into `buf` (resized to fit; the load reuses it layer after layer).
+/// The tensor owns `buf` until the caller takes it back.
+fn read_stacked(
+    src: &dyn TensorSource,
+    plan: &ShardPlan,
+    parts: &[(String, [usize; 2])],
+    mut buf: Vec<f32>,
+) -> Result<HostTensor> {
+    let mut slices = Vec::with_capacity(parts.len());
+    let (mut rows, mut cols) = (0, None);
+    for (name, shape) in parts {
+        let slice = slice_of(src, plan, name, shape)?;
+        let sliced =
+            slice
+                .sliced_shape(shape)
+                .ok_or_else(|| tessera_model::ModelError::BadSlice {
+                    tensor: name.clone(),
+                    slice: slice.clone(),
+                    shape: shape.to_vec(),
+                })?;
+        // Parts stack by rows, so this rank's slices must agree on columns.
+        let c = *cols.get_or_insert(sliced[1]);
+        if c != sliced[1] {
+            return Err(EngineError::WeightShape {
+                path: src.path().display().to_string(),
+                tensor: name.clone(),
+                expected: vec![sliced[0], c],
+                found: sliced,
+            });
+        }
+        rows += sliced[0];
+        slices.push((name, slice, sliced[0] * sliced[1]));
+    }
+    let cols = cols.unwrap_or(0);
+    buf.resize(rows * cols, 0.0);
+    let mut at = 0;
+    for (name, slice, n) in slices {
+        src.read_into(name, &slice, &mut buf[at..at + n])?;
+        at += n;
+    }
+    Ok(HostTensor::new(vec![rows, cols], buf))
 }
 
 /// Stack 2-D tensors with equal column counts by rows (or 1-D ones end to end).
@@ -234,13 +288,30 @@ impl<B: Backend + 'static> Model<B> {
         let total = s.num_layers;
         let inter = s.intermediate_size;
         let mut layers = Vec::with_capacity(total);
+        // One f32 buffer per matrix of a layer, reused layer after layer: its
+        // pages are faulted in once per load, not once per layer (a 70B-wide
+        // layer is 3.4 GB of f32, and fresh pages cost more than filling them).
+        let mut bufs: [Vec<f32>; 4] = Default::default();
         for l in 0..total {
             let p = format!("model.layers.{l}");
-            let qkv = stack_rows(vec![
-                read(&format!("{p}.self_attn.q_proj.weight"), &[qn, h])?,
-                read(&format!("{p}.self_attn.k_proj.weight"), &[kvn, h])?,
-                read(&format!("{p}.self_attn.v_proj.weight"), &[kvn, h])?,
-            ]);
+            let w = |name: &str, shape: [usize; 2]| (format!("{p}.{name}.weight"), shape);
+            // In the order of `weights::LAYER_LINEARS`.
+            let matrices = [
+                vec![
+                    w("self_attn.q_proj", [qn, h]),
+                    w("self_attn.k_proj", [kvn, h]),
+                    w("self_attn.v_proj", [kvn, h]),
+                ],
+                vec![w("self_attn.o_proj", [h, qn])],
+                vec![w("mlp.gate_proj", [inter, h]), w("mlp.up_proj", [inter, h])],
+                vec![w("mlp.down_proj", [h, inter])],
+            ];
+            let mut linears = Vec::with_capacity(matrices.len());
+            for (parts, buf) in matrices.iter().zip(bufs.iter_mut()) {
+                let t = read_stacked(src, &plan, parts, std::mem::take(buf))?;
+                linears.push(backend.upload_linear(&t, dtype)?);
+                *buf = t.data;
+            }
             let qkv_bias = if s.attention_bias {
                 let b = stack_rows(vec![
                     read(&format!("{p}.self_attn.q_proj.bias"), &[qn])?,
@@ -251,20 +322,6 @@ impl<B: Backend + 'static> Model<B> {
             } else {
                 None
             };
-            let gate_up = stack_rows(vec![
-                read(&format!("{p}.mlp.gate_proj.weight"), &[inter, h])?,
-                read(&format!("{p}.mlp.up_proj.weight"), &[inter, h])?,
-            ]);
-            let o = read(&format!("{p}.self_attn.o_proj.weight"), &[h, qn])?;
-            let down = read(&format!("{p}.mlp.down_proj.weight"), &[h, inter])?;
-            let mut linears = vec![backend.upload_linear(&qkv, dtype)?];
-            drop(qkv);
-            linears.push(backend.upload_linear(&o, dtype)?);
-            drop(o);
-            linears.push(backend.upload_linear(&gate_up, dtype)?);
-            drop(gate_up);
-            linears.push(backend.upload_linear(&down, dtype)?);
-            drop(down);
             sink.push(&backend, l, linears)?;
             layers.push(Layer {
                 attn_norm: backend.upload(&read(&format!("{p}.input_layernorm.weight"), &[h])?)?,

@@ -50,6 +50,13 @@ pub enum ModelError {
         slice: crate::Slice,
         shape: Vec<usize>,
     },
+    #[error("tensor `{tensor}`: slice {slice:?} has {found} elements but the output buffer holds {expected}")]
+    OutputSize {
+        tensor: String,
+        slice: crate::Slice,
+        found: usize,
+        expected: usize,
+    },
 }
 
 impl ModelError {

@@ -7,6 +7,7 @@
 //! devices that stream them pack two per byte (docs/int8.md).
 
 use crate::HostTensor;
+use rayon::prelude::*;
 
 /// Group size Tessera quantizes with: one scale per 32 input values (docs/int8.md).
 pub const INT8_GROUP: usize = 32;
@@ -92,16 +93,18 @@ impl Int8Matrix {
         let gpr = cols.div_ceil(group);
         let mut q = vec![0i8; rows * cols];
         let mut scales = vec![0f32; rows * gpr];
-        for r in 0..rows {
-            for g in 0..gpr {
-                let c0 = g * group;
-                let c1 = (c0 + group).min(cols);
-                scales[r * gpr + g] = quantize_group_to(
-                    &t.data[r * cols + c0..r * cols + c1],
-                    &mut q[r * cols + c0..r * cols + c1],
-                    max,
-                );
-            }
+        if cols > 0 {
+            // Rows are independent: quantize them in parallel (in the caller's
+            // rayon pool), which a model load does for every weight.
+            let rows_out = q.par_chunks_mut(cols).zip(scales.par_chunks_mut(gpr));
+            rows_out
+                .zip(t.data.par_chunks(cols))
+                .for_each(|((q_row, s_row), x_row)| {
+                    for (g, s) in s_row.iter_mut().enumerate() {
+                        let (c0, c1) = (g * group, ((g + 1) * group).min(cols));
+                        *s = quantize_group_to(&x_row[c0..c1], &mut q_row[c0..c1], max);
+                    }
+                });
         }
         Int8Matrix {
             rows,
