@@ -263,7 +263,9 @@ fn embedding_and_quantizer_are_exact() {
     // Prefill (more rows than the GEMVs take) dequantizes int4 for cuBLAS.
     let x = host(40, 300, 12);
     let want = reference::matmul_f32(&x.data, 40, 300, &support::dequant_i4(&table), 50);
-    let got = b.download(&b.matmul(&b.upload(&x).unwrap(), &i4w).unwrap()).unwrap();
+    let got = b
+        .download(&b.matmul(&b.upload(&x).unwrap(), &i4w).unwrap())
+        .unwrap();
     assert_close(&got.data, &want, 2e-4, "int4 prefill product");
 }
 

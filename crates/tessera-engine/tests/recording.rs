@@ -202,7 +202,10 @@ fn failed_recordings_fall_back_to_eager_steps_with_the_same_logits() {
         drop(seq);
 
         let got = decode(&model, 6);
-        assert!(got == want, "logits differ from a backend that never records");
+        assert!(
+            got == want,
+            "logits differ from a backend that never records"
+        );
         // One attempt per sequence (two sequences so far), none replayed.
         assert_eq!(counts.begins.load(Ordering::SeqCst), 2);
         let stats = model.recording_stats();

@@ -150,7 +150,9 @@ mod tests {
     #[test]
     fn int4_uses_sixteen_levels_and_rounds_to_the_nearest() {
         let cols = 70; // two full groups of 32 and a ragged one
-        let data: Vec<f32> = (0..cols).map(|i| ((i * 29 % 61) as f32 - 30.0) / 9.0).collect();
+        let data: Vec<f32> = (0..cols)
+            .map(|i| ((i * 29 % 61) as f32 - 30.0) / 9.0)
+            .collect();
         let t = HostTensor::new(vec![1, cols], data.clone());
         let m = Int8Matrix::quantize_to(&t, 32, INT4_MAX);
         assert!(m.q.iter().all(|&v| (-8..=7).contains(&v)));
@@ -171,7 +173,10 @@ mod tests {
             assert!(err <= bound + 1e-6, "column {c}");
         }
         // int8 is the same quantizer with 127 levels.
-        assert_eq!(Int8Matrix::quantize_to(&t, 32, INT8_MAX), Int8Matrix::quantize(&t, 32));
+        assert_eq!(
+            Int8Matrix::quantize_to(&t, 32, INT8_MAX),
+            Int8Matrix::quantize(&t, 32)
+        );
     }
 
     #[test]

@@ -357,8 +357,14 @@ mod tests {
     fn int4_layers_are_about_half_of_int8() {
         // 4096 x 11008 (a llama2-7b down_proj): values + one f32 scale per 32.
         let (r, c) = (4096, 11008);
-        assert_eq!(weight_bytes(WeightDType::Int8, r, c), r * c + r * (c / 32) * 4);
-        assert_eq!(weight_bytes(WeightDType::Int4, r, c), r * c / 2 + r * (c / 32) * 4);
+        assert_eq!(
+            weight_bytes(WeightDType::Int8, r, c),
+            r * c + r * (c / 32) * 4
+        );
+        assert_eq!(
+            weight_bytes(WeightDType::Int4, r, c),
+            r * c / 2 + r * (c / 32) * 4
+        );
         let ratio = weight_bytes(WeightDType::Int8, r, c) as f64
             / weight_bytes(WeightDType::Int4, r, c) as f64;
         assert!((ratio - 1.8).abs() < 1e-9, "{ratio}");

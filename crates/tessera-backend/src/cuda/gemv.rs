@@ -211,11 +211,13 @@ impl CudaBackend {
         norm: Option<&NormSrc>,
     ) -> Result<GemvVariant> {
         if let Some(v) = self.gemv_select {
-            return Ok(if v.supports_weight(&p.w) && (v != GemvVariant::V4 || n == 1) {
-                v
-            } else {
-                GemvVariant::V2
-            });
+            return Ok(
+                if v.supports_weight(&p.w) && (v != GemvVariant::V4 || n == 1) {
+                    v
+                } else {
+                    GemvVariant::V2
+                },
+            );
         }
         let (m, k) = p.w.dims();
         let key = GemvKey {

@@ -81,7 +81,12 @@ impl CudaBackend {
         Ok(g.as_ref().map(|c| self.ptr(&c.desc) + 4))
     }
 
-    pub(crate) fn begin_step_graph_impl(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
+    pub(crate) fn begin_step_graph_impl(
+        &self,
+        pos: usize,
+        token: u32,
+        cols: usize,
+    ) -> Result<bool> {
         if !self.graphs || !self.ctx.has_async_alloc() {
             return Ok(false);
         }
@@ -143,9 +148,8 @@ impl CudaBackend {
         // the context; it belongs to this recording, not to the next op.
         let stale = self.ctx.check_err();
         copied?;
-        let graph = ended?.ok_or_else(|| {
-            BackendError::Device("recording a step produced no graph".into())
-        })?;
+        let graph = ended?
+            .ok_or_else(|| BackendError::Device("recording a step produced no graph".into()))?;
         stale.map_err(dev("record step"))?;
         graph.upload().map_err(dev("upload a recorded step"))?;
         Ok(CudaStepGraph {

@@ -323,7 +323,10 @@ impl CudaBackend {
             gpr,
             bits: 4,
             q: self.stream.clone_htod(&q).map_err(dev("upload_linear"))?,
-            scales: self.stream.clone_htod(&scales).map_err(dev("upload_linear"))?,
+            scales: self
+                .stream
+                .clone_htod(&scales)
+                .map_err(dev("upload_linear"))?,
         })
     }
 

@@ -2,9 +2,7 @@
 //! `BENCH name value` lines; not correctness tests (those assert nothing
 //! about speed).
 
-use crate::support::{
-    backend, host, inv_freq, step, step_tensor, step_token, Weights, LLAMA2_7B,
-};
+use crate::support::{backend, host, inv_freq, step, step_tensor, step_token, Weights, LLAMA2_7B};
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
@@ -141,13 +139,17 @@ fn recorded_decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, Vec
     for pos in 0..128 {
         step(b, w, s, &mut cache, pos, &inv);
     }
-    assert!(b.begin_step_graph(128, step_token(s, 128), s.vocab).unwrap());
+    assert!(b
+        .begin_step_graph(128, step_token(s, 128), s.vocab)
+        .unwrap());
     let logits = step_tensor(b, w, s, &mut cache, 128, &inv);
     let graph = b.end_step_graph(logits).expect("recording a decode step");
-    b.replay_step_graph(&graph, 128, step_token(s, 128)).unwrap();
+    b.replay_step_graph(&graph, 128, step_token(s, 128))
+        .unwrap();
     let t = Instant::now();
     for pos in 129..128 + steps {
-        b.replay_step_graph(&graph, pos, step_token(s, pos)).unwrap();
+        b.replay_step_graph(&graph, pos, step_token(s, pos))
+            .unwrap();
     }
     let secs = t.elapsed().as_secs_f64() / (steps - 1) as f64;
     let last = b

@@ -3,8 +3,8 @@
 //! and fused RMSNorm, PDL, and the per-shape timing.
 
 use crate::support::{
-    assert_close, backend, dequant_i4, dequant_i8, get, host, inv_freq, round_bf16, step, step_tensor,
-    step_token, Shape, Weights,
+    assert_close, backend, dequant_i4, dequant_i8, get, host, inv_freq, round_bf16, step,
+    step_tensor, step_token, Shape, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -249,13 +249,22 @@ fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
         let graph = b.end_step_graph(logits).expect("recording a decode step");
         let before = b.launch_count();
         for pos in 1..steps {
-            let out = b.replay_step_graph(&graph, pos, step_token(s, pos)).unwrap();
+            let out = b
+                .replay_step_graph(&graph, pos, step_token(s, pos))
+                .unwrap();
             assert_eq!(out.shape, vec![1, s.vocab]);
             got.push(out.data);
         }
-        assert_eq!(b.launch_count(), before, "{dtype}: replays launched kernels one by one");
+        assert_eq!(
+            b.launch_count(),
+            before,
+            "{dtype}: replays launched kernels one by one"
+        );
         for (pos, (g, e)) in got.iter().zip(&eager).enumerate() {
-            assert!(g == e, "{dtype}: position {pos}: replayed logits differ in bits from eager");
+            assert!(
+                g == e,
+                "{dtype}: position {pos}: replayed logits differ in bits from eager"
+            );
         }
         // An eager step after replays continues the same sequence.
         let next = step(&b, &w, s, &mut cache, steps, &inv);
