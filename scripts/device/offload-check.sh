@@ -5,6 +5,7 @@
 #      - half:  a 4.6 GB weight budget: 15 of 32 layers resident, 17 streamed;
 #      - full:  a 1 GB budget: embedding + LM head + 3 slots, every layer streamed;
 #      decode tok/s at batch 1 and 32, streaming GB/s vs the ceiling, stall time;
+#      the same with int4 weights (full-int4, half-int4), time allowing;
 #   3. accelerate CPU offload of the same shape (bf16, device_map from
 #      max_memory), a few decode tokens, for the baseline ratio;
 #   4. bigger than the GPU: dummy llama2-70b-deep96 int8 (93.0e9 bytes), only
@@ -12,10 +13,10 @@
 #      DEVICE_CHECK_ONLY=offload-big runs 1 and 4 only).
 # Figures go to OUT/offload/*.json; report.py summarises them.
 mkdir -p "$OUT/offload"
-offload_bench() { # name budget extra-args...
-    local name=$1 budget=$2; shift 2
-    say "offload: llama2-7b int8 streamed ($name, budget $budget)"
-    timeout 150 "$TESSERA" bench --model dummy:llama2-7b:1 --device cuda --dtype int8 \
+offload_bench() { # name budget extra-args... (OB_DTYPE=int4: int4 weights, default int8)
+    local name=$1 budget=$2 dtype=${OB_DTYPE:-int8}; shift 2
+    say "offload: llama2-7b $dtype streamed ($name, budget $budget)"
+    timeout 150 "$TESSERA" bench --model dummy:llama2-7b:1 --device cuda --dtype "$dtype" \
         --offload-budget "$budget" --prefetch 2 --prompt-lens 16 --decode-tokens 16 \
         --decode-batch 32 --reps 1 --json "$@" >"$OUT/offload/$name.json" 2>"$OUT/offload/$name.err"
     local rc=$?
@@ -124,6 +125,9 @@ elif [ $HAVE_GPU = 1 ]; then
     offload_ceiling
     if [ "$(remaining)" -gt 160 ]; then offload_bench half 4.6GB; else say "offload: half-resident run skipped (seconds left: $(remaining))"; fi
     if [ "$(remaining)" -gt 160 ]; then offload_bench full 1GB; else say "offload: fully streamed run skipped (seconds left: $(remaining))"; fi
+    # Int4 (docs/int8.md): 0.625 instead of 1.125 bytes per weight cross the link.
+    if [ "$(remaining)" -gt 150 ]; then OB_DTYPE=int4 offload_bench full-int4 1GB; else say "offload: int4 fully streamed run skipped (seconds left: $(remaining))"; fi
+    if [ "$(remaining)" -gt 200 ]; then OB_DTYPE=int4 offload_bench half-int4 2.6GB; else say "offload: int4 half-resident run skipped (seconds left: $(remaining))"; fi
     left=$(remaining)
     if [ "$left" -gt 80 ]; then
         say "offload: accelerate CPU offload baseline (llama2-7b bf16, 4 GiB on the GPU)"
@@ -142,6 +146,10 @@ else
         --offload-budget 3.3MB --prefetch 2 --prompt-lens 4 --decode-tokens 4 \
         --decode-batch 4 --reps 1 --json >"$OUT/offload/dry-cpu.json" 2>"$OUT/offload/dry-cpu.err"
     echo "   rc $?"; grep "^offload:" "$OUT/offload/dry-cpu.err"
+    timeout 60 "$TESSERA" bench --model dummy:tiny:1 --device cpu --dtype int4 \
+        --offload-budget 3.3MB --prefetch 2 --prompt-lens 4 --decode-tokens 4 \
+        --decode-batch 4 --reps 1 --json >"$OUT/offload/dry-cpu-int4.json" 2>"$OUT/offload/dry-cpu-int4.err"
+    echo "   int4 rc $?"; grep "^offload:" "$OUT/offload/dry-cpu-int4.err"
     # Bigger than the GPU: the real shape skips (no GPU); a stand-in runs the same
     # steps on the CPU: dummy:small against a pretend device of 3/4 of its bytes.
     offload_big big "$BIG_SHAPE" cuda "" "" 0

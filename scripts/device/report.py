@@ -267,14 +267,14 @@ def offload_summary(out):
     ceiling = base.get("h2d_pinned_gb_per_s")
     acc = base.get("accelerate") or {}
     runs = {}
-    for name in ("half", "full", "dry-cpu"):
+    for name in ("half", "full", "full-int4", "half-int4", "dry-cpu", "dry-cpu-int4"):
         r = load_json(os.path.join(d, f"{name}.json"))
         if r is None:
             if os.path.exists(os.path.join(d, f"{name}.err")):
                 runs[name] = {"error": "run failed (see log)"}
             continue
         o = r.get("offload") or {}
-        e = {"layers": o.get("layers")}
+        e = {"layers": o.get("layers"), "dtype": r.get("dtype")}
         for key, bench_key in (("b1", "decode"), ("batch", "decode_batch")):
             s = o.get(bench_key) or {}
             tok = ((r.get(bench_key) or {}).get("tokens_per_s") or {}).get("median")
@@ -354,7 +354,7 @@ def bigger_than_gpu(d, name, decision, ceiling):
 def offload_markdown(o):
     if not o:
         return ["Offloaded (stage-3 streaming) decode: not run."]
-    lines = ["## Offload (stage-3 streaming), llama2-7b shape int8", "",
+    lines = ["## Offload (stage-3 streaming), llama2-7b shape (int8; `-int4` runs: int4)", "",
              f"Pinned host-to-device ceiling: {fmt(o.get('h2d_pinned_gb_per_s'))} GB/s (torch, 1 GiB copies)", ""]
     for dev, r in (o.get("streamed_vs_resident") or {}).items():
         lines += [f"Streamed vs resident on {dev} (dummy:small int8, 16 greedy tokens): tokens identical "
