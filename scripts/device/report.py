@@ -32,42 +32,33 @@ SHAPES = {
 INT8_GROUP = 32
 
 
-def int8_bytes_per_token(shape):
-    """Weight bytes one decode step streams: int8 rows padded to 16 bytes plus
-    one f32 scale per INT8_GROUP inputs, for every layer's matrices and the LM head."""
+def bytes_per_token(shape, mat):
+    """Weight bytes one decode step streams: every layer's matrices and the LM
+    head, `mat(m, k)` being the bytes of an [m, k] weight in the format."""
     vocab, h, inter, layers, heads, kv = SHAPES[shape]
     hd = h // heads
-
-    def mat(m, k):
-        return m * ((k + 15) // 16 * 16) + m * ((k + INT8_GROUP - 1) // INT8_GROUP) * 4
-
     layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
     return layers * layer + mat(vocab, h)
+
+
+def scales(m, k):
+    """One f32 scale per INT8_GROUP inputs (int8 and int4)."""
+    return m * ((k + INT8_GROUP - 1) // INT8_GROUP) * 4
+
+
+def int8_bytes_per_token(shape):
+    """int8 rows padded to 16 bytes, plus the scales."""
+    return bytes_per_token(shape, lambda m, k: m * ((k + 15) // 16 * 16) + scales(m, k))
 
 
 def bf16_bytes_per_token(shape):
-    """Weight bytes of one bf16 decode step: rows padded to 8 elements, LM head included."""
-    vocab, h, inter, layers, heads, kv = SHAPES[shape]
-    hd = h // heads
-
-    def mat(m, k):
-        return m * ((k + 7) // 8 * 8) * 2
-
-    layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
-    return layers * layer + mat(vocab, h)
+    """bf16 rows padded to 8 elements."""
+    return bytes_per_token(shape, lambda m, k: m * ((k + 7) // 8 * 8) * 2)
 
 
 def int4_bytes_per_token(shape):
-    """Weight bytes of one int4 decode step: two values per byte, rows padded to
-    32 values (16 bytes), plus int8's scales."""
-    vocab, h, inter, layers, heads, kv = SHAPES[shape]
-    hd = h // heads
-
-    def mat(m, k):
-        return m * ((k + 31) // 32 * 16) + m * ((k + INT8_GROUP - 1) // INT8_GROUP) * 4
-
-    layer = mat((heads + 2 * kv) * hd, h) + mat(h, heads * hd) + mat(2 * inter, h) + mat(h, inter)
-    return layers * layer + mat(vocab, h)
+    """Two int4 values per byte, rows padded to 32 values (16 bytes), plus the scales."""
+    return bytes_per_token(shape, lambda m, k: m * ((k + 31) // 32 * 16) + scales(m, k))
 
 
 BYTES_PER_TOKEN = {"int8": int8_bytes_per_token, "bf16": bf16_bytes_per_token,

@@ -101,18 +101,25 @@ fn bench_gemv_variants_and_small_ops() {
     );
 }
 
-/// Decode steps per second of the llama2-7b shape with one layer's weights
-/// reused for all 32 layers (208 MB int8 per layer, far beyond L2), as the
-/// engine issues them: `steps` after a 128-token context.
-fn decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, f64, Vec<f32>) {
-    let s = LLAMA2_7B;
-    let inv = inv_freq(s.head_dim);
+/// A llama2-7b-shape cache with room for `steps` more positions after a
+/// 128-token context, filled step by step (a realistic context; warm-up).
+fn context(b: &CudaBackend, w: &Weights, steps: usize) -> <CudaBackend as Backend>::KvCache {
+    let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
     let mut cache = b
         .kv_cache(s.layers, s.kv_heads, s.head_dim, 128 + steps + 1)
         .unwrap();
     for pos in 0..128 {
-        step(b, w, s, &mut cache, pos, &inv); // a realistic context; warm-up
+        step(b, w, s, &mut cache, pos, &inv);
     }
+    cache
+}
+
+/// Decode steps per second of the llama2-7b shape with one layer's weights
+/// reused for all 32 layers (208 MB int8 per layer, far beyond L2), as the
+/// engine issues them: `steps` after a 128-token context.
+fn decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, f64, Vec<f32>) {
+    let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
+    let mut cache = context(b, w, steps);
     let before = b.launch_count();
     let t = Instant::now();
     for pos in 128..128 + steps {
@@ -131,14 +138,8 @@ fn decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, f64, Vec<f32
 /// CUDA graph) and every step replayed: a warm-up replay at 128, `steps - 1`
 /// timed replays, and the logits of the step at `128 + steps`.
 fn recorded_decode_rate(b: &CudaBackend, w: &Weights, steps: usize) -> (f64, Vec<f32>) {
-    let s = LLAMA2_7B;
-    let inv = inv_freq(s.head_dim);
-    let mut cache = b
-        .kv_cache(s.layers, s.kv_heads, s.head_dim, 128 + steps + 1)
-        .unwrap();
-    for pos in 0..128 {
-        step(b, w, s, &mut cache, pos, &inv);
-    }
+    let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
+    let mut cache = context(b, w, steps);
     assert!(b
         .begin_step_graph(128, step_token(s, 128), s.vocab)
         .unwrap());

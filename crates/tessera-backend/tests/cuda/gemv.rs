@@ -156,6 +156,17 @@ fn fused_epilogues_and_norm_match_unfused_and_reference() {
     b.set_gemv_variant(None);
 }
 
+/// A small Llama-shaped model for whole decode steps (GQA, 3 layers).
+const SMALL: Shape = Shape {
+    hidden: 256,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 64,
+    inter: 352,
+    vocab: 1000,
+    layers: 3,
+};
+
 /// Decode steps of a small model: fusion, PDL and the GEMV variant change
 /// the number and order of launches, never a bit of the logits.
 #[test]
@@ -163,15 +174,7 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
     let Some(mut b) = backend("decode_steps_are_identical_across_fusion_pdl_and_variants") else {
         return;
     };
-    let s = Shape {
-        hidden: 256,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 64,
-        inter: 352,
-        vocab: 1000,
-        layers: 3,
-    };
+    let s = SMALL;
     let inv = inv_freq(s.head_dim);
     for dtype in [WeightDType::Int8, WeightDType::BF16, WeightDType::Int4] {
         let w = Weights::new(&b, s, dtype);
@@ -215,15 +218,7 @@ fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
     let Some(b) = backend("recorded_decode_steps_replay_the_eager_steps_bit_for_bit") else {
         return;
     };
-    let s = Shape {
-        hidden: 256,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 64,
-        inter: 352,
-        vocab: 1000,
-        layers: 3,
-    };
+    let s = SMALL;
     let inv = inv_freq(s.head_dim);
     let steps = 9;
     for dtype in [

@@ -2,7 +2,7 @@
 
 use tessera_backend::cuda::{CudaBackend, CudaLinear, CudaTensor};
 use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDType};
-use tessera_model::{HostTensor, Int8Matrix, INT4_MAX, INT8_GROUP};
+use tessera_model::{HostTensor, Int8Matrix, INT4_MAX, INT8_GROUP, INT8_MAX};
 
 /// The backend, or `None` after printing why the test is skipped.
 pub fn backend(test: &str) -> Option<CudaBackend> {
@@ -57,18 +57,17 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 
 /// The f32 values an int8 upload of `w` holds.
 pub fn dequant_i8(w: &HostTensor) -> Vec<f32> {
-    let q = Int8Matrix::quantize(w, INT8_GROUP);
-    let (m, k) = w.dims2();
-    let mut d = vec![0f32; m * k];
-    for r in 0..m {
-        q.dequantize_row(r, &mut d[r * k..(r + 1) * k]);
-    }
-    d
+    dequant(w, INT8_MAX)
 }
 
 /// The f32 values an int4 upload of `w` holds.
 pub fn dequant_i4(w: &HostTensor) -> Vec<f32> {
-    let q = Int8Matrix::quantize_to(w, INT8_GROUP, INT4_MAX);
+    dequant(w, INT4_MAX)
+}
+
+/// `w` quantized by the host quantizer onto `-max..=max` (int4: `-8..=7`), as f32.
+fn dequant(w: &HostTensor, max: i8) -> Vec<f32> {
+    let q = Int8Matrix::quantize_to(w, INT8_GROUP, max);
     let (m, k) = w.dims2();
     let mut d = vec![0f32; m * k];
     for r in 0..m {
