@@ -67,7 +67,7 @@ pub fn load_model<B: Backend + 'static>(
                 bail!("--offload-budget streams int8 or int4 weights: add --dtype int8 (or int4)");
             }
             let shard = ShardPlan::new(&ckpt.spec, 1, 0)?;
-            let input = PlanInput::for_model_as(
+            let input = PlanInput::for_model(
                 &ckpt.spec,
                 &shard,
                 dtype,

@@ -79,7 +79,7 @@ pub fn offload_plans(cfg: &Config, spec: &ModelSpec) -> Result<Vec<(ResidencyPla
     for (rank, shard) in shards.iter().enumerate() {
         let device = cfg.parallelism.devices[rank];
         let (budget, how) = resolve_budget(cfg, spec, shard, device)?;
-        let input = PlanInput::for_model_as(
+        let input = PlanInput::for_model(
             spec,
             shard,
             weight_dtype(cfg)?,
@@ -117,8 +117,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
         let shards = ShardPlan::all(spec, world)?;
         let dtype = weight_dtype(&cfg)?;
         for (rank, s) in shards.iter().enumerate() {
-            let dev = plan::fixed_bytes_as(spec, s, dtype)
-                + spec.num_layers * plan::layer_bytes_as(spec, s, dtype);
+            let dev = plan::fixed_bytes(spec, s, dtype)
+                + spec.num_layers * plan::layer_bytes(spec, s, dtype);
             println!(
                 "rank {rank}     offload disabled: all weights resident, {} ({dev} bytes) as {dtype} (estimate)",
                 gib(dev as u64)

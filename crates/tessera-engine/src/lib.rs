@@ -13,5 +13,5 @@ pub use error::{EngineError, Result};
 pub use generate::{
     generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation, TextStream,
 };
-pub use model::{BatchEntry, Model, Sequence};
+pub use model::{BatchEntry, Model, RecordingStats, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -30,28 +30,9 @@ use tessera_engine::Model;
 use tessera_model::{ModelSpec, ShardPlan, TensorSource};
 
 impl PlanInput {
-    /// The planner's input for `shard` of a model in int8, with estimated sizes.
+    /// The planner's input for `shard` of a model whose layers are `dtype`
+    /// (int8 or int4 stream), with estimated sizes.
     pub fn for_model(
-        spec: &ModelSpec,
-        shard: &ShardPlan,
-        budget: usize,
-        prefetch_depth: usize,
-        resident_layers: Option<usize>,
-        link_gbps: f64,
-    ) -> Self {
-        Self::for_model_as(
-            spec,
-            shard,
-            WeightDType::Int8,
-            budget,
-            prefetch_depth,
-            resident_layers,
-            link_gbps,
-        )
-    }
-
-    /// [`PlanInput::for_model`] for weights of `dtype` (int8 or int4 stream).
-    pub fn for_model_as(
         spec: &ModelSpec,
         shard: &ShardPlan,
         dtype: WeightDType,
@@ -62,8 +43,8 @@ impl PlanInput {
     ) -> Self {
         PlanInput {
             num_layers: spec.num_layers,
-            layer_bytes: plan::layer_bytes_as(spec, shard, dtype),
-            fixed_bytes: plan::fixed_bytes_as(spec, shard, dtype),
+            layer_bytes: plan::layer_bytes(spec, shard, dtype),
+            fixed_bytes: plan::fixed_bytes(spec, shard, dtype),
             budget,
             prefetch_depth,
             resident_layers,

@@ -31,13 +31,8 @@ pub fn weight_bytes(dtype: WeightDType, rows: usize, cols: usize) -> usize {
     }
 }
 
-/// Estimated bytes of one layer's four matrices for `shard`'s rank, as int8.
-pub fn layer_bytes(spec: &ModelSpec, shard: &ShardPlan) -> usize {
-    layer_bytes_as(spec, shard, WeightDType::Int8)
-}
-
-/// [`layer_bytes`] for weights of `dtype`.
-pub fn layer_bytes_as(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
+/// Estimated bytes of one layer's four matrices of `dtype` for `shard`'s rank.
+pub fn layer_bytes(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
     let h = spec.hidden_size;
     let (q, kv, i) = (
         shard.q_rows().len(),
@@ -49,13 +44,8 @@ pub fn layer_bytes_as(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -
 }
 
 /// Estimated bytes that always stay on the device: embedding, LM head (when
-/// not tied), norms and biases, as int8.
-pub fn fixed_bytes(spec: &ModelSpec, shard: &ShardPlan) -> usize {
-    fixed_bytes_as(spec, shard, WeightDType::Int8)
-}
-
-/// [`fixed_bytes`] for weights of `dtype`.
-pub fn fixed_bytes_as(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
+/// not tied, in `dtype`), norms and biases.
+pub fn fixed_bytes(spec: &ModelSpec, shard: &ShardPlan, dtype: WeightDType) -> usize {
     let h = spec.hidden_size;
     let heads = if spec.tie_word_embeddings { 1 } else { 2 };
     let mut small = (2 * spec.num_layers + 1) * h * 4;

@@ -36,6 +36,17 @@ fn smollm2() -> Option<PathBuf> {
     }
 }
 
+/// Streaming options of the plain (untraced, prefetching) int8 tests.
+fn options(plan: PlanInput) -> StreamOptions {
+    StreamOptions {
+        plan,
+        pin_memory: false,
+        record: false,
+        synchronous: false,
+        dtype: WeightDType::Int8,
+    }
+}
+
 /// Logits of a prefill then `decode` greedy steps, one forward each.
 fn run(model: &Model<CpuBackend>, prompt: &[u32], decode: usize) -> Vec<Vec<f32>> {
     let mut seq = model.new_sequence(prompt.len() + decode + 1).unwrap();
@@ -155,8 +166,7 @@ fn check_model_as(
     for slots in [1usize, 2, 5] {
         for r in [0, n / 2, n - 1] {
             let what = format!("{} {dtype} slots={slots} resident={r}", path.display());
-            let mut input =
-                PlanInput::for_model_as(spec, &shard, dtype, 0, slots - 1, Some(r), 25.0);
+            let mut input = PlanInput::for_model(spec, &shard, dtype, 0, slots - 1, Some(r), 25.0);
             input.budget = input.fixed_bytes + (r + slots) * layer_bytes;
             let opts = StreamOptions {
                 plan: input.clone(),
@@ -257,7 +267,7 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
     let ckpt = Checkpoint::open(&root().join("tests/fixtures/llama-gqa-tied")).unwrap();
     let spec = &ckpt.spec;
     let shard = ShardPlan::new(spec, 1, 0).unwrap();
-    let mut input = PlanInput::for_model(spec, &shard, 0, 1, None, 25.0);
+    let mut input = PlanInput::for_model(spec, &shard, WeightDType::Int8, 0, 1, None, 25.0);
     let lb = input.layer_bytes;
     assert_eq!(spec.num_layers, 3);
     input.budget = input.fixed_bytes + 2 * lb + lb / 2;
@@ -267,13 +277,7 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
         ckpt.source.as_ref(),
         shard.clone(),
         Box::new(Local),
-        StreamOptions {
-            plan: input.clone(),
-            pin_memory: false,
-            record: false,
-            synchronous: false,
-            dtype: WeightDType::Int8,
-        },
+        options(input.clone()),
         |_, _| {},
     )
     .unwrap();
@@ -288,13 +292,7 @@ fn planner_keeps_what_fits_and_refuses_what_cannot_work() {
         ckpt.source.as_ref(),
         shard,
         Box::new(Local),
-        StreamOptions {
-            plan: input,
-            pin_memory: false,
-            record: false,
-            synchronous: false,
-            dtype: WeightDType::Int8,
-        },
+        options(input),
         |_, _| {},
     )
     .err()
@@ -323,7 +321,15 @@ fn out_of_order_layers_resync_the_ring() {
     };
     let want = bits(&run(&load(), &[3, 1, 4], 2));
     let shard = ShardPlan::new(spec, 1, 0).unwrap();
-    let mut input = PlanInput::for_model(spec, &shard, usize::MAX / 2, 1, Some(0), 25.0);
+    let mut input = PlanInput::for_model(
+        spec,
+        &shard,
+        WeightDType::Int8,
+        usize::MAX / 2,
+        1,
+        Some(0),
+        25.0,
+    );
     input.budget = usize::MAX / 2;
     let (model, _probe) = load_streamed(
         CpuBackend::new(1).unwrap(),
@@ -331,13 +337,7 @@ fn out_of_order_layers_resync_the_ring() {
         ckpt.source.as_ref(),
         shard,
         Box::new(Local),
-        StreamOptions {
-            plan: input,
-            pin_memory: false,
-            record: false,
-            synchronous: false,
-            dtype: WeightDType::Int8,
-        },
+        options(input),
         |_, _| {},
     )
     .unwrap();

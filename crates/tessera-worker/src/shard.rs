@@ -158,7 +158,7 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
             )?,
             Some(o) => {
                 // Each rank streams its own shard within its own budget.
-                let input = PlanInput::for_model_as(
+                let input = PlanInput::for_model(
                     &ckpt.spec,
                     &plan,
                     self.spec.dtype,

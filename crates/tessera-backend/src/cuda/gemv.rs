@@ -45,28 +45,19 @@ impl GemvVariant {
         GemvVariant::V4,
     ];
 
-    /// Whether the variant runs products with int8 (`bf16 == false`) or
-    /// bf16 weights.
-    pub fn supports(self, bf16: bool) -> bool {
-        !(bf16 && self == GemvVariant::V1)
-    }
-
-    /// Whether the variant runs products with weights of this dtype (int4:
-    /// v2 only).
+    /// Whether the variant runs products with weights of this dtype (bf16:
+    /// not v1; int4: v2 and v4).
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
             crate::WeightDType::Int4 => matches!(self, GemvVariant::V2 | GemvVariant::V4),
-            crate::WeightDType::BF16 => self.supports(true),
-            _ => self.supports(false),
+            crate::WeightDType::BF16 => self != GemvVariant::V1,
+            _ => true,
         }
     }
 
-    fn supports_weight(self, w: &GemvWeight) -> bool {
-        if w.is_int4() {
-            matches!(self, GemvVariant::V2 | GemvVariant::V4)
-        } else {
-            self.supports(w.is_bf16())
-        }
+    /// Whether the variant runs this product (v4 takes one activation row).
+    fn runs(self, w: &GemvWeight, n: usize) -> bool {
+        self.supports_dtype(w.dtype()) && (self != GemvVariant::V4 || n == 1)
     }
 }
 
@@ -211,13 +202,7 @@ impl CudaBackend {
         norm: Option<&NormSrc>,
     ) -> Result<GemvVariant> {
         if let Some(v) = self.gemv_select {
-            return Ok(
-                if v.supports_weight(&p.w) && (v != GemvVariant::V4 || n == 1) {
-                    v
-                } else {
-                    GemvVariant::V2
-                },
-            );
+            return Ok(if v.runs(&p.w, n) { v } else { GemvVariant::V2 });
         }
         let (m, k) = p.w.dims();
         let key = GemvKey {
@@ -260,7 +245,7 @@ impl CudaBackend {
     ) -> Result<GemvTuning> {
         let cands: Vec<GemvVariant> = GemvVariant::ALL
             .into_iter()
-            .filter(|v| v.supports_weight(&p.w) && (*v != GemvVariant::V4 || n == 1))
+            .filter(|v| v.runs(&p.w, n))
             .collect();
         let rows_out = if key.swiglu { key.m / 2 } else { key.m };
         let tune_mode = if key.swiglu {
@@ -338,7 +323,7 @@ impl CudaBackend {
             .unwrap_or(cands[0]);
         let shape = format!(
             "{} {}x{} n={n}{}{}",
-            p.w.format_name(),
+            p.w.dtype(),
             key.m,
             key.k,
             if key.swiglu { " swiglu" } else { "" },

@@ -13,7 +13,7 @@ use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
-use tessera_model::{quantize_group_to, HostTensor, INT4_MAX, INT8_GROUP};
+use tessera_model::{HostTensor, Int8Matrix, INT4_MAX, INT8_GROUP};
 
 /// Activation rows up to which int8 and bf16 products use the streaming GEMV
 /// kernels (decode and short prompts); above it they go to cuBLAS.
@@ -101,21 +101,25 @@ impl GemvWeight {
     }
 
     pub(crate) fn is_int4(&self) -> bool {
-        matches!(self, GemvWeight::Int8(w) if w.bits == 4)
+        self.dtype() == WeightDType::Int4
+    }
+
+    /// Int8, Int4 or BF16.
+    pub(crate) fn dtype(&self) -> WeightDType {
+        match self {
+            GemvWeight::Int8(w) if w.bits == 4 => WeightDType::Int4,
+            GemvWeight::Int8(_) => WeightDType::Int8,
+            GemvWeight::Bf16(_) => WeightDType::BF16,
+        }
     }
 
     /// Index of the weight format in the kernel tables (int8, bf16, int4).
     pub(crate) fn format_index(&self) -> usize {
-        match self {
-            GemvWeight::Int8(w) if w.bits == 4 => 2,
-            GemvWeight::Int8(_) => 0,
-            GemvWeight::Bf16(_) => 1,
+        match self.dtype() {
+            WeightDType::BF16 => 1,
+            WeightDType::Int4 => 2,
+            _ => 0,
         }
-    }
-
-    /// `int8`, `int4` or `bf16`.
-    pub(crate) fn format_name(&self) -> &'static str {
-        ["int8", "bf16", "int4"][self.format_index()]
     }
 
     /// 16-byte chunks per row (the row stride the kernels use).
@@ -294,28 +298,30 @@ impl CudaBackend {
                 format!("the group size {INT8_GROUP} must be a power of two >= 32"),
             ));
         }
-        let (rows, cols) = w.dims2();
+        let m = Int8Matrix::quantize_to(w, INT8_GROUP, INT4_MAX);
+        let (rows, cols) = (m.rows, m.cols);
         let kp = cols.div_ceil(32) * 32;
-        let groups = cols.div_ceil(INT8_GROUP);
-        let gpr = groups.div_ceil(4) * 4;
+        let (groups, gpr) = (m.groups_per_row(), m.groups_per_row().div_ceil(4) * 4);
         let row_bytes = (kp / 2).max(1);
-        let mut q = vec![0u8; rows * row_bytes];
+        // Two values per byte, element 2b in the low nibble of byte b.
+        let mut q = vec![0i8; rows * row_bytes];
+        if cols > 0 {
+            q.par_chunks_mut(row_bytes)
+                .zip(m.q.par_chunks(cols))
+                .for_each(|(packed, vals)| {
+                    for (c, &v) in vals.iter().enumerate() {
+                        packed[c / 2] |= (((v as u8) & 0x0f) << (4 * (c % 2))) as i8;
+                    }
+                });
+        }
+        // Scale rows padded to gpr (16 bytes).
         let mut scales = vec![0f32; rows * gpr.max(1)];
-        q.par_chunks_mut(row_bytes)
-            .zip(scales.par_chunks_mut(gpr.max(1)))
-            .enumerate()
-            .for_each(|(r, (qr, sr))| {
-                let src = &w.data[r * cols..(r + 1) * cols];
-                let mut vals = vec![0i8; cols];
-                for (g, scale) in sr.iter_mut().enumerate().take(groups) {
-                    let (c0, c1) = (g * INT8_GROUP, ((g + 1) * INT8_GROUP).min(cols));
-                    *scale = quantize_group_to(&src[c0..c1], &mut vals[c0..c1], INT4_MAX);
-                }
-                for (c, &v) in vals.iter().enumerate() {
-                    qr[c / 2] |= ((v as u8) & 0x0f) << (4 * (c % 2));
-                }
-            });
-        let q: Vec<i8> = q.into_iter().map(|b| b as i8).collect();
+        for (dst, src) in scales
+            .chunks_mut(gpr.max(1))
+            .zip(m.scales.chunks(groups.max(1)))
+        {
+            dst[..src.len()].copy_from_slice(src);
+        }
         Ok(Int8Weight {
             rows,
             cols,

@@ -62,7 +62,7 @@ fn bench_gemv_variants_and_small_ops() {
                 let x = b.upload(&host(n, k, 2)).unwrap();
                 for v in GemvVariant::ALL {
                     // v4 takes one activation row (with more it runs v2).
-                    if !v.supports(dtype == WeightDType::BF16) || (v == GemvVariant::V4 && n > 1) {
+                    if !v.supports_dtype(dtype) || (v == GemvVariant::V4 && n > 1) {
                         continue;
                     }
                     b.set_gemv_variant(Some(v));
@@ -179,7 +179,7 @@ fn bench_decode_step_llama2_7b_shape() {
         let mut configs: Vec<(String, bool, bool, Option<GemvVariant>)> =
             vec![(String::new(), true, true, None)];
         for v in GemvVariant::ALL {
-            if v.supports(dtype == WeightDType::BF16) {
+            if v.supports_dtype(dtype) {
                 configs.push((format!("_{v}"), true, true, Some(v)));
             }
         }

@@ -8,8 +8,12 @@
 
 use crate::weights::{LayerSink, LayerWeights, ResidentLayers, DOWN_PROJ, GATE_UP, O_PROJ, QKV};
 use crate::{EngineError, Result};
-use std::sync::atomic::{AtomicU64, Ordering};
+use recording::StepRecording;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+
+mod recording;
+pub use recording::RecordingStats;
 use tessera_backend::{AttentionShape, Backend, WeightDType};
 use tessera_comm::{Collective, Local};
 use tessera_model::{HostTensor, ModelSpec, ShardPlan, Slice, TensorSource};
@@ -45,33 +49,6 @@ pub struct Model<B: Backend> {
     /// Decode steps replayed from a recording, and why recording last failed.
     replayed: AtomicU64,
     recording_failure: Mutex<Option<String>>,
-}
-
-/// Distinct ids for loaded models.
-static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
-
-/// How a sequence's single-token decode steps run. Backends that can record a
-/// step (CUDA graphs) run the first one eagerly (it warms up per-shape kernel
-/// choices and tables), record the second and replay the recording from then
-/// on; recording reads position and token from device memory, so one
-/// recording serves every later position of the sequence.
-enum StepRecording<G> {
-    /// Eager single-token steps so far.
-    Eager(u32),
-    /// Recorded by the model with this id (it bakes in that model's weights
-    /// and this sequence's cache).
-    Recorded { model: u64, graph: G },
-    /// Recording is impossible or failed for this sequence: always eager.
-    Off,
-}
-
-/// Decode steps replayed from recordings (CUDA graphs), for reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecordingStats {
-    /// Steps replayed from a recording since the model was loaded.
-    pub replayed: u64,
-    /// Why the last attempt to record a step failed (the step then ran eagerly).
-    pub last_failure: Option<String>,
 }
 
 /// Per-sequence state: the KV cache and how many positions it holds.
@@ -346,7 +323,7 @@ impl<B: Backend + 'static> Model<B> {
             norm,
             layers,
             comm: Mutex::new(comm),
-            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+            id: recording::next_model_id(),
             replayed: AtomicU64::new(0),
             recording_failure: Mutex::new(None),
         })
@@ -366,18 +343,6 @@ impl<B: Backend> Model<B> {
     /// Where the layers' matrices live (resident or streamed).
     pub fn layer_weights(&self) -> &dyn LayerWeights<B> {
         self.weights.as_ref()
-    }
-
-    /// Decode steps replayed from recordings (CUDA graphs) so far.
-    pub fn recording_stats(&self) -> RecordingStats {
-        RecordingStats {
-            replayed: self.replayed.load(Ordering::Relaxed),
-            last_failure: self
-                .recording_failure
-                .lock()
-                .map(|g| g.clone())
-                .unwrap_or_default(),
-        }
     }
 
     /// Which part of the weights this model holds.
@@ -439,82 +404,6 @@ impl<B: Backend> Model<B> {
             });
         }
         Ok(())
-    }
-
-    /// A single-token step of a lone sequence, replayed from (or recorded
-    /// into) the sequence's recording when the backend records steps; `None`
-    /// when the step must run eagerly (see `StepRecording`).
-    fn recorded_step(&self, batch: &mut [BatchEntry<'_, B>]) -> Result<Option<HostTensor>> {
-        if batch.len() != 1 || self.plan.world() != 1 || !self.weights.recordable() {
-            return Ok(None);
-        }
-        let e = &mut batch[0];
-        if e.ids.len() != 1 || e.all_logits {
-            return Ok(None);
-        }
-        let (pos, token) = (e.seq.len, e.ids[0]);
-        match std::mem::replace(&mut e.seq.graph, StepRecording::Off) {
-            StepRecording::Recorded { model, graph } if model == self.id => {
-                let out = self.backend.replay_step_graph(&graph, pos, token)?;
-                e.seq.graph = StepRecording::Recorded { model, graph };
-                self.finish_recorded(e);
-                return Ok(Some(out));
-            }
-            StepRecording::Off => return Ok(None),
-            StepRecording::Eager(n) if n >= 1 => {}
-            // The first eager step, or a recording of another model (dropped).
-            _ => {
-                e.seq.graph = StepRecording::Eager(1);
-                return Ok(None);
-            }
-        }
-        // Record this step; the sequence stays `Off` (eager) if that fails.
-        let graph = match self
-            .backend
-            .begin_step_graph(pos, token, self.spec.vocab_size)
-        {
-            Ok(false) => return Ok(None),
-            Ok(true) => {
-                let rows = [(0, 1, pos)];
-                let logits = self.run_layers(batch, &rows, &[token]).and_then(|x| {
-                    let b = &self.backend;
-                    let hn = b.rms_norm(&x, &self.norm, self.spec.rms_norm_eps)?;
-                    Ok(b.matmul(&hn, self.lm_head.as_ref().unwrap_or(&self.embed))?)
-                });
-                match logits {
-                    Ok(l) => self.backend.end_step_graph(l).map_err(EngineError::from),
-                    Err(err) => {
-                        self.backend.abort_step_graph();
-                        Err(err)
-                    }
-                }
-            }
-            Err(err) => Err(err.into()),
-        };
-        let graph = match graph {
-            Ok(g) => g,
-            Err(err) => {
-                if let Ok(mut f) = self.recording_failure.lock() {
-                    *f = Some(err.to_string());
-                }
-                return Ok(None);
-            }
-        };
-        let e = &mut batch[0];
-        let out = self.backend.replay_step_graph(&graph, pos, token)?;
-        e.seq.graph = StepRecording::Recorded {
-            model: self.id,
-            graph,
-        };
-        self.finish_recorded(e);
-        Ok(Some(out))
-    }
-
-    /// Account a step that ran from a recording.
-    fn finish_recorded(&self, e: &mut BatchEntry<'_, B>) {
-        self.weights.end_step();
-        e.seq.len += 1;
-        self.replayed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Embedding and every layer over the stacked rows of `batch`; `rows`
