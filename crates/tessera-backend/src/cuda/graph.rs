@@ -140,13 +140,17 @@ impl CudaBackend {
         };
         // Freed inside the graph: nothing allocated while recording outlives it.
         drop(logits);
+        // Frees that failed against an invalidated capture leave an error in
+        // the context; it belongs to this recording. Take it before ending
+        // the capture: every driver call of cudarc reports a pending error
+        // first, so end_capture would fail without ending the capture and
+        // leave the stream recording for good.
+        let stale = self.ctx.check_err();
         let ended = self
             .stream
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .map_err(dev("finish recording a step"));
-        // Frees that failed against an invalidated capture leave an error in
-        // the context; it belongs to this recording, not to the next op.
-        let stale = self.ctx.check_err();
+        let stale = stale.and(self.ctx.check_err());
         copied?;
         let graph = ended?
             .ok_or_else(|| BackendError::Device("recording a step produced no graph".into()))?;
@@ -163,9 +167,13 @@ impl CudaBackend {
         let Ok(mut g) = self.capture.lock() else {
             return;
         };
-        if g.take().is_none() {
+        let Some(cap) = g.take() else {
             return;
-        }
+        };
+        // Errors the failed recording left in the context (ops refused by an
+        // invalidated capture) go first: cudarc reports a pending error from
+        // the next driver call instead of making it, and the capture must end.
+        let _ = self.ctx.check_err();
         if let Ok(status) = self.stream.capture_status() {
             if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
                 // Drops the partial graph (if any) at once.
@@ -173,6 +181,10 @@ impl CudaBackend {
             }
         }
         let _ = self.ctx.check_err();
+        // The step's scalars were allocated before recording: free them only
+        // now, on a stream that no longer records (a free queued during the
+        // capture would belong to the discarded graph and never run).
+        drop(cap);
     }
 
     pub(crate) fn replay_step_graph_impl(

@@ -5,10 +5,13 @@ use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDT
 use tessera_model::{HostTensor, Int8Matrix, INT4_MAX, INT8_GROUP, INT8_MAX};
 
 /// The backend, or `None` after printing why the test is skipped.
+/// With `TESSERA_REQUIRE_CUDA=1` (the emulator run, `scripts/cuda-emu.sh
+/// test`) a missing GPU fails the test instead.
 pub fn backend(test: &str) -> Option<CudaBackend> {
+    let required = std::env::var("TESSERA_REQUIRE_CUDA").is_ok_and(|v| v == "1");
     match CudaBackend::new(0) {
         Ok(b) => Some(b),
-        Err(BackendError::Unavailable(what, why)) => {
+        Err(BackendError::Unavailable(what, why)) if !required => {
             println!("{test}: skipped: no CUDA device ({what}: {why})");
             None
         }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build the CPU stand-in for the CUDA driver, NVRTC and cuBLAS
+# (crates/tessera-backend/cuda-emu, docs/cuda-emu.md) into target/cuda-emu/,
+# and with `test`, run the CUDA backend's tests on it.
+#
+#   bash scripts/cuda-emu.sh          # build only; prints the library folder
+#   bash scripts/cuda-emu.sh test     # build, then the CUDA tests on the emulator
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+src=crates/tessera-backend/cuda-emu
+out=target/cuda-emu
+mkdir -p "$out"
+hash=$(python3 "$src/gen.py" crates/tessera-backend/src/cuda/module.rs "$out/kernels.cpp")
+g++ -std=c++20 -O2 -g -fPIC -shared -fvisibility=hidden -ffp-contract=off -fno-strict-aliasing \
+    -Wall -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-variable \
+    -DEMU_SOURCE_HASH="${hash}ull" -I "$src" \
+    -Wl,-soname,libtessera_cuda_emu.so \
+    -o "$out/libtessera_cuda_emu.so.tmp" "$src/emu.cpp" "$out/kernels.cpp" -lpthread
+mv "$out/libtessera_cuda_emu.so.tmp" "$out/libtessera_cuda_emu.so"
+for name in libcuda.so libcuda.so.1 libnvrtc.so libnvrtc.so.13 libcublas.so libcublas.so.13; do
+    ln -sfn libtessera_cuda_emu.so "$out/$name"
+done
+echo "$(pwd)/$out"
+
+if [ "${1:-}" = test ]; then
+    shift
+    # TESSERA_REQUIRE_CUDA: a test that cannot open the (emulated) GPU fails
+    # instead of skipping. The NVRTC test checks real PTX; the emulator makes none.
+    export LD_LIBRARY_PATH="$(pwd)/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export TESSERA_REQUIRE_CUDA=1 TESSERA_CACHE_DIR=none
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --cargo-profile test -p tessera-backend --test cuda --no-fail-fast \
+            -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
+    else
+        cargo test -p tessera-backend --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
+    fi
+fi
