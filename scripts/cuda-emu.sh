@@ -10,6 +10,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 src=crates/tessera-backend/cuda-emu
 out=target/cuda-emu
 mkdir -p "$out"
+if ! command -v g++ >/dev/null 2>&1; then
+    echo "cuda-emu.sh: g++ is missing; installing it" >&2
+    (apt-get update -qq && apt-get install -y -qq g++) >&2
+fi
 hash=$(python3 "$src/gen.py" crates/tessera-backend/src/cuda/module.rs "$out/kernels.cpp")
 g++ -std=c++20 -O2 -g -fPIC -shared -fvisibility=hidden -ffp-contract=off -fno-strict-aliasing \
     -Wall -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-variable \
@@ -28,10 +32,13 @@ if [ "${1:-}" = test ]; then
     # instead of skipping. The NVRTC test checks real PTX; the emulator makes none.
     export LD_LIBRARY_PATH="$(pwd)/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export TESSERA_REQUIRE_CUDA=1 TESSERA_CACHE_DIR=none
+    # The backend's op tests (tests/cuda.rs) and the binary on the CUDA
+    # backend (tests/cuda_cli.rs).
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --cargo-profile test -p tessera-backend --test cuda --no-fail-fast \
-            -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
+        cargo nextest run --cargo-profile test -p tessera-backend -p tessera --test cuda --test cuda_cli \
+            --no-fail-fast -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
     else
         cargo test -p tessera-backend --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
+        cargo test -p tessera --test cuda_cli --no-fail-fast "$@"
     fi
 fi

@@ -22,3 +22,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --no-fail-fast
 fi
+
+# The CUDA backend's tests again, on the CPU emulator of the CUDA driver,
+# NVRTC and cuBLAS (docs/cuda-emu.md): without a GPU they only skip above.
+bash scripts/cuda-emu.sh test

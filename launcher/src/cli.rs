@@ -46,7 +46,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Stream layers from host memory within this device budget for weights
-    /// (`6GiB`, `500MB`, bytes, or `auto` on CUDA); needs `--dtype int8`.
+    /// (`6GiB`, `500MB`, bytes, or `auto` on CUDA); needs `--dtype int8` or `int4`.
     #[arg(long, value_name = "BYTES|auto")]
     pub offload_budget: Option<String>,
     /// With --offload-budget: layers copied ahead of compute (slots = N + 1).

@@ -174,8 +174,60 @@ struct Module {
 
 enum FiberState { RUN, AT_BLOCK, AT_WARP, DONE };
 
-struct Fiber {
+// Switching between a block's threads. On x86-64 a minimal switch (the
+// callee-saved registers and the stack pointer; glibc's swapcontext also
+// saves the signal mask with a system call per switch, which made it most of
+// the emulator's time); elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .hidden emu_switch
+    .type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch,.-emu_switch
+)");
+struct Context {
+    void* sp = nullptr;
+};
+void fiber_entry();
+void ctx_init(Context& c, char* stack, size_t size) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    void** p = (void**)top;
+    *--p = nullptr;                      // fake return address: entry sees rsp = 8 mod 16
+    *--p = (void*)&fiber_entry;          // popped by `ret`
+    for (int i = 0; i < 6; i++) *--p = nullptr;  // rbp rbx r12 r13 r14 r15
+    c.sp = p;
+}
+void ctx_switch(Context& from, Context& to) { emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
     ucontext_t uc;
+};
+void fiber_entry();
+Context* g_sched_ptr = nullptr;
+void ctx_init(Context& c, char* stack, size_t size);
+void ctx_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+struct Fiber {
+    Context uc;
     FiberState state;
     unsigned mask;
     uint64_t offer[2];
@@ -184,7 +236,7 @@ struct Fiber {
 };
 
 std::vector<Fiber> g_fibers;
-ucontext_t g_sched;
+Context g_sched;
 int g_cur = -1;
 char* g_stacks = nullptr;
 size_t g_stack_size = 256 << 10;
@@ -196,16 +248,28 @@ std::string g_fault;
 struct sigaction g_old_segv, g_old_bus;
 bool g_in_kernel = false;
 
-void fiber_main() {
+void fiber_entry() {
     g_kernel->invoke(g_kernel->fn, g_params);
-    g_fibers[g_cur].state = DONE;
-    // uc_link returns to the scheduler.
+    Fiber& f = g_fibers[g_cur];
+    f.state = DONE;
+    ctx_switch(f.uc, g_sched);  // never resumed
+    std::abort();
 }
+
+#if !defined(__x86_64__)
+void ctx_init(Context& c, char* stack, size_t size) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, fiber_entry, 0);
+}
+#endif
 
 void yield_to_scheduler(FiberState s) {
     Fiber& f = g_fibers[g_cur];
     f.state = s;
-    swapcontext(&f.uc, &g_sched);
+    ctx_switch(f.uc, g_sched);
 }
 
 void on_segv(int sig, siginfo_t* info, void*) {
@@ -258,18 +322,14 @@ std::string run_kernel(const emu::KernelInfo* k, dim3 grid, dim3 block, unsigned
                     Fiber& f = g_fibers[t];
                     f.state = RUN;
                     f.gen = 0;
-                    getcontext(&f.uc);
-                    f.uc.uc_stack.ss_sp = g_stacks + t * g_stack_size;
-                    f.uc.uc_stack.ss_size = g_stack_size;
-                    f.uc.uc_link = &g_sched;
-                    makecontext(&f.uc, fiber_main, 0);
+                    ctx_init(f.uc, g_stacks + t * g_stack_size, g_stack_size);
                 }
                 for (;;) {
                     for (size_t t = 0; t < nthreads && g_fault.empty(); t++) {
                         if (g_fibers[t].state != RUN) continue;
                         g_cur = (int)t;
                         emu::thread_idx = uint3{(unsigned)t, 0, 0};
-                        swapcontext(&g_sched, &g_fibers[t].uc);
+                        ctx_switch(g_sched, g_fibers[t].uc);
                     }
                     if (!g_fault.empty()) {
                         err = g_fault;
@@ -576,8 +636,9 @@ void kernel_fault(const char* what) {
     char buf[512];
     std::snprintf(buf, sizeof buf, "%s (block %u,%u thread %u)", what, block_idx.x, block_idx.y, thread_idx.x);
     g_fault = buf;
-    g_fibers[g_cur].state = DONE;
-    setcontext(&g_sched);
+    Fiber& f = g_fibers[g_cur];
+    f.state = DONE;
+    ctx_switch(f.uc, g_sched);  // never resumed
     std::abort();
 }
 }  // namespace emu
@@ -1241,15 +1302,18 @@ std::string gemm(int ta, int tb, int m, int n, int k, float alpha, const void* A
         !dev_range((uintptr_t)B, (size_t)((bc - 1) * ldb + br) * elem_size(bt)) ||
         !dev_range((uintptr_t)C, (size_t)((n - 1) * (long)ldc + m) * 4))
         return "cuBLAS gemm: an operand is not inside one live device allocation";
-    std::vector<float> out((size_t)m * n);
+    // op(A) as rows of length k (ar[i][p]), op(B) as columns of length k (bc[j][p]).
+    std::vector<float> a((size_t)m * k), b((size_t)n * k), out((size_t)m * n);
+    for (long i = 0; i < m; i++)
+        for (long p = 0; p < k; p++) a[(size_t)i * k + p] = ta ? elem(A, at, lda, p, i) : elem(A, at, lda, i, p);
+    for (long j = 0; j < n; j++)
+        for (long p = 0; p < k; p++) b[(size_t)j * k + p] = tb ? elem(B, bt, ldb, j, p) : elem(B, bt, ldb, p, j);
     for (long j = 0; j < n; j++)
         for (long i = 0; i < m; i++) {
+            const float* x = &a[(size_t)i * k];
+            const float* y = &b[(size_t)j * k];
             float acc = 0.f;
-            for (long p = 0; p < k; p++) {
-                float a = ta ? elem(A, at, lda, p, i) : elem(A, at, lda, i, p);
-                float b = tb ? elem(B, bt, ldb, j, p) : elem(B, bt, ldb, p, j);
-                acc = std::fma(a, b, acc);
-            }
+            for (long p = 0; p < k; p++) acc = std::fma(x[p], y[p], acc);
             out[(size_t)j * m + i] = acc;
         }
     for (long j = 0; j < n; j++)

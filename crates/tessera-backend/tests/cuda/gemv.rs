@@ -273,6 +273,46 @@ fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
     b.abort_step_graph();
     let after_abort = step(&b, &w, s, &mut cache, 0, &inv);
     assert!(after_abort.iter().all(|v| v.is_finite()));
+
+    // A recording broken half-way by an op that synchronises (the capture is
+    // invalidated; later ops and frees on the stream fail) is abandoned
+    // cleanly: the stream stops recording, eager steps give the eager
+    // results, and the next recording works. The engine relies on this to
+    // fall back to eager steps.
+    let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+    let eager: Vec<Vec<f32>> = (0..4)
+        .map(|pos| step(&b, &w, s, &mut cache, pos, &inv))
+        .collect();
+    let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
+    assert_eq!(step(&b, &w, s, &mut cache, 0, &inv), eager[0]);
+    assert!(b.begin_step_graph(1, step_token(s, 1), s.vocab).unwrap());
+    let x = b.embedding(&w.embed, &[step_token(s, 1)]).unwrap();
+    let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
+    assert!(
+        b.download(&hn).is_err(),
+        "a download (a host sync) while recording must fail"
+    );
+    drop((x, hn));
+    b.abort_step_graph();
+    assert_eq!(
+        step(&b, &w, s, &mut cache, 1, &inv),
+        eager[1],
+        "eager step after a broken recording"
+    );
+    assert!(b.begin_step_graph(2, step_token(s, 2), s.vocab).unwrap());
+    let logits = step_tensor(&b, &w, s, &mut cache, 2, &inv);
+    let graph = b
+        .end_step_graph(logits)
+        .expect("recording after a broken one");
+    for pos in 2..4 {
+        let out = b
+            .replay_step_graph(&graph, pos, step_token(s, pos))
+            .unwrap();
+        assert!(
+            out.data == eager[pos],
+            "replay at {pos} after a broken recording"
+        );
+    }
 }
 
 #[test]
