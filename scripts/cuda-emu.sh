@@ -34,11 +34,22 @@ if [ "${1:-}" = test ]; then
     export TESSERA_REQUIRE_CUDA=1 TESSERA_CACHE_DIR=none
     # The backend's op tests (tests/cuda.rs) and the binary on the CUDA
     # backend (tests/cuda_cli.rs).
+    # Then the streamed-offload tests twice more, with the compute stream's
+    # work deferred until something waits for it, and with the copy stream's
+    # deferred: a missing copy -> compute or compute -> slot-reuse event then
+    # changes the tokens (docs/cuda-emu.md).
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --cargo-profile test -p tessera-backend -p tessera --test cuda --test cuda_cli \
             --no-fail-fast -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
+        for order in defer-first defer-others; do
+            TESSERA_CUDA_EMU_ORDER=$order cargo nextest run --cargo-profile test -p tessera --test cuda_cli \
+                --no-fail-fast -E 'test(offload)' "$@"
+        done
     else
         cargo test -p tessera-backend --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
         cargo test -p tessera --test cuda_cli --no-fail-fast "$@"
+        for order in defer-first defer-others; do
+            TESSERA_CUDA_EMU_ORDER=$order cargo test -p tessera --test cuda_cli --no-fail-fast offload "$@"
+        done
     fi
 fi

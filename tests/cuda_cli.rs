@@ -182,3 +182,53 @@ fn cuda_streamed_offload_matches_resident() {
         }
     }
 }
+
+/// `tessera launch` with a one-GPU worker process streaming its weights (the
+/// YAML `offload:` section, as `configs/gpu-offload.yaml` on a small shape)
+/// gives `generate --device cuda`'s tokens.
+#[test]
+fn launched_cuda_worker_with_offload_matches_generate() {
+    if !cuda_present("launched_cuda_worker_with_offload_matches_generate") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gpu-offload-tiny.yaml");
+    std::fs::write(
+        &cfg,
+        "model:\n  format: dummy\n  dtype: int8\n  dummy:\n    shape: tiny\n    seed: 4\n\
+         parallelism:\n  tensor_parallel: 1\n  devices: [\"cuda:0\"]\n\
+         offload:\n  enabled: true\n  weight_budget: 64MiB\n  prefetch_depth: 1\n  \
+         resident_layers: 1\n  pin_memory: true\n\
+         supervision:\n  step_timeout: 120s\n  worker_start_timeout: 120s\n",
+    )
+    .unwrap();
+    let tokens = TOKENS.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "launch",
+            cfg.to_str().unwrap(),
+            "--json",
+            "--prompt-ids",
+            PROMPT,
+        ])
+        .args(["--max-new-tokens", &tokens])
+        .output()
+        .expect("spawn tessera launch");
+    assert!(
+        out.status.success(),
+        "tessera launch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let launched: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let direct = generate(4, "cuda", "int8", &[], &[]);
+    assert_eq!(
+        ids(&launched["generated_ids"]),
+        ids(&direct["generated_ids"]),
+        "launched worker vs generate"
+    );
+    let worker = &launched["workers"][0];
+    assert!(
+        worker.to_string().contains("cuda:0"),
+        "worker report: {worker}"
+    );
+}

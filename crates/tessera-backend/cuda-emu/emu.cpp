@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -399,10 +400,22 @@ std::string run_kernel(const emu::KernelInfo* k, dim3 grid, dim3 block, unsigned
 
 struct Graph;
 
+struct Stream;
+
 struct Event {
     double t = 0;
     bool recorded = false;
     Graph* captured_in = nullptr;  // recorded while this graph was being captured
+    Stream* stream = nullptr;      // where it was last recorded
+    uint64_t gen = 0;              // records so far
+    uint64_t done_gen = 0;         // records that have completed
+    uint64_t queried_gen = 0;      // last record a query found pending
+};
+
+// Handles given out for events: work queued on deferred streams keeps the
+// event alive after cuEventDestroy.
+struct EventBox {
+    std::shared_ptr<Event> e;
 };
 
 struct Graph {
@@ -432,7 +445,33 @@ struct Stream {
     bool invalidated = false;
     int mode = 0;
     std::thread::id thread;
+    // Deferred (TESSERA_CUDA_EMU_ORDER): work waits here until something
+    // needs it (a synchronisation, or another stream waiting on an event).
+    bool deferred = false;
+    bool draining = false;
+    std::deque<std::function<std::string()>> queue;
 };
+
+// Which streams defer their work (TESSERA_CUDA_EMU_ORDER):
+//   immediate (default): work runs when queued, in host order;
+//   defer-first: the first stream a process creates (the backend's compute
+//     stream) runs only when forced, other streams at once, so a copy that
+//     does not wait for the compute it must follow overwrites data too early;
+//   defer-others: every later stream (the offload copy stream) runs only when
+//     forced, so compute that does not wait for a copy reads stale data.
+int order_mode() {
+    static int m = [] {
+        const char* e = std::getenv("TESSERA_CUDA_EMU_ORDER");
+        if (!e || !*e || std::strcmp(e, "immediate") == 0) return 0;
+        if (std::strcmp(e, "defer-first") == 0) return 1;
+        if (std::strcmp(e, "defer-others") == 0) return 2;
+        std::fprintf(stderr, "tessera-cuda-emu: TESSERA_CUDA_EMU_ORDER=%s: expected immediate, defer-first or "
+                             "defer-others\n", e);
+        std::abort();
+    }();
+    return m;
+}
+int g_streams_created = 0;
 
 Stream g_legacy;
 std::set<Stream*> g_streams;
@@ -487,7 +526,38 @@ CUresult unsafe_call(const char* what) {
 
 std::string g_last_op_error;
 
-// Queue `op` on `s`: run now, or record it when `s` is capturing.
+CUresult op_failed(const std::string& e) {
+    note("%s", e.c_str());
+    g_last_op_error = e;
+    return CUDA_ERROR_LAUNCH_FAILED;
+}
+
+// Run `s`'s deferred work in order, until event `e` reaches record `gen`
+// (all of it without `e`). Returns the first failure.
+std::string drain(Stream* s, const Event* e = nullptr, uint64_t gen = 0) {
+    if (s->draining) return "streams wait on each other's later work (a GPU would deadlock)";
+    s->draining = true;
+    std::string err;
+    while (!s->queue.empty() && !(e && e->done_gen >= gen)) {
+        auto op = std::move(s->queue.front());
+        s->queue.pop_front();
+        err = op();
+        if (!err.empty()) break;
+    }
+    s->draining = false;
+    return err;
+}
+
+std::string drain_all() {
+    for (Stream* s : g_streams) {
+        std::string e = drain(s);
+        if (!e.empty()) return e;
+    }
+    return "";
+}
+
+// Queue `op` on `s`: run now, keep it (deferred stream), or record it when
+// `s` is capturing.
 CUresult enqueue(Stream* s, std::function<std::string()> op) {
     if (s->capture) {
         // As the driver: once invalidated, a capture refuses all further work.
@@ -499,18 +569,28 @@ CUresult enqueue(Stream* s, std::function<std::string()> op) {
         if (Stream* c = capture_blocking_this_thread())
             return invalidate(c, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, "work on the legacy stream during capture");
     }
-    std::string e = op();
-    if (!e.empty()) {
-        note("%s", e.c_str());
-        g_last_op_error = e;
-        return CUDA_ERROR_LAUNCH_FAILED;
+    if (s->deferred) {
+        s->queue.push_back(std::move(op));
+        return CUDA_SUCCESS;
     }
-    return CUDA_SUCCESS;
+    std::string e = op();
+    return e.empty() ? CUDA_SUCCESS : op_failed(e);
 }
 
 CUresult sync_stream(Stream* s, const char* what) {
     if (s->capture) return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, what);
-    return unsafe_call(what);
+    if (CUresult r = unsafe_call(what)) return r;
+    std::string e = drain(s);
+    return e.empty() ? CUDA_SUCCESS : op_failed(e);
+}
+
+std::map<uintptr_t, size_t> g_pinned_ranges;  // page-locked host memory: start -> bytes
+
+bool pinned(uintptr_t p, size_t n) {
+    auto it = g_pinned_ranges.upper_bound(p);
+    if (it == g_pinned_ranges.begin()) return false;
+    --it;
+    return p >= it->first && p + n <= it->first + it->second;
 }
 
 struct Ctx {
@@ -543,12 +623,30 @@ CUresult copy_async(uintptr_t dst, bool dst_dev, uintptr_t src, bool src_dev, si
         note("%s", e.c_str());
         return CUDA_ERROR_INVALID_VALUE;
     }
-    return enqueue(stream_of(stream), [=]() -> std::string {
+    Stream* s = stream_of(stream);
+    if (!src_dev && !pinned(src, n)) {
+        // From pageable memory the driver stages the source before returning.
+        auto staged = std::make_shared<std::vector<char>>((const char*)src, (const char*)src + n);
+        return enqueue(s, [=]() -> std::string {
+            std::string e2 = copy_check(dst, dst_dev, 0, false, n, what);
+            if (!e2.empty()) return e2;
+            if (n) std::memcpy((void*)dst, staged->data(), n);
+            return "";
+        });
+    }
+    auto op = [=]() -> std::string {
         std::string e2 = copy_check(dst, dst_dev, src, src_dev, n, what);
         if (!e2.empty()) return e2;
         if (n) std::memmove((void*)dst, (const void*)src, n);
         return "";
-    });
+    };
+    if (!dst_dev && !pinned(dst, n) && !s->capture) {
+        // To pageable memory the call returns only once the copy is done.
+        std::string e2 = drain(s);
+        if (e2.empty()) e2 = op();
+        return e2.empty() ? CUDA_SUCCESS : op_failed(e2);
+    }
+    return enqueue(s, op);
 }
 
 struct LaunchArgs {
@@ -747,7 +845,8 @@ EXPORT CUresult cuCtxSynchronize() {
     for (Stream* s : g_streams)
         if (s->capture && (s->mode == 0 || s->thread == std::this_thread::get_id()))
             return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuCtxSynchronize during capture");
-    return CUDA_SUCCESS;
+    std::string e = drain_all();
+    return e.empty() ? CUDA_SUCCESS : op_failed(e);
 }
 EXPORT CUresult cuCtxDestroy_v2(void*) { return CUDA_SUCCESS; }
 EXPORT CUresult cuCtxSetFlags(unsigned) { return CUDA_SUCCESS; }
@@ -777,6 +876,8 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
 EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
     LOCK;
     if (CUresult r = unsafe_call("cuMemFree (synchronous free)")) return r;
+    std::string e = drain_all();
+    if (!e.empty()) return op_failed(e);
     if (g_graph_owned.count(p)) return CUDA_ERROR_INVALID_VALUE;
     return dev_free(p);
 }
@@ -831,6 +932,7 @@ EXPORT CUresult cuMemHostAlloc(void** pp, size_t n, unsigned) {
     void* p = nullptr;
     if (posix_memalign(&p, 4096, n ? n : 1) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
     g_pinned.insert((uintptr_t)p);
+    g_pinned_ranges[(uintptr_t)p] = n;
     *pp = p;
     return CUDA_SUCCESS;
 }
@@ -838,6 +940,10 @@ EXPORT CUresult cuMemAllocHost_v2(void** pp, size_t n) { return cuMemHostAlloc(p
 EXPORT CUresult cuMemFreeHost(void* p) {
     LOCK;
     if (!g_pinned.erase((uintptr_t)p)) return CUDA_ERROR_INVALID_VALUE;
+    g_pinned_ranges.erase((uintptr_t)p);
+    // Implicitly synchronising: pending copies may still read it.
+    std::string e = drain_all();
+    if (!e.empty()) op_failed(e);
     std::free(p);
     return CUDA_SUCCESS;
 }
@@ -898,6 +1004,8 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, void* s)
 EXPORT CUresult cuStreamCreate(void** s, unsigned) {
     LOCK;
     Stream* st = new Stream();
+    int idx = g_streams_created++;
+    st->deferred = (order_mode() == 1 && idx == 0) || (order_mode() == 2 && idx > 0);
     g_streams.insert(st);
     *s = st;
     return CUDA_SUCCESS;
@@ -906,8 +1014,11 @@ EXPORT CUresult cuStreamCreateWithPriority(void** s, unsigned f, int) { return c
 EXPORT CUresult cuStreamDestroy_v2(void* s) {
     LOCK;
     Stream* st = (Stream*)s;
-    if (!g_streams.erase(st)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!g_streams.count(st)) return CUDA_ERROR_INVALID_HANDLE;
+    std::string e = drain(st);  // queued work still runs
+    g_streams.erase(st);
     delete st;
+    if (!e.empty()) return op_failed(e);
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamSynchronize(void* s) {
@@ -918,10 +1029,12 @@ EXPORT CUresult cuStreamQuery(void* s) {
     LOCK;
     return sync_stream(stream_of(s), "cuStreamQuery on a capturing stream");
 }
+std::shared_ptr<Event> event_of(void* e) { return ((EventBox*)e)->e; }
+
 EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned) {
     LOCK;
     Stream* st = stream_of(s);
-    Event* ev = (Event*)e;
+    std::shared_ptr<Event> ev = event_of(e);
     if (st->capture && ev->captured_in != st->capture)
         return invalidate(st, CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
                           "a capturing stream waits for an event recorded outside the capture");
@@ -929,7 +1042,15 @@ EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned) {
         note("a stream waits for an event recorded in a capture: joining streams into a capture is not emulated");
         return CUDA_ERROR_NOT_SUPPORTED;
     }
-    return CUDA_SUCCESS;
+    if (st->capture || !ev->recorded || ev->done_gen >= ev->gen) return CUDA_SUCCESS;
+    // The waiting stream's later work needs the event's stream up to the record.
+    uint64_t gen = ev->gen;
+    Stream* src = ev->stream;
+    return enqueue(st, [ev, gen, src]() -> std::string {
+        if (ev->done_gen >= gen) return "";
+        if (!g_streams.count(src)) return "an event's stream was destroyed before its record ran";
+        return drain(src, ev.get(), gen);
+    });
 }
 EXPORT CUresult cuLaunchHostFunc(void* s, void (*fn)(void*), void* data) {
     LOCK;
@@ -939,43 +1060,69 @@ EXPORT CUresult cuLaunchHostFunc(void* s, void (*fn)(void*), void* data) {
     });
 }
 EXPORT CUresult cuEventCreate(void** e, unsigned) {
-    *e = new Event();
+    *e = new EventBox{std::make_shared<Event>()};
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventDestroy_v2(void* e) {
-    delete (Event*)e;
+    LOCK;
+    delete (EventBox*)e;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventRecord(void* e, void* s) {
     LOCK;
-    Event* ev = (Event*)e;
+    std::shared_ptr<Event> ev = event_of(e);
     Stream* st = stream_of(s);
+    ev->recorded = true;
     if (st->capture) {
         ev->captured_in = st->capture;
-        ev->recorded = true;
         return CUDA_SUCCESS;
     }
     ev->captured_in = nullptr;
-    ev->recorded = true;
-    ev->t = now_ms();
-    return CUDA_SUCCESS;
+    ev->stream = st;
+    uint64_t gen = ++ev->gen;
+    return enqueue(st, [ev, gen]() -> std::string {
+        if (ev->done_gen < gen) {
+            ev->done_gen = gen;
+            ev->t = now_ms();
+        }
+        return "";
+    });
 }
 EXPORT CUresult cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
-EXPORT CUresult cuEventSynchronize(void* e) {
-    LOCK;
-    Event* ev = (Event*)e;
+
+// Wait for the event's last record (`force`: run what it needs).
+CUresult event_sync(void* e, const char* what) {
+    std::shared_ptr<Event> ev = event_of(e);
     if (ev->captured_in) {
         for (Stream* s : g_streams)
             if (s->capture == ev->captured_in)
-                return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuEventSynchronize on a captured event");
+                return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "synchronising on a captured event");
     }
-    return unsafe_call("cuEventSynchronize");
+    if (CUresult r = unsafe_call(what)) return r;
+    if (!ev->recorded || ev->done_gen >= ev->gen || !ev->stream) return CUDA_SUCCESS;
+    if (!g_streams.count(ev->stream)) return CUDA_ERROR_INVALID_HANDLE;
+    std::string err = drain(ev->stream, ev.get(), ev->gen);
+    return err.empty() ? CUDA_SUCCESS : op_failed(err);
 }
-EXPORT CUresult cuEventQuery(void* e) { return cuEventSynchronize(e); }
+EXPORT CUresult cuEventSynchronize(void* e) {
+    LOCK;
+    return event_sync(e, "cuEventSynchronize");
+}
+EXPORT CUresult cuEventQuery(void* e) {
+    LOCK;
+    std::shared_ptr<Event> ev = event_of(e);
+    if (ev->recorded && !ev->captured_in && ev->done_gen < ev->gen && ev->queried_gen < ev->gen) {
+        // Pending: say so once, then let it complete (a GPU finishes eventually).
+        ev->queried_gen = ev->gen;
+        return 600;  // CUDA_ERROR_NOT_READY
+    }
+    return event_sync(e, "cuEventQuery");
+}
 EXPORT CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
-    Event* ea = (Event*)a;
-    Event* eb = (Event*)b;
+    LOCK;
+    std::shared_ptr<Event> ea = event_of(a), eb = event_of(b);
     if (!ea->recorded || !eb->recorded || ea->captured_in || eb->captured_in) return CUDA_ERROR_INVALID_HANDLE;
+    if (ea->done_gen < ea->gen || eb->done_gen < eb->gen) return 600;  // CUDA_ERROR_NOT_READY
     *ms = (float)(eb->t - ea->t);
     return CUDA_SUCCESS;
 }
