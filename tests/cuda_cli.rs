@@ -1,7 +1,8 @@
-//! The `tessera` binary on the CUDA backend: greedy tokens equal to the CPU
-//! backend's on a seeded model, recorded decode steps (CUDA graphs) giving
-//! the tokens of kernel-by-kernel steps, and streamed offload giving the
-//! tokens of the resident run.
+//! The CUDA backend end to end, through the `tessera` binary and the engine:
+//! greedy tokens equal to the CPU backend's on a seeded model, recorded decode
+//! steps (CUDA graphs) giving the tokens of kernel-by-kernel steps, streamed
+//! offload (also in a launched worker) giving the tokens of the resident run,
+//! and batched decode giving each sequence's lone tokens.
 //!
 //! Needs a GPU, or the CPU emulator of the CUDA libraries
 //! (`scripts/cuda-emu.sh test` runs these with it, in CI). Without either the
@@ -231,4 +232,103 @@ fn launched_cuda_worker_with_offload_matches_generate() {
         worker.to_string().contains("cuda:0"),
         "worker report: {worker}"
     );
+}
+
+/// Greedy decode of several sequences stepped together (`forward_batch`, as
+/// the server's continuous batching does): every sequence's tokens equal its
+/// lone run on the same backend (which records and replays its steps), and the
+/// batched logits stay within 1e-4 of the lone ones. Prompts of different
+/// lengths, one long enough for the large-product prefill path.
+fn batched_vs_lone<B: tessera_backend::Backend + 'static>(
+    model: &tessera_engine::Model<B>,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> Vec<Vec<u32>> {
+    use tessera_engine::{argmax, BatchEntry};
+    let lone: Vec<(Vec<u32>, Vec<Vec<f32>>)> = prompts
+        .iter()
+        .map(|p| {
+            let mut seq = model.new_sequence(64).unwrap();
+            let mut logits = vec![model.forward(&mut seq, p, false).unwrap().data];
+            let mut toks = vec![argmax(&logits[0])];
+            for _ in 0..steps {
+                let l = model
+                    .forward(&mut seq, &[*toks.last().unwrap()], false)
+                    .unwrap()
+                    .data;
+                toks.push(argmax(&l));
+                logits.push(l);
+            }
+            (toks, logits)
+        })
+        .collect();
+    let mut seqs: Vec<_> = prompts
+        .iter()
+        .map(|_| model.new_sequence(64).unwrap())
+        .collect();
+    let mut toks: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    for step in 0..=steps {
+        let inputs: Vec<Vec<u32>> = if step == 0 {
+            prompts.to_vec()
+        } else {
+            toks.iter().map(|t| vec![*t.last().unwrap()]).collect()
+        };
+        let mut batch: Vec<BatchEntry<'_, B>> = seqs
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(seq, ids)| BatchEntry {
+                seq,
+                ids,
+                all_logits: false,
+            })
+            .collect();
+        let out = model.forward_batch(&mut batch).unwrap();
+        for (i, l) in out.iter().enumerate() {
+            let want = &lone[i].1[step];
+            let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(&l.data, want);
+            assert!(
+                diff <= 1e-4 * scale,
+                "sequence {i}, step {step}: batched logits differ from the lone run's by {diff}"
+            );
+            toks[i].push(argmax(&l.data));
+        }
+    }
+    for (i, (want, _)) in lone.iter().enumerate() {
+        assert_eq!(&toks[i], want, "sequence {i}: batched vs lone tokens");
+    }
+    toks
+}
+
+#[test]
+fn cuda_batched_decode_matches_lone_sequences_and_the_cpu() {
+    if !cuda_present("cuda_batched_decode_matches_lone_sequences_and_the_cpu") {
+        return;
+    }
+    use tessera_backend::WeightDType;
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![5, 9],
+        vec![1, 15, 300, 7, 99],
+        vec![700, 2, 33, 4, 8, 16, 23, 42, 108],
+        (0..20).map(|i| (i * 37 + 11) % 1024).collect(),
+    ];
+    let ckpt = tessera_model::dummy::open("tiny", 6).unwrap();
+    let load_cuda = |dtype| {
+        let b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
+        tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {}).unwrap()
+    };
+    let cpu = tessera_engine::Model::load(
+        tessera_backend::cpu::CpuBackend::new(1).unwrap(),
+        &ckpt.spec,
+        ckpt.source.as_ref(),
+        WeightDType::F32,
+        |_, _| {},
+    )
+    .unwrap();
+    let want = batched_vs_lone(&cpu, &prompts, 6);
+    // int8 (W8A16) computes the CPU f32 function on these weights (on the int8 grid).
+    for dtype in [WeightDType::F32, WeightDType::Int8] {
+        let got = batched_vs_lone(&load_cuda(dtype), &prompts, 6);
+        assert_eq!(got, want, "cuda {dtype} vs cpu f32");
+    }
 }
