@@ -23,6 +23,8 @@ else
     cargo test --workspace --no-fail-fast
 fi
 
-# The CUDA backend's tests again, on the CPU emulator of the CUDA driver,
-# NVRTC and cuBLAS (docs/cuda-emu.md): without a GPU they only skip above.
+# Without a GPU the CUDA tests above only skip. The kernels compiled by the
+# real NVRTC (its PyPI wheel), then the CUDA backend's tests on the CPU
+# emulator of the CUDA driver, NVRTC and cuBLAS (docs/cuda-emu.md).
+bash scripts/nvrtc-ptx.sh
 bash scripts/cuda-emu.sh test
