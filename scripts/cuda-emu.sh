@@ -21,7 +21,7 @@ g++ -std=c++20 -O2 -g -fPIC -shared -fvisibility=hidden -ffp-contract=off -fno-s
     -Wl,-soname,libtessera_cuda_emu.so \
     -o "$out/libtessera_cuda_emu.so.tmp" "$src/emu.cpp" "$out/kernels.cpp" -lpthread
 mv "$out/libtessera_cuda_emu.so.tmp" "$out/libtessera_cuda_emu.so"
-for name in libcuda.so libcuda.so.1 libnvrtc.so libnvrtc.so.13 libcublas.so libcublas.so.13; do
+for name in libcuda.so libcuda.so.1 libnvrtc.so libnvrtc.so.13 libcublas.so libcublas.so.13 libnccl.so libnccl.so.2; do
     ln -sfn libtessera_cuda_emu.so "$out/$name"
 done
 echo "$(pwd)/$out"
@@ -38,9 +38,13 @@ if [ "${1:-}" = test ]; then
     # work deferred until something waits for it, and with the copy stream's
     # deferred: a missing copy -> compute or compute -> slot-reuse event then
     # changes the tokens (docs/cuda-emu.md).
+    # The NCCL collective (tessera-comm) on the emulator's NCCL: two ranks,
+    # the watchdog, and the GPU-only test of a world of one.
     if cargo nextest --version >/dev/null 2>&1; then
         cargo nextest run --cargo-profile test -p tessera-backend -p tessera --test cuda --test cuda_cli \
             --no-fail-fast -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
+        cargo nextest run --cargo-profile test -p tessera-comm --lib --run-ignored all --no-fail-fast \
+            -E 'test(/nccl::tests/)' "$@"
         for order in defer-first defer-others; do
             TESSERA_CUDA_EMU_ORDER=$order cargo nextest run --cargo-profile test -p tessera --test cuda_cli \
                 --no-fail-fast -E 'test(offload)' "$@"
@@ -48,6 +52,7 @@ if [ "${1:-}" = test ]; then
     else
         cargo test -p tessera-backend --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
         cargo test -p tessera --test cuda_cli --no-fail-fast "$@"
+        cargo test -p tessera-comm --lib --no-fail-fast nccl::tests -- --include-ignored "$@"
         for order in defer-first defer-others; do
             TESSERA_CUDA_EMU_ORDER=$order cargo test -p tessera --test cuda_cli --no-fail-fast offload "$@"
         done

@@ -332,3 +332,73 @@ fn cuda_batched_decode_matches_lone_sequences_and_the_cpu() {
         assert_eq!(got, want, "cuda {dtype} vs cpu f32");
     }
 }
+
+/// `tensor_parallel: 2` on two GPUs with NCCL (`configs/gpu-tp2.yaml` on a
+/// small shape), without and with each worker streaming its shard: the
+/// tokens of `generate --device cuda`. Needs two GPUs: on the emulator,
+/// `TESSERA_CUDA_EMU_DEVICES=2` (its NCCL runs the ranks' collectives through
+/// shared memory); on a machine with one GPU it is skipped.
+#[test]
+fn launched_tp2_cuda_workers_with_nccl_match_generate() {
+    // Only the emulator reads this; it must be set before the first CUDA call.
+    std::env::set_var("TESSERA_CUDA_EMU_DEVICES", "2");
+    if !cuda_present("launched_tp2_cuda_workers_with_nccl_match_generate") {
+        return;
+    }
+    let gpus = tessera_backend::cuda::probe().unwrap_or(0);
+    if gpus < 2 {
+        println!(
+            "launched_tp2_cuda_workers_with_nccl_match_generate: skipped: {gpus} GPU(s), needs 2"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let direct = generate(7, "cuda", "int8", &[], &[]);
+    let tokens = TOKENS.to_string();
+    for offload in [
+        "{enabled: false}",
+        "{enabled: true, weight_budget: 64MiB, prefetch_depth: 1, resident_layers: 1}",
+    ] {
+        let cfg = dir.path().join("gpu-tp2-tiny.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "model: {{format: dummy, dtype: int8, dummy: {{shape: tiny, seed: 7}}}}\n\
+                 parallelism: {{tensor_parallel: 2, devices: [0, 1], collective: nccl}}\n\
+                 offload: {offload}\n\
+                 supervision: {{step_timeout: 120s, worker_start_timeout: 120s, collective_timeout: 60s}}\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                "launch",
+                cfg.to_str().unwrap(),
+                "--json",
+                "--prompt-ids",
+                PROMPT,
+            ])
+            .args(["--max-new-tokens", &tokens])
+            .output()
+            .expect("spawn tessera launch");
+        assert!(
+            out.status.success(),
+            "tessera launch (offload {offload}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        assert_eq!(
+            ids(&v["generated_ids"]),
+            ids(&direct["generated_ids"]),
+            "tp2 over NCCL (offload {offload}) vs one GPU"
+        );
+        let workers = v["workers"].as_array().expect("workers in --json");
+        assert_eq!(workers.len(), 2, "{v}");
+        for (i, w) in workers.iter().enumerate() {
+            assert!(
+                w.to_string().contains(&format!("cuda:{i}")),
+                "worker {i}: {w}"
+            );
+        }
+    }
+}

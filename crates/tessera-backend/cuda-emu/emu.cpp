@@ -526,6 +526,10 @@ CUresult unsafe_call(const char* what) {
 
 std::string g_last_op_error;
 
+// What an op returns while it cannot finish yet (an NCCL collective whose
+// peers have not all arrived): the stream stops there until it can.
+const std::string kPending = "\x01pending";
+
 CUresult op_failed(const std::string& e) {
     note("%s", e.c_str());
     g_last_op_error = e;
@@ -542,6 +546,10 @@ std::string drain(Stream* s, const Event* e = nullptr, uint64_t gen = 0) {
         auto op = std::move(s->queue.front());
         s->queue.pop_front();
         err = op();
+        if (err == kPending) {
+            s->queue.push_front(std::move(op));
+            break;
+        }
         if (!err.empty()) break;
     }
     s->draining = false;
@@ -549,11 +557,29 @@ std::string drain(Stream* s, const Event* e = nullptr, uint64_t gen = 0) {
 }
 
 std::string drain_all() {
+    std::string pending;
     for (Stream* s : g_streams) {
         std::string e = drain(s);
-        if (!e.empty()) return e;
+        if (e == kPending) pending = e;
+        else if (!e.empty()) return e;
     }
-    return "";
+    return pending;
+}
+
+// Retry `attempt` while it is pending, letting other threads (and the peers'
+// processes) make progress; a GPU would block here for good, the emulator
+// gives up after 300 s.
+std::string wait_unblocked(const std::function<std::string()>& attempt) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+        std::string r = attempt();
+        if (r != kPending) return r;
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(300))
+            return "blocked for 300 s behind a collective whose peers never arrived (a GPU would hang)";
+        g_mu.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        g_mu.lock();
+    }
 }
 
 // Queue `op` on `s`: run now, keep it (deferred stream), or record it when
@@ -569,18 +595,24 @@ CUresult enqueue(Stream* s, std::function<std::string()> op) {
         if (Stream* c = capture_blocking_this_thread())
             return invalidate(c, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, "work on the legacy stream during capture");
     }
-    if (s->deferred) {
+    if (s->deferred || !s->queue.empty()) {
+        s->queue.push_back(std::move(op));
+        if (s->deferred) return CUDA_SUCCESS;
+        std::string e = drain(s);  // behind a pending collective: progress if it can
+        return e.empty() || e == kPending ? CUDA_SUCCESS : op_failed(e);
+    }
+    std::string e = op();
+    if (e == kPending) {
         s->queue.push_back(std::move(op));
         return CUDA_SUCCESS;
     }
-    std::string e = op();
     return e.empty() ? CUDA_SUCCESS : op_failed(e);
 }
 
 CUresult sync_stream(Stream* s, const char* what) {
     if (s->capture) return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, what);
     if (CUresult r = unsafe_call(what)) return r;
-    std::string e = drain(s);
+    std::string e = wait_unblocked([s] { return drain(s); });
     return e.empty() ? CUDA_SUCCESS : op_failed(e);
 }
 
@@ -597,6 +629,7 @@ struct Ctx {
     int dev = 0;
 };
 Ctx g_ctx;
+Ctx g_ctxs[8] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
 thread_local Ctx* t_current = nullptr;
 bool g_init = false;
 
@@ -642,7 +675,7 @@ CUresult copy_async(uintptr_t dst, bool dst_dev, uintptr_t src, bool src_dev, si
     };
     if (!dst_dev && !pinned(dst, n) && !s->capture) {
         // To pageable memory the call returns only once the copy is done.
-        std::string e2 = drain(s);
+        std::string e2 = wait_unblocked([s] { return drain(s); });
         if (e2.empty()) e2 = op();
         return e2.empty() ? CUDA_SUCCESS : op_failed(e2);
     }
@@ -755,15 +788,21 @@ EXPORT CUresult cuDriverGetVersion(int* v) {
     *v = 13000;
     return CUDA_SUCCESS;
 }
+// TESSERA_CUDA_EMU_DEVICES: how many GPUs to report (1 to 8, default 1).
+int device_count() {
+    const char* e = std::getenv("TESSERA_CUDA_EMU_DEVICES");
+    int n = e ? std::atoi(e) : 1;
+    return n < 1 ? 1 : n > 8 ? 8 : n;
+}
 EXPORT CUresult cuDeviceGetCount(int* n) {
     if (!g_init) return CUDA_ERROR_NOT_INITIALIZED;
-    *n = 1;
+    *n = device_count();
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDeviceGet(int* d, int ordinal) {
     if (!g_init) return CUDA_ERROR_NOT_INITIALIZED;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *d = 0;
+    if (ordinal < 0 || ordinal >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDeviceGetName(char* name, int len, int) {
@@ -817,9 +856,10 @@ EXPORT CUresult cuMemPoolGetAttribute(void*, int, void* v) {
 }
 EXPORT CUresult cuMemPoolTrimTo(void*, size_t) { return CUDA_SUCCESS; }
 
-EXPORT CUresult cuDevicePrimaryCtxRetain(void** ctx, int) {
+EXPORT CUresult cuDevicePrimaryCtxRetain(void** ctx, int d) {
     if (!g_init) return CUDA_ERROR_NOT_INITIALIZED;
-    *ctx = &g_ctx;
+    if (d < 0 || d >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = &g_ctxs[d];
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuDevicePrimaryCtxRelease_v2(int) { return CUDA_SUCCESS; }
@@ -837,7 +877,7 @@ EXPORT CUresult cuCtxPopCurrent_v2(void** ctx) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuCtxGetDevice(int* d) {
-    *d = 0;
+    *d = t_current ? t_current->dev : 0;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuCtxSynchronize() {
@@ -845,7 +885,7 @@ EXPORT CUresult cuCtxSynchronize() {
     for (Stream* s : g_streams)
         if (s->capture && (s->mode == 0 || s->thread == std::this_thread::get_id()))
             return invalidate(s, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuCtxSynchronize during capture");
-    std::string e = drain_all();
+    std::string e = wait_unblocked(drain_all);
     return e.empty() ? CUDA_SUCCESS : op_failed(e);
 }
 EXPORT CUresult cuCtxDestroy_v2(void*) { return CUDA_SUCCESS; }
@@ -876,7 +916,7 @@ EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) {
 EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
     LOCK;
     if (CUresult r = unsafe_call("cuMemFree (synchronous free)")) return r;
-    std::string e = drain_all();
+    std::string e = wait_unblocked(drain_all);
     if (!e.empty()) return op_failed(e);
     if (g_graph_owned.count(p)) return CUDA_ERROR_INVALID_VALUE;
     return dev_free(p);
@@ -942,7 +982,7 @@ EXPORT CUresult cuMemFreeHost(void* p) {
     if (!g_pinned.erase((uintptr_t)p)) return CUDA_ERROR_INVALID_VALUE;
     g_pinned_ranges.erase((uintptr_t)p);
     // Implicitly synchronising: pending copies may still read it.
-    std::string e = drain_all();
+    std::string e = wait_unblocked(drain_all);
     if (!e.empty()) op_failed(e);
     std::free(p);
     return CUDA_SUCCESS;
@@ -1015,7 +1055,7 @@ EXPORT CUresult cuStreamDestroy_v2(void* s) {
     LOCK;
     Stream* st = (Stream*)s;
     if (!g_streams.count(st)) return CUDA_ERROR_INVALID_HANDLE;
-    std::string e = drain(st);  // queued work still runs
+    std::string e = wait_unblocked([st] { return drain(st); });  // queued work still runs
     g_streams.erase(st);
     delete st;
     if (!e.empty()) return op_failed(e);
@@ -1049,7 +1089,8 @@ EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned) {
     return enqueue(st, [ev, gen, src]() -> std::string {
         if (ev->done_gen >= gen) return "";
         if (!g_streams.count(src)) return "an event's stream was destroyed before its record ran";
-        return drain(src, ev.get(), gen);
+        std::string r = drain(src, ev.get(), gen);
+        return r.empty() && ev->done_gen < gen ? kPending : r;
     });
 }
 EXPORT CUresult cuLaunchHostFunc(void* s, void (*fn)(void*), void* data) {
@@ -1101,7 +1142,9 @@ CUresult event_sync(void* e, const char* what) {
     if (CUresult r = unsafe_call(what)) return r;
     if (!ev->recorded || ev->done_gen >= ev->gen || !ev->stream) return CUDA_SUCCESS;
     if (!g_streams.count(ev->stream)) return CUDA_ERROR_INVALID_HANDLE;
-    std::string err = drain(ev->stream, ev.get(), ev->gen);
+    Stream* st = ev->stream;
+    uint64_t gen = ev->gen;
+    std::string err = wait_unblocked([&] { return drain(st, ev.get(), gen); });
     return err.empty() ? CUDA_SUCCESS : op_failed(err);
 }
 EXPORT CUresult cuEventSynchronize(void* e) {
@@ -1115,6 +1158,12 @@ EXPORT CUresult cuEventQuery(void* e) {
         // Pending: say so once, then let it complete (a GPU finishes eventually).
         ev->queried_gen = ev->gen;
         return 600;  // CUDA_ERROR_NOT_READY
+    }
+    if (ev->recorded && !ev->captured_in && ev->done_gen < ev->gen && ev->stream && g_streams.count(ev->stream)) {
+        // Behind a collective still waiting for its peers: not ready yet.
+        std::string err = drain(ev->stream, ev.get(), ev->gen);
+        if (err == kPending) return 600;
+        if (!err.empty()) return op_failed(err);
     }
     return event_sync(e, "cuEventQuery");
 }
@@ -1516,3 +1565,274 @@ EXPORT int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void
 }
 EXPORT const char* cublasGetStatusString(int s) { return s == 0 ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_ERROR"; }
 EXPORT const char* cublasGetStatusName(int s) { return cublasGetStatusString(s); }
+
+// ================================================================= NCCL
+//
+// Ranks are processes (or threads) on this machine. A communicator is a
+// folder named by the unique id (/dev/shm, else the temp folder); each rank
+// announces itself with a file, and collective number k of rank r is the file
+// `op<k>-<r>`, written from device memory when the collective runs on its
+// stream. The collective completes once every rank's file is there: sums are
+// taken in rank order, so every rank gets the same bits. Until then the stream
+// stops at it (events after it are not ready), as on a GPU, so the caller's
+// watchdog sees a missing peer; ncclCommAbort fails it.
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+namespace {
+enum : int {
+    ncclSuccess = 0,
+    ncclUnhandledCudaError = 1,
+    ncclSystemError = 2,
+    ncclInvalidArgument = 4,
+    ncclInvalidUsage = 5,
+    ncclRemoteError = 6,
+    ncclInProgress = 7,
+};
+
+struct Comm {
+    std::string dir;
+    int rank = 0, world = 1;
+    bool ready = false, aborted = false;
+    uint64_t next_seq = 0;
+    std::string last_error;
+};
+struct CommBox {
+    std::shared_ptr<Comm> c;
+};
+
+std::string comm_file(const Comm& c, const std::string& name) { return c.dir + "/" + name; }
+
+bool file_exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+bool write_file(const std::string& path, const void* data, size_t n) {
+    std::string tmp = path + ".tmp";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) return false;
+    const char* p = (const char*)data;
+    size_t left = n;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w <= 0) {
+            close(fd);
+            return false;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    close(fd);
+    return rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+bool read_file(const std::string& path, std::vector<char>& out, size_t n) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) return false;
+    out.resize(n);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, out.data() + got, n - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    return got == n;
+}
+
+bool all_joined(const Comm& c) {
+    for (int r = 0; r < c.world; r++)
+        if (!file_exists(comm_file(c, "join-" + std::to_string(r)))) return false;
+    return true;
+}
+
+// A rank leaves; peers may still read its last files, so the folder goes
+// only when every rank has left (a rank that dies leaves it behind).
+void leave(const Comm& c) {
+    write_file(comm_file(c, "left-" + std::to_string(c.rank)), "", 0);
+    for (int r = 0; r < c.world; r++)
+        if (!file_exists(comm_file(c, "left-" + std::to_string(r)))) return;
+    DIR* d = opendir(c.dir.c_str());
+    if (!d) return;
+    std::vector<std::string> names;
+    while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n != "." && n != "..") names.push_back(n);
+    }
+    closedir(d);
+    for (auto& n : names) unlink(comm_file(c, n).c_str());
+    rmdir(c.dir.c_str());
+}
+
+enum class Coll { AllReduce, AllGather, Broadcast };
+
+int coll_enqueue(void* comm, Coll kind, const void* send, void* recv, size_t count, int dtype, int op, int root,
+                 void* stream) {
+    LOCK;
+    std::shared_ptr<Comm> c = ((CommBox*)comm)->c;
+    if (c->aborted) return ncclInvalidUsage;
+    if (!c->ready) {
+        c->last_error = "a collective before the communicator finished initialising";
+        return ncclInvalidUsage;
+    }
+    size_t esize = dtype == 7 ? 4 : (dtype == 0 || dtype == 1) ? 1 : 0;  // float32, int8/uint8
+    if (esize == 0 || (kind == Coll::AllReduce && (dtype != 7 || op != 0)) || root < 0 || root >= c->world) {
+        c->last_error = "the emulator's NCCL does float32 sums and byte copies only";
+        return ncclInvalidArgument;
+    }
+    size_t bytes = count * esize;
+    size_t out_bytes = kind == Coll::AllGather ? bytes * (size_t)c->world : bytes;
+    if (bytes && (!dev_range((uintptr_t)send, bytes) || !dev_range((uintptr_t)recv, out_bytes))) {
+        c->last_error = "a buffer is not inside one live device allocation";
+        return ncclInvalidArgument;
+    }
+    uint64_t seq = c->next_seq++;
+    auto written = std::make_shared<bool>(false);
+    CUresult r = enqueue(stream_of(stream), [=]() -> std::string {
+        if (c->aborted) return "NCCL collective on an aborted communicator";
+        std::string mine = comm_file(*c, "op" + std::to_string(seq) + "-" + std::to_string(c->rank));
+        if (!*written) {
+            if (!write_file(mine, send, bytes)) return "NCCL emulation: cannot write " + mine;
+            *written = true;
+        }
+        for (int q = 0; q < c->world; q++)
+            if (!file_exists(comm_file(*c, "op" + std::to_string(seq) + "-" + std::to_string(q)))) return kPending;
+        std::vector<std::vector<char>> parts(c->world);
+        for (int q = 0; q < c->world; q++) {
+            std::string f = comm_file(*c, "op" + std::to_string(seq) + "-" + std::to_string(q));
+            if (!read_file(f, parts[q], bytes)) return "NCCL emulation: cannot read " + f;
+        }
+        if (kind == Coll::AllReduce) {
+            std::vector<float> acc(count, 0.f);
+            for (int q = 0; q < c->world; q++) {
+                const float* v = (const float*)parts[q].data();
+                for (size_t i = 0; i < count; i++) acc[i] += v[i];
+            }
+            if (bytes) std::memcpy(recv, acc.data(), bytes);
+        } else if (kind == Coll::AllGather) {
+            for (int q = 0; q < c->world; q++)
+                if (bytes) std::memcpy((char*)recv + (size_t)q * bytes, parts[q].data(), bytes);
+        } else {
+            if (bytes) std::memcpy(recv, parts[root].data(), bytes);
+        }
+        // Every rank has finished collective seq - 1, so nobody reads seq - 2 any more.
+        if (seq >= 2)
+            unlink(comm_file(*c, "op" + std::to_string(seq - 2) + "-" + std::to_string(c->rank)).c_str());
+        return "";
+    });
+    return r == CUDA_SUCCESS ? ncclSuccess : ncclUnhandledCudaError;
+}
+}  // namespace
+
+struct ncclUniqueId {
+    char internal[128];
+};
+
+EXPORT int ncclGetVersion(int* v) {
+    *v = 22803;  // reports 2.28.3
+    return ncclSuccess;
+}
+EXPORT int ncclGetUniqueId(ncclUniqueId* id) {
+    std::memset(id->internal, 0, sizeof id->internal);
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd < 0) return ncclSystemError;
+    ssize_t n = read(fd, id->internal, 16);
+    close(fd);
+    return n == 16 ? ncclSuccess : ncclSystemError;
+}
+EXPORT const char* ncclGetErrorString(int r) {
+    switch (r) {
+        case ncclSuccess: return "no error";
+        case ncclUnhandledCudaError: return "unhandled cuda error (emulator)";
+        case ncclSystemError: return "unhandled system error (emulator)";
+        case ncclInvalidArgument: return "invalid argument (emulator)";
+        case ncclInvalidUsage: return "invalid usage (emulator)";
+        case ncclRemoteError: return "remote process exited or there was a network error (emulator)";
+        case ncclInProgress: return "NCCL operation in progress";
+    }
+    return "unknown NCCL error (emulator)";
+}
+EXPORT const char* ncclGetLastError(void* comm) {
+    static thread_local std::string s;
+    s = comm ? ((CommBox*)comm)->c->last_error : "";
+    return s.c_str();
+}
+EXPORT int ncclCommInitRankConfig(void** comm, int nranks, ncclUniqueId id, int rank, void* config) {
+    LOCK;
+    if (nranks < 1 || rank < 0 || rank >= nranks) return ncclInvalidArgument;
+    char hex[33];
+    for (int i = 0; i < 16; i++) std::snprintf(hex + 2 * i, 3, "%02x", (unsigned char)id.internal[i]);
+    const char* base = file_exists("/dev/shm") ? "/dev/shm" : (std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp");
+    auto c = std::make_shared<Comm>();
+    c->dir = std::string(base) + "/tessera-emu-nccl-" + hex;
+    c->rank = rank;
+    c->world = nranks;
+    mkdir(c->dir.c_str(), 0700);
+    std::string me = comm_file(*c, "join-" + std::to_string(rank));
+    if (!write_file(me, "", 0)) return ncclSystemError;
+    *comm = new CommBox{c};
+    // A non-blocking config (blocking = 0 at offset 16) returns at once; the
+    // caller polls ncclCommGetAsyncError until every rank has joined.
+    bool blocking = !config || *(const int*)((const char*)config + 16) != 0;
+    if (!blocking) return ncclInProgress;
+    auto t0 = std::chrono::steady_clock::now();
+    while (!all_joined(*c)) {
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(300)) return ncclSystemError;
+        g_mu.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        g_mu.lock();
+    }
+    c->ready = true;
+    return ncclSuccess;
+}
+EXPORT int ncclCommInitRank(void** comm, int nranks, ncclUniqueId id, int rank) {
+    return ncclCommInitRankConfig(comm, nranks, id, rank, nullptr);
+}
+EXPORT int ncclCommGetAsyncError(void* comm, int* state) {
+    LOCK;
+    std::shared_ptr<Comm> c = ((CommBox*)comm)->c;
+    if (!c->ready && all_joined(*c)) c->ready = true;
+    *state = c->ready ? ncclSuccess : ncclInProgress;
+    // Let queued collectives progress while the caller polls.
+    for (Stream* s : g_streams)
+        if (!s->deferred && !s->queue.empty()) drain(s);
+    return ncclSuccess;
+}
+EXPORT int ncclAllReduce(const void* send, void* recv, size_t count, int dtype, int op, void* comm, void* stream) {
+    return coll_enqueue(comm, Coll::AllReduce, send, recv, count, dtype, op, 0, stream);
+}
+EXPORT int ncclAllGather(const void* send, void* recv, size_t count, int dtype, void* comm, void* stream) {
+    return coll_enqueue(comm, Coll::AllGather, send, recv, count, dtype, 0, 0, stream);
+}
+EXPORT int ncclBroadcast(const void* send, void* recv, size_t count, int dtype, int root, void* comm, void* stream) {
+    return coll_enqueue(comm, Coll::Broadcast, send, recv, count, dtype, 0, root, stream);
+}
+EXPORT int ncclGroupStart() { return ncclSuccess; }
+EXPORT int ncclGroupEnd() { return ncclSuccess; }
+EXPORT int ncclCommAbort(void* comm) {
+    LOCK;
+    CommBox* b = (CommBox*)comm;
+    b->c->aborted = true;
+    leave(*b->c);
+    delete b;
+    return ncclSuccess;
+}
+EXPORT int ncclCommFinalize(void*) { return ncclSuccess; }
+EXPORT int ncclCommDestroy(void* comm) {
+    LOCK;
+    CommBox* b = (CommBox*)comm;
+    leave(*b->c);
+    delete b;
+    return ncclSuccess;
+}
+EXPORT int ncclCommCount(void* comm, int* n) {
+    *n = ((CommBox*)comm)->c->world;
+    return ncclSuccess;
+}
+EXPORT int ncclCommUserRank(void* comm, int* r) {
+    *r = ((CommBox*)comm)->c->rank;
+    return ncclSuccess;
+}

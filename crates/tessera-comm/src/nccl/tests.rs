@@ -59,3 +59,81 @@ fn world_of_one_all_reduce_and_gather() {
     assert_eq!(b, vec![7u8; 10]);
     c.barrier().unwrap();
 }
+
+/// Whether device 0 is the CPU emulator of scripts/cuda-emu.sh, whose NCCL
+/// lets two ranks of one process share a device (a real GPU does not).
+fn emulated() -> bool {
+    gpu_present()
+        && CudaContext::new(0)
+            .ok()
+            .and_then(|c| c.name().ok())
+            .is_some_and(|n| n.contains("Tessera CUDA emulator"))
+}
+
+#[test]
+fn two_ranks_sum_gather_and_broadcast() {
+    if !emulated() {
+        eprintln!("skipped: needs the CUDA emulator (two ranks on one device in one process)");
+        return;
+    }
+    let id = NcclCollective::unique_id().unwrap();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            std::thread::spawn(move || {
+                let mut c = NcclCollective::new(0, rank, 2, id, Duration::from_secs(30)).unwrap();
+                let mut v: Vec<f32> = (0..300).map(|i| (i * (rank + 1)) as f32).collect();
+                c.all_reduce_sum(&mut v).unwrap();
+                let mut all = vec![0.0; 6];
+                c.all_gather(&[rank as f32; 3], &mut all).unwrap();
+                let mut b = vec![rank as u8 + 10; 5];
+                c.broadcast(&mut b, 1).unwrap();
+                c.barrier().unwrap();
+                (v, all, b)
+            })
+        })
+        .collect();
+    for h in ranks {
+        let (v, all, b) = h.join().unwrap();
+        assert!(
+            v.iter().enumerate().all(|(i, &x)| x == (3 * i) as f32),
+            "{v:?}"
+        );
+        assert_eq!(all, vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(b, vec![11u8; 5]);
+    }
+}
+
+#[test]
+fn a_peer_that_never_joins_the_all_reduce_trips_the_watchdog() {
+    if !emulated() {
+        eprintln!("skipped: needs the CUDA emulator (two ranks on one device in one process)");
+        return;
+    }
+    let id = NcclCollective::unique_id().unwrap();
+    // Rank 1 joins the communicator, then never takes part in a collective.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let c = NcclCollective::new(0, 1, 2, id, Duration::from_secs(30)).unwrap();
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+        drop(c);
+    });
+    let mut c = NcclCollective::new(0, 0, 2, id, Duration::from_secs(2)).unwrap();
+    let t = std::time::Instant::now();
+    let mut v = vec![1.0f32; 64];
+    let e = c.all_reduce_sum(&mut v).unwrap_err();
+    let waited = t.elapsed();
+    assert!(
+        matches!(e, CommError::Watchdog { .. }),
+        "expected the watchdog, got {e}"
+    );
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "the watchdog fired after {waited:?} (timeout 2 s)"
+    );
+    // The communicator is aborted: later calls fail at once instead of hanging.
+    let t = std::time::Instant::now();
+    assert!(c.all_reduce_sum(&mut v).is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    tx.send(()).unwrap();
+    peer.join().unwrap();
+}
