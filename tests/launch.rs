@@ -23,11 +23,18 @@ fn launch_json(config: &Path, args: &[&str]) -> Value {
     let out = launch_cmd(config, &[&["--json"], args].concat())
         .output()
         .expect("spawn tessera launch");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "tessera launch {} {args:?} failed: {}",
+        "tessera launch {} {args:?} failed: {err}",
         config.display(),
-        String::from_utf8_lossy(&out.stderr)
+    );
+    // Workers stop when asked (Shutdown ends their Attach stream) instead of
+    // being killed after the launcher's grace period.
+    assert!(
+        !err.contains("did not stop"),
+        "tessera launch {} {args:?}: {err}",
+        config.display()
     );
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }

@@ -1667,6 +1667,15 @@ void leave(const Comm& c) {
     rmdir(c.dir.c_str());
 }
 
+// Communicators this process has not destroyed: a process that ends with
+// exit() (a worker whose launcher went away) leaves them here.
+std::set<std::shared_ptr<Comm>> g_live_comms;
+struct LeaveAtExit {
+    ~LeaveAtExit() {
+        for (auto& c : g_live_comms) leave(*c);
+    }
+} g_leave_at_exit;
+
 enum class Coll { AllReduce, AllGather, Broadcast };
 
 int coll_enqueue(void* comm, Coll kind, const void* send, void* recv, size_t count, int dtype, int op, int root,
@@ -1774,6 +1783,7 @@ EXPORT int ncclCommInitRankConfig(void** comm, int nranks, ncclUniqueId id, int 
     std::string me = comm_file(*c, "join-" + std::to_string(rank));
     if (!write_file(me, "", 0)) return ncclSystemError;
     *comm = new CommBox{c};
+    g_live_comms.insert(c);
     // A non-blocking config (blocking = 0 at offset 16) returns at once; the
     // caller polls ncclCommGetAsyncError until every rank has joined.
     bool blocking = !config || *(const int*)((const char*)config + 16) != 0;
@@ -1816,6 +1826,7 @@ EXPORT int ncclCommAbort(void* comm) {
     LOCK;
     CommBox* b = (CommBox*)comm;
     b->c->aborted = true;
+    g_live_comms.erase(b->c);
     leave(*b->c);
     delete b;
     return ncclSuccess;
@@ -1824,6 +1835,7 @@ EXPORT int ncclCommFinalize(void*) { return ncclSuccess; }
 EXPORT int ncclCommDestroy(void* comm) {
     LOCK;
     CommBox* b = (CommBox*)comm;
+    g_live_comms.erase(b->c);
     leave(*b->c);
     delete b;
     return ncclSuccess;

@@ -64,11 +64,17 @@ fn blocking_err(e: tokio::task::JoinError) -> Status {
     Status::internal(format!("worker task failed: {e}"))
 }
 
-/// Ends the process when the launcher's `Attach` stream goes away.
-struct AttachGuard;
+/// Ends the process when the launcher's `Attach` stream goes away, unless
+/// the launcher asked for a shutdown (then the server stops by itself).
+struct AttachGuard {
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
 
 impl Drop for AttachGuard {
     fn drop(&mut self) {
+        if *self.shutdown.borrow() {
+            return;
+        }
         // Not eprintln!: stderr may be a pipe nobody reads any more.
         let _ = writeln!(
             std::io::stderr(),
@@ -106,8 +112,18 @@ impl Worker for Service {
                 message: format!("rank {} attached", self.0.rank),
             }))
             .await;
-        let guard = AttachGuard;
-        let stream = async_stream(rx, tx, guard);
+        let guard = AttachGuard {
+            shutdown: self.0.shutdown.subscribe(),
+        };
+        // The stream stays open until `Shutdown`: this task holds the sender
+        // until then, and dropping it ends the stream, so the server's
+        // graceful stop (which waits for open streams) can finish.
+        let mut stop = self.0.shutdown.subscribe();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            drop(tx);
+        });
+        let stream = async_stream(rx, guard);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -306,17 +322,16 @@ impl Worker for Service {
     }
 }
 
-/// The `Attach` stream: yields what arrives on `rx`, holds `guard` (and the
-/// sender, so it never ends by itself) until the client drops it.
+/// The `Attach` stream: yields what arrives on `rx` (it ends when the
+/// sender goes, at `Shutdown`) and holds `guard` until the client drops it.
 fn async_stream(
     rx: tokio::sync::mpsc::Receiver<std::result::Result<AttachEvent, Status>>,
-    tx: tokio::sync::mpsc::Sender<std::result::Result<AttachEvent, Status>>,
     guard: AttachGuard,
 ) -> impl Stream<Item = std::result::Result<AttachEvent, Status>> + Send {
     let inner = tokio_stream::wrappers::ReceiverStream::new(rx);
     HeldStream {
         inner,
-        _held: (tx, guard),
+        _held: guard,
     }
 }
 

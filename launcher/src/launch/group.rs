@@ -466,6 +466,14 @@ impl WorkerGroup {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Ok(alive) = self.alive.lock() {
+            if !alive.is_empty() {
+                eprintln!(
+                    "tessera: worker process(es) {:?} did not stop within 3 s of the shutdown request; killing them",
+                    alive
+                );
+            }
+        }
         self.abort();
     }
 
