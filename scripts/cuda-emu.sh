@@ -33,28 +33,28 @@ if [ "${1:-}" = test ]; then
     export LD_LIBRARY_PATH="$(pwd)/$out${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export TESSERA_REQUIRE_CUDA=1 TESSERA_CACHE_DIR=none
     # The backend's op tests (tests/cuda.rs) and the binary on the CUDA
-    # backend (tests/cuda_cli.rs).
+    # backend (tests/cuda_cli.rs); the NCCL collective (tessera-comm) on the
+    # emulator's NCCL: two ranks, the watchdog, the GPU-only world of one.
     # Then the streamed-offload tests twice more, with the compute stream's
     # work deferred until something waits for it, and with the copy stream's
     # deferred: a missing copy -> compute or compute -> slot-reuse event then
     # changes the tokens (docs/cuda-emu.md).
-    # The NCCL collective (tessera-comm) on the emulator's NCCL: two ranks,
-    # the watchdog, and the GPU-only test of a world of one.
+    # --workspace everywhere: the same build as the test command's (selecting
+    # packages with -p would unify features differently and rebuild).
     if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --cargo-profile test -p tessera-backend -p tessera --test cuda --test cuda_cli \
-            --no-fail-fast -E 'not test(kernels_compile_to_ptx_with_nvrtc)' "$@"
-        cargo nextest run --cargo-profile test -p tessera-comm --lib --run-ignored all --no-fail-fast \
-            -E 'test(/nccl::tests/)' "$@"
+        run() { cargo nextest run --workspace --cargo-profile test --no-fail-fast "$@"; }
+        run -E 'binary_id(tessera-backend::cuda) & not test(kernels_compile_to_ptx_with_nvrtc)' \
+            -E 'binary_id(tessera::cuda_cli)' "$@"
+        run --run-ignored all -E 'binary_id(tessera-comm) & test(/nccl::tests/)' "$@"
         for order in defer-first defer-others; do
-            TESSERA_CUDA_EMU_ORDER=$order cargo nextest run --cargo-profile test -p tessera --test cuda_cli \
-                --no-fail-fast -E 'test(offload)' "$@"
+            TESSERA_CUDA_EMU_ORDER=$order run -E 'binary_id(tessera::cuda_cli) & test(cuda_streamed_offload)' "$@"
         done
     else
-        cargo test -p tessera-backend --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
-        cargo test -p tessera --test cuda_cli --no-fail-fast "$@"
-        cargo test -p tessera-comm --lib --no-fail-fast nccl::tests -- --include-ignored "$@"
+        cargo test --workspace --test cuda --no-fail-fast -- --skip kernels_compile_to_ptx_with_nvrtc "$@"
+        cargo test --workspace --test cuda_cli --no-fail-fast "$@"
+        cargo test --workspace --lib --no-fail-fast nccl::tests -- --include-ignored "$@"
         for order in defer-first defer-others; do
-            TESSERA_CUDA_EMU_ORDER=$order cargo test -p tessera --test cuda_cli --no-fail-fast offload "$@"
+            TESSERA_CUDA_EMU_ORDER=$order cargo test --workspace --test cuda_cli --no-fail-fast cuda_streamed_offload "$@"
         done
     fi
 fi

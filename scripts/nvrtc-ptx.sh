@@ -23,9 +23,10 @@ fi
 export LD_LIBRARY_PATH="$(pwd)/$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # TESSERA_REQUIRE_NVRTC: the test fails instead of skipping when NVRTC cannot be opened.
 export TESSERA_REQUIRE_NVRTC=1
+# --workspace: the test command's build (a -p selection would rebuild).
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --cargo-profile test -p tessera-backend --test cuda --no-capture \
-        -E 'test(kernels_compile_to_ptx_with_nvrtc)'
+    cargo nextest run --workspace --cargo-profile test --no-capture \
+        -E 'binary_id(tessera-backend::cuda) & test(kernels_compile_to_ptx_with_nvrtc)'
 else
-    cargo test -p tessera-backend --test cuda kernels_compile_to_ptx_with_nvrtc -- --nocapture
+    cargo test --workspace --test cuda kernels_compile_to_ptx_with_nvrtc -- --nocapture
 fi

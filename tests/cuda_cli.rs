@@ -66,6 +66,29 @@ fn generate(seed: u32, device: &str, dtype: &str, extra: &[&str], env: &[(&str, 
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
+/// `tessera launch CONFIG --json` with the test prompt; the launch must succeed.
+fn launch(cfg: &std::path::Path) -> Value {
+    let tokens = TOKENS.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "launch",
+            cfg.to_str().unwrap(),
+            "--json",
+            "--prompt-ids",
+            PROMPT,
+        ])
+        .args(["--max-new-tokens", &tokens])
+        .output()
+        .expect("spawn tessera launch");
+    assert!(
+        out.status.success(),
+        "tessera launch {} failed: {}",
+        cfg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
 fn replayed(v: &Value) -> u64 {
     v["step_graphs"]["replayed"]
         .as_u64()
@@ -203,24 +226,7 @@ fn launched_cuda_worker_with_offload_matches_generate() {
          supervision:\n  step_timeout: 120s\n  worker_start_timeout: 120s\n",
     )
     .unwrap();
-    let tokens = TOKENS.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "launch",
-            cfg.to_str().unwrap(),
-            "--json",
-            "--prompt-ids",
-            PROMPT,
-        ])
-        .args(["--max-new-tokens", &tokens])
-        .output()
-        .expect("spawn tessera launch");
-    assert!(
-        out.status.success(),
-        "tessera launch failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let launched: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let launched = launch(&cfg);
     let direct = generate(4, "cuda", "int8", &[], &[]);
     assert_eq!(
         ids(&launched["generated_ids"]),
@@ -354,7 +360,6 @@ fn launched_tp2_cuda_workers_with_nccl_match_generate() {
     }
     let dir = tempfile::tempdir().unwrap();
     let direct = generate(7, "cuda", "int8", &[], &[]);
-    let tokens = TOKENS.to_string();
     for offload in [
         "{enabled: false}",
         "{enabled: true, weight_budget: 64MiB, prefetch_depth: 1, resident_layers: 1}",
@@ -370,23 +375,7 @@ fn launched_tp2_cuda_workers_with_nccl_match_generate() {
             ),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args([
-                "launch",
-                cfg.to_str().unwrap(),
-                "--json",
-                "--prompt-ids",
-                PROMPT,
-            ])
-            .args(["--max-new-tokens", &tokens])
-            .output()
-            .expect("spawn tessera launch");
-        assert!(
-            out.status.success(),
-            "tessera launch (offload {offload}) failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let v = launch(&cfg);
         assert_eq!(
             ids(&v["generated_ids"]),
             ids(&direct["generated_ids"]),

@@ -60,26 +60,17 @@ inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
-inline float __int_as_float(int i) {
-    float f;
-    std::memcpy(&f, &i, 4);
-    return f;
+template <class To, class From>
+inline To emu_bit_cast(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between different sizes");
+    To t;
+    std::memcpy(&t, &v, sizeof t);
+    return t;
 }
-inline float __uint_as_float(unsigned u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-inline int __float_as_int(float f) {
-    int i;
-    std::memcpy(&i, &f, 4);
-    return i;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
+inline float __int_as_float(int i) { return emu_bit_cast<float>(i); }
+inline float __uint_as_float(unsigned u) { return emu_bit_cast<float>(u); }
+inline int __float_as_int(float f) { return emu_bit_cast<int>(f); }
+inline unsigned __float_as_uint(float f) { return emu_bit_cast<unsigned>(f); }
 
 // PRMT in its default mode: selector nibble i picks byte i of the result from
 // the eight bytes {y, x} (x is bytes 0..3); bit 3 of a nibble replicates the
@@ -118,13 +109,10 @@ inline long long max(long long a, long long b) { return a > b ? a : b; }
 
 inline void __syncthreads() { emu::block_barrier(); }
 
+// Lane `src` of the warp's value `v` (up to 8 bytes) among the lanes in `mask`.
 template <class T>
-inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+inline T emu_shuffle(unsigned mask, T v, int src) {
     static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
-    if (width <= 0 || width > 32 || (width & (width - 1)) != 0) emu::kernel_fault("__shfl_xor_sync: bad width");
-    int lane = (int)(threadIdx.x & 31);
-    int src = lane ^ lane_mask;
-    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;  // outside the segment: own value
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     uint64_t got = emu::warp_shuffle(mask, bits, src);
@@ -134,16 +122,18 @@ inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
 }
 
 template <class T>
-inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
-    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    if (width <= 0 || width > 32 || (width & (width - 1)) != 0) emu::kernel_fault("__shfl_xor_sync: bad width");
     int lane = (int)(threadIdx.x & 31);
-    int src = (lane & ~(width - 1)) + (src_lane & (width - 1));
-    uint64_t bits = 0;
-    std::memcpy(&bits, &v, sizeof(T));
-    uint64_t got = emu::warp_shuffle(mask, bits, src);
-    T r;
-    std::memcpy(&r, &got, sizeof(T));
-    return r;
+    int src = lane ^ lane_mask;
+    if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;  // outside the segment: own value
+    return emu_shuffle(mask, v, src);
+}
+
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    int lane = (int)(threadIdx.x & 31);
+    return emu_shuffle(mask, v, (lane & ~(width - 1)) + (src_lane & (width - 1)));
 }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) { (void)emu::warp_shuffle(mask, 0, (int)(threadIdx.x & 31)); }
