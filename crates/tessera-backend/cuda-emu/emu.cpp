@@ -155,7 +155,6 @@ bool dev_range(uintptr_t p, size_t n) {
     return p >= it->first && p + n <= it->first + it->second.size;
 }
 
-std::set<uintptr_t> g_pinned;  // host allocations from cuMemHostAlloc / registered
 
 // ---------------------------------------------------------------- kernels
 
@@ -524,15 +523,12 @@ CUresult unsafe_call(const char* what) {
     return CUDA_SUCCESS;
 }
 
-std::string g_last_op_error;
-
 // What an op returns while it cannot finish yet (an NCCL collective whose
 // peers have not all arrived): the stream stops there until it can.
 const std::string kPending = "\x01pending";
 
 CUresult op_failed(const std::string& e) {
     note("%s", e.c_str());
-    g_last_op_error = e;
     return CUDA_ERROR_LAUNCH_FAILED;
 }
 
@@ -971,7 +967,6 @@ EXPORT CUresult cuMemHostAlloc(void** pp, size_t n, unsigned) {
     if (CUresult r = unsafe_call("cuMemHostAlloc")) return r;
     void* p = nullptr;
     if (posix_memalign(&p, 4096, n ? n : 1) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-    g_pinned.insert((uintptr_t)p);
     g_pinned_ranges[(uintptr_t)p] = n;
     *pp = p;
     return CUDA_SUCCESS;
@@ -979,8 +974,7 @@ EXPORT CUresult cuMemHostAlloc(void** pp, size_t n, unsigned) {
 EXPORT CUresult cuMemAllocHost_v2(void** pp, size_t n) { return cuMemHostAlloc(pp, n, 0); }
 EXPORT CUresult cuMemFreeHost(void* p) {
     LOCK;
-    if (!g_pinned.erase((uintptr_t)p)) return CUDA_ERROR_INVALID_VALUE;
-    g_pinned_ranges.erase((uintptr_t)p);
+    if (!g_pinned_ranges.erase((uintptr_t)p)) return CUDA_ERROR_INVALID_VALUE;
     // Implicitly synchronising: pending copies may still read it.
     std::string e = wait_unblocked(drain_all);
     if (!e.empty()) op_failed(e);
