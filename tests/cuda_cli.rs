@@ -10,9 +10,8 @@
 
 mod common;
 
-use common::{ids, max_abs_diff, read_npy};
+use common::{generate_json_env, ids, launch_json, max_abs_diff, read_npy};
 use serde_json::Value;
-use std::process::Command;
 
 /// 20 prompt tokens: the prefill takes the large-product path (more than
 /// `GEMV_MAX_ROWS` rows: dequantized weights and cuBLAS), decode the GEMVs.
@@ -37,8 +36,6 @@ fn generate(seed: u32, device: &str, dtype: &str, extra: &[&str], env: &[(&str, 
     let model = format!("dummy:tiny:{seed}");
     let tokens = TOKENS.to_string();
     let mut args = vec![
-        "generate",
-        "--json",
         "--model",
         &model,
         "--device",
@@ -53,40 +50,13 @@ fn generate(seed: u32, device: &str, dtype: &str, extra: &[&str], env: &[(&str, 
         "1",
     ];
     args.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(&args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("spawn tessera");
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+    generate_json_env(&args, env)
 }
 
-/// `tessera launch CONFIG --json` with the test prompt; the launch must succeed.
+/// `tessera launch CONFIG --json` with the test prompt.
 fn launch(cfg: &std::path::Path) -> Value {
     let tokens = TOKENS.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "launch",
-            cfg.to_str().unwrap(),
-            "--json",
-            "--prompt-ids",
-            PROMPT,
-        ])
-        .args(["--max-new-tokens", &tokens])
-        .output()
-        .expect("spawn tessera launch");
-    assert!(
-        out.status.success(),
-        "tessera launch {} failed: {}",
-        cfg.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    launch_json(cfg, &["--prompt-ids", PROMPT, "--max-new-tokens", &tokens])
 }
 
 fn replayed(v: &Value) -> u64 {

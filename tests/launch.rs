@@ -10,35 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn launch_cmd(config: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
-    c.current_dir(repo_root())
-        .arg("launch")
-        .arg(config)
-        .args(args);
-    c
-}
-
-fn launch_json(config: &Path, args: &[&str]) -> Value {
-    let out = launch_cmd(config, &[&["--json"], args].concat())
-        .output()
-        .expect("spawn tessera launch");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tessera launch {} {args:?} failed: {err}",
-        config.display(),
-    );
-    // Workers stop when asked (Shutdown ends their Attach stream) instead of
-    // being killed after the launcher's grace period.
-    assert!(
-        !err.contains("did not stop"),
-        "tessera launch {} {args:?}: {err}",
-        config.display()
-    );
-    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
-}
-
 /// A config for `model` split `tp` ways on CPU workers.
 fn write_config(dir: &Path, name: &str, model: &Path, dtype: &str, tp: usize) -> PathBuf {
     let devices = vec!["cpu"; tp].join(", ");

@@ -90,13 +90,54 @@ pub fn tessera(args: &[&str]) -> Output {
 
 /// Run `tessera generate ... --json` and parse its output.
 pub fn generate_json(args: &[&str]) -> Value {
+    generate_json_env(args, &[])
+}
+
+/// As [`generate_json`], with `env` added to the child's environment.
+pub fn generate_json_env(args: &[&str], env: &[(&str, &str)]) -> Value {
     let mut all = vec!["generate", "--json"];
     all.extend_from_slice(args);
-    let out = tessera(&all);
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(&all)
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn tessera");
     assert!(
         out.status.success(),
         "tessera {all:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+/// `tessera launch CONFIG ARGS...`, run from the repository root.
+pub fn launch_cmd(config: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.current_dir(repo_root())
+        .arg("launch")
+        .arg(config)
+        .args(args);
+    c
+}
+
+/// `tessera launch CONFIG --json ARGS...`, parsed; the launch must succeed and
+/// its workers must stop when asked (not be killed after the grace period).
+pub fn launch_json(config: &Path, args: &[&str]) -> Value {
+    let out = launch_cmd(config, &[&["--json"], args].concat())
+        .output()
+        .expect("spawn tessera launch");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tessera launch {} {args:?} failed: {err}",
+        config.display(),
+    );
+    // Workers stop when asked (Shutdown ends their Attach stream) instead of
+    // being killed after the launcher's grace period.
+    assert!(
+        !err.contains("did not stop"),
+        "tessera launch {} {args:?}: {err}",
+        config.display()
     );
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
