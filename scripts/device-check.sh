@@ -132,6 +132,21 @@ if [ $HAVE_GPU = 1 ]; then
     grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-eager.json" 2>/dev/null
 fi
 
+# ---------------------------------------------------------------- baselines
+say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
+left=$(remaining)
+if [ $HAVE_GPU = 1 ]; then
+    # The copy bandwidth (the roofline) is written first and always measured;
+    # transformers only when there is time for it.
+    hf_args=(--shape llama2-7b --prompt-len 128 --new-tokens 64)
+    [ "$left" -gt 60 ] || hf_args+=(--skip-hf)
+    timeout $((left > 110 ? 90 : (left > 60 ? left - 20 : 40))) "$PY" "$ROOT/scripts/device/hf_baseline.py" "$OUT/baseline.json" \
+        "${hf_args[@]}" >"$OUT/baseline.txt" 2>&1
+    echo "   rc $?"; tail -n 25 "$OUT/baseline.txt"
+else
+    echo "   skipped (no GPU)"
+fi
+
 # ---------------------------------------------------------------- batch 16, NCCL
 if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 150 ]; then
     # Batched decode: 16 sequences stepped together (tokens/s of the whole batch).
@@ -157,21 +172,6 @@ fi # OFFLOAD_ONLY = 0
 . "$ROOT/scripts/device/offload-check.sh"
 
 if [ $OFFLOAD_ONLY = 0 ]; then
-# ---------------------------------------------------------------- baselines
-say "baselines: copy bandwidth + transformers bf16 llama2-7b shape"
-left=$(remaining)
-if [ $HAVE_GPU = 1 ]; then
-    # The copy bandwidth (the roofline) is written first and always measured;
-    # transformers only when there is time for it.
-    hf_args=(--shape llama2-7b --prompt-len 128 --new-tokens 64)
-    [ "$left" -gt 60 ] || hf_args+=(--skip-hf)
-    timeout $((left > 60 ? left - 20 : 40)) "$PY" "$ROOT/scripts/device/hf_baseline.py" "$OUT/baseline.json" \
-        "${hf_args[@]}" >"$OUT/baseline.txt" 2>&1
-    echo "   rc $?"; tail -n 25 "$OUT/baseline.txt"
-else
-    echo "   skipped (no GPU)"
-fi
-
 if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 120 ]; then
     say "speed: llama3-8b int8 on cuda (time allowing)"
     gen llama3-8b cuda int8 128 "$LONG" "$OUT/speed" $(($(remaining) - 15))
