@@ -17,12 +17,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEV="$ROOT/.device"
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-400} # stay inside the caller's 420 s limit
 # DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included);
-# DEVICE_CHECK_ONLY=offload-big: only its "bigger than the GPU" run (and the copy ceiling).
+# DEVICE_CHECK_ONLY=offload-big: only its "bigger than the GPU" run (and the copy ceiling);
+# DEVICE_CHECK_ONLY=cuda: everything but the offload section (about 3 minutes).
 ONLY=${DEVICE_CHECK_ONLY:-}
+SKIP_OFFLOAD=0
 case "$ONLY" in
     "") OFFLOAD_ONLY=0 ;;
+    cuda) OFFLOAD_ONLY=0 SKIP_OFFLOAD=1 ;;
     offload | offload-big) OFFLOAD_ONLY=1 ;;
-    *) echo "DEVICE_CHECK_ONLY=$ONLY: expected offload or offload-big (or unset for everything)"; exit 2 ;;
+    *) echo "DEVICE_CHECK_ONLY=$ONLY: expected cuda, offload or offload-big (or unset for everything)"; exit 2 ;;
 esac
 mkdir -p "$OUT/runs" "$OUT/speed"
 OUT=$(cd "$OUT" && pwd)
@@ -168,8 +171,10 @@ fi # OFFLOAD_ONLY = 0
 # ---------------------------------------------------------------- offload
 # Stage-3 streaming: see scripts/device/offload-check.sh (DEVICE_CHECK_ONLY=offload
 # or offload-big runs only the environment set-up, this section and the report).
-# shellcheck source=device/offload-check.sh
-. "$ROOT/scripts/device/offload-check.sh"
+if [ $SKIP_OFFLOAD = 0 ]; then
+    # shellcheck source=device/offload-check.sh
+    . "$ROOT/scripts/device/offload-check.sh"
+fi
 
 if [ $OFFLOAD_ONLY = 0 ]; then
 if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 120 ]; then

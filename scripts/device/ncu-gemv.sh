@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Nsight Compute counters of the batch-1 GEMV kernels, on the GPU machine.
 #
-# Usage:  bash scripts/device/ncu-gemv.sh OUTDIR   (after scripts/device-prepare.sh)
-# Writes: OUTDIR/ncu-KERNEL.txt for each kernel below (the 7th launch of each in
+# Usage:  bash scripts/device/ncu-gemv.sh OUTDIR [KERNEL...]   (after scripts/device-prepare.sh)
+# Writes: OUTDIR/ncu-KERNEL.txt for each kernel named (default: the v2 int8 and
+#         bf16 kernels below; names are regular expressions), the 7th launch of each in
 #         `cuda-tests --ignored bench_gemv`) and prints the key counters: duration,
 #         DRAM throughput, issue-slot use, warps per scheduler, registers, stalls.
 # About a minute: NVRTC compiles the kernels once (TESSERA_CACHE_DIR), then one
@@ -16,7 +17,7 @@ PY=python3
 SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export LD_LIBRARY_PATH="$SITE/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TESSERA_CUDA_INCLUDE="/usr/local/cuda/include:$SITE/nvidia/cu13/include"
-export TESSERA_CACHE_DIR=/tmp/tessera-ncu-cache
+export TESSERA_CACHE_DIR=${TESSERA_CACHE_DIR:-/tmp/tessera-ncu-cache}
 NCU=$(command -v ncu || find /opt/nvidia/nsight-compute -name ncu -type f 2>/dev/null | head -n 1)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 mkdir -p "$OUT"
@@ -24,7 +25,9 @@ sections=(SpeedOfLight WarpStateStats SchedulerStats Occupancy InstructionStats 
     MemoryWorkloadAnalysis ComputeWorkloadAnalysis)
 args=()
 for s in "${sections[@]}"; do args+=(--section "$s"); done
-for k in gemv_v2_i8_n1_r2 gemv_v2_bf16_n1_r2 gemv_v2_i8_n1_r4 "${@:2}"; do
+kernels=("${@:2}")
+[ ${#kernels[@]} -gt 0 ] || kernels=(gemv_v2_i8_n1_r2 gemv_v2_bf16_n1_r2 gemv_v2_i8_n1_r4)
+for k in "${kernels[@]}"; do
     timeout 100 "$NCU" --clock-control none -k "regex:$k" --launch-skip 6 -c 1 "${args[@]}" \
         .device/cuda-tests --ignored bench_gemv --test-threads=1 --nocapture >"$OUT/ncu-$k.txt" 2>&1
     echo "$k rc $?"

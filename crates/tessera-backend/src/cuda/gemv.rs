@@ -31,8 +31,10 @@ pub enum GemvVariant {
     /// Blocks stream row tiles through a 6-stage cp.async ring in shared
     /// memory; activations staged as in v2; first 5 stages issued early.
     V3,
-    /// v2 with twice the weight bytes in flight per warp (one activation row
-    /// only; with more rows v2 runs, which gives the same bits).
+    /// v2 for one activation row with the per-step bookkeeping (row
+    /// pointers, predicates, copies of the prefetched step) out of the inner
+    /// loop. With more rows, or activations too long to stage in shared
+    /// memory, v2 runs, which gives the same bits.
     V4,
 }
 
@@ -461,7 +463,7 @@ impl CudaBackend {
                 let idx = bucket(n).trailing_zeros() as usize;
                 (&self.k.gemv_v3[wi][idx], 8 * r)
             }
-            GemvVariant::V4 if n == 1 => {
+            GemvVariant::V4 if n == 1 && x_smem => {
                 let (idx, r) = if rows_out >= 8192 || self.gemv_rows == Some(4) {
                     (0, 4)
                 } else {

@@ -404,6 +404,162 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
     cp_async_wait<0>();
 }
 
+// ---------------------------------------------------------------- v4: v2 for one activation row, lean
+
+// The work split and summation order of v2 with n = 1 (so v4 gives v2's bits),
+// with the bookkeeping moved out of the inner loop, which made v2's int8
+// kernel issue-bound (docs/gpu.md, run 3: 8.6 instructions per weight):
+// - a warp's R row pointers (and scale-row pointers) are computed once per row
+//   group, with the lane's first chunk folded in; a step's loads are those
+//   pointers plus a warp-uniform step offset and a constant per chunk;
+//   rows past the end read the group's first row (valid memory) and are dropped
+//   by gemv_finish, so only a ragged last step needs predicates;
+// - the lane's staged-activation offsets are fixed per lane: with chunk
+//   ch = base + lane and base a multiple of 32, swz4(F*ch + f) = F*base +
+//   swz4(F*lane + f) (F = float4s per chunk), so one set of F offsets serves
+//   every chunk;
+// - two register buffers alternate (the loop body is written twice), so the
+//   prefetched step is never copied.
+// Needs the activations staged in shared memory (x_smem); the launcher runs v2
+// (same bits) otherwise.
+// Pointers of group g's rows, lane's first chunk and scale folded in.
+template <class WT, int R>
+__device__ __forceinline__ void v4_rows(const int4* __restrict__ w, const float* __restrict__ scales, int g, int per,
+                                        int rows_out, int mode, int kc, int gpr, int lane_sc, int lane,
+                                        const int4* (&wp)[R], const float* (&sp)[R]) {
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        int row = gemv_row<R>(j, g * per, rows_out, mode);
+        if (row < 0) row = gemv_row<R>(0, g * per, rows_out, mode); // dropped by gemv_finish
+        wp[j] = w + (size_t)row * kc + lane;
+        sp[j] = WT::QUANT ? scales + (size_t)row * gpr + lane_sc : nullptr;
+    }
+}
+
+// Step s's weights and scales (chunks s*WARP*U + u*WARP + lane); `full`: every
+// chunk of the step exists, else chunks at or past kc read nothing.
+template <class WT, int R, int U>
+__device__ __forceinline__ void v4_load(const int4* const (&wp)[R], const float* const (&sp)[R], int s, bool full,
+                                        int kc, int lane, int gshift, int4 (&wv)[U][R], float (&sc)[U][R]) {
+    const int cb = s * WARP * U; // warp-uniform first chunk of the step
+    const int scb = (cb * WT::E) >> gshift;
+    const int sstep = (WARP * WT::E) >> gshift; // scales per WARP chunks
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        const int4* q = wp[j] + cb; // then constant offsets per u
+        const float* sq = WT::QUANT ? sp[j] + scb : nullptr;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const bool ok = full || cb + u * WARP + lane < kc;
+            wv[u][j] = ok ? ld_stream(q + u * WARP) : make_int4(0, 0, 0, 0);
+            sc[u][j] = (WT::QUANT && ok) ? __ldg(sq + u * sstep) : 0.f;
+        }
+    }
+}
+
+// acc[j] += step s of row j, in v2's order (chunk by chunk, u ascending).
+template <class WT, int R, int U>
+__device__ __forceinline__ void v4_compute(const int4 (&wv)[U][R], const float (&sc)[U][R], const float4* const (&xp)[WT::E / 4],
+                                           int s, bool full, int kc, int lane, float (&acc)[R][1]) {
+    constexpr int F = WT::E / 4;
+    const int cb = s * WARP * U;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (full || cb + u * WARP + lane < kc) {
+            float xr[WT::E];
+#pragma unroll
+            for (int f = 0; f < F; f++) {
+                float4 v = xp[f][F * (cb + u * WARP)];
+                xr[4 * f] = v.x;
+                xr[4 * f + 1] = v.y;
+                xr[4 * f + 2] = v.z;
+                xr[4 * f + 3] = v.w;
+            }
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                float wf[WT::E];
+                WT::decode(wv[u][j], wf);
+                float d = 0.f;
+#pragma unroll
+                for (int e = 0; e < WT::E; e++) d = fmaf(wf[e], xr[e], d);
+                acc[j][0] = WT::combine(acc[j][0], d, sc[u][j]);
+            }
+        }
+    }
+}
+
+template <class WT, int R, int U>
+__device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
+    extern __shared__ __align__(16) float v4_xs[];
+    __shared__ float red[BLOCK / WARP];
+    constexpr int E = WT::E;
+    constexpr int F = E / 4;
+    constexpr int KX = E < 16 ? 16 : E;
+    const int lane = threadIdx.x & (WARP - 1);
+    const int rows_out = mode == 2 ? m / 2 : m;
+    const int per = mode == 2 ? R / 2 : R;
+    const int groups = (rows_out + per - 1) / per;
+    const int steps = (kc + WARP * U - 1) / (WARP * U);
+    const int full_steps = kc / (WARP * U); // steps < full_steps have every chunk
+    const int gstride = gridDim.x * (BLOCK / WARP);
+    const int lane_sc = (lane * E) >> gshift;
+    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
+    int s = 0;
+    const int4* wp[R];
+    const float* sp[R];
+    int4 a[U][R], b[U][R];
+    float as[U][R], bs[U][R];
+    if (g < groups) {
+        v4_rows<WT, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
+        v4_load<WT, R, U>(wp, sp, 0, full_steps > 0, kc, lane, gshift, a, as);
+    }
+    grid_dep_wait();
+    const int kx = (k + KX - 1) & ~(KX - 1);
+    stage_x(x, 1, k, kx, nw, eps, x_out, v4_xs, red);
+    grid_dep_launch();
+    if (g >= groups) return;
+    const float4* xp[F];
+#pragma unroll
+    for (int f = 0; f < F; f++) xp[f] = (const float4*)v4_xs + swz4(F * lane + f);
+    float acc[R][1];
+#pragma unroll
+    for (int j = 0; j < R; j++) acc[j][0] = 0.f;
+    // Advance (g, s) to the next item (ng, ns) and load it into the buffer
+    // given, with the next group's pointers when the group changes (the step
+    // still to compute needs only its buffer). ng >= groups: no next item.
+#define V4_NEXT_LOAD(BUF, BS)                                                                                \
+    {                                                                                                        \
+        ng = g;                                                                                              \
+        ns = s + 1;                                                                                          \
+        if (ns == steps) {                                                                                   \
+            ns = 0;                                                                                          \
+            ng += gstride;                                                                                   \
+            if (ng < groups) v4_rows<WT, R>(w, scales, ng, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
+        }                                                                                                    \
+        if (ng < groups) v4_load<WT, R, U>(wp, sp, ns, ns < full_steps, kc, lane, gshift, BUF, BS);          \
+    }
+#define V4_COMPUTE(BUF, BS)                                                                                  \
+    {                                                                                                        \
+        v4_compute<WT, R, U>(BUF, BS, xp, s, s < full_steps, kc, lane, acc);                                 \
+        if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
+    }
+    int ng, ns;
+    for (;;) {
+        V4_NEXT_LOAD(b, bs)
+        V4_COMPUTE(a, as)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+        V4_NEXT_LOAD(a, as)
+        V4_COMPUTE(b, bs)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+    }
+#undef V4_NEXT_LOAD
+#undef V4_COMPUTE
+}
+
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
 #define GEMV_V3_ENTRY(NAME, WT, NB, R, S) \
@@ -428,14 +584,15 @@ GEMV_V2_ENTRY(gemv_v2_bf16_n2, WBf16, 2, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n4, WBf16, 4, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n8, WBf16, 8, 2, 2)
 GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
-// v4: v2 with twice the chunks per lane per step (twice the weight bytes in
-// flight per warp), one activation row only; same summation order as v2.
-GEMV_V2_ENTRY(gemv_v4_i8_n1_r4, WInt8, 1, 4, 4)
-GEMV_V2_ENTRY(gemv_v4_i8_n1_r2, WInt8, 1, 2, 8)
-GEMV_V2_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 1, 4, 4)
-GEMV_V2_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 1, 2, 8)
-GEMV_V2_ENTRY(gemv_v4_i4_n1_r4, WInt4, 1, 4, 2)
-GEMV_V2_ENTRY(gemv_v4_i4_n1_r2, WInt4, 1, 2, 4)
+// v4: the lean one-row kernel above, with v2's rows and chunks per step.
+#define GEMV_V4_ENTRY(NAME, WT, R, U) \
+    extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v4<WT, R, U>(GEMV_ARGS); }
+GEMV_V4_ENTRY(gemv_v4_i8_n1_r4, WInt8, 4, 2)
+GEMV_V4_ENTRY(gemv_v4_i8_n1_r2, WInt8, 2, 4)
+GEMV_V4_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 4, 2)
+GEMV_V4_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 2, 4)
+GEMV_V4_ENTRY(gemv_v4_i4_n1_r4, WInt4, 4, 1)
+GEMV_V4_ENTRY(gemv_v4_i4_n1_r2, WInt4, 2, 2)
 // v3 ring (module.rs V3_SHAPES must match): 6 stages of 16 rows (48 KiB) up to 8
 // activation rows, which leaves room for two blocks per SM with a 44 KiB x
 // (k = 11008); 4 stages of 32 rows for 16 activation rows.
