@@ -76,12 +76,13 @@ if [ -x "$DEV/cuda-tests" ]; then
     grep -E "^test |test result|skipped|panicked|FAILED|assert|left|right|launches per step" "$OUT/op_tests.txt" | cut -c1-400 | head -60
     if [ $HAVE_GPU = 1 ]; then
         # Per-variant GEMV GB/s on the 7B matrices (int8, bf16; 1 and 16 rows),
-        # then 7B-shape decode steps (int8, bf16; each variant, PDL and fusion off).
+        # then 7B-shape decode steps (int8, bf16; each variant, PDL and fusion off)
+        # and one step with each kernel timed alone (bench_decode_breakdown).
         say "kernel micro-benchmarks"
         timeout 120 "$DEV/cuda-tests" --ignored bench_gemv --test-threads=1 --nocapture >"$OUT/bench.txt" 2>&1
         say "decode-step benchmarks"
         timeout 120 "$DEV/cuda-tests" --ignored bench_decode --test-threads=1 --nocapture >>"$OUT/bench.txt" 2>&1
-        grep -E "^(BENCH|TUNE)|panicked" "$OUT/bench.txt"
+        grep -E "^(BENCH|TUNE|BREAKDOWN)|panicked" "$OUT/bench.txt"
     fi
 else
     echo "missing $DEV/cuda-tests" | tee "$OUT/op_tests.txt"

@@ -187,6 +187,7 @@ def main():
         for m in re.finditer(r"BENCH (\S+) ([-+0-9.eE]+)", txt):
             rep["micro"][m.group(1)] = float(m.group(2))
         rep["tuning"] = re.findall(r"^TUNE (.*)$", txt, re.M)
+        rep["breakdown"] = re.findall(r"^BREAKDOWN (.*)$", txt, re.M)
     except (OSError, ValueError):
         pass
     rep["gemv"] = gemv_table(rep["micro"], bw)
@@ -494,7 +495,18 @@ def markdown(rep):
     if rep.get("tuning"):
         lines += ["", "GEMV variant timing during `bench_decode` (per shape):", ""]
         lines += [f"- {t}" for t in rep["tuning"]]
-    other = {k: v for k, v in rep.get("micro", {}).items() if not k.startswith(("gemv_", "decode_7b_"))}
+    micro = rep.get("micro", {})
+    if rep.get("breakdown"):
+        lines += ["", "## Decode step breakdown, llama2-7b shape (`bench_decode_breakdown`)", "",
+                  "One step with every kernel timed alone (events around each launch, so no PDL overlap), "
+                  "summed per op and grid, beside the untimed step.", ""]
+        for dt in ("int8", "bf16"):
+            if f"breakdown_7b_{dt}_step_us" in micro:
+                lines.append(f"- {dt}: untimed step {fmt(micro[f'breakdown_7b_{dt}_step_us'])} us; sum of the "
+                             f"kernels timed alone {fmt(micro.get(f'breakdown_7b_{dt}_sum_of_kernels_us'))} us over "
+                             f"{fmt(micro.get(f'breakdown_7b_{dt}_launches'), '.0f')} launches")
+        lines += [""] + [f"- {l}" for l in rep["breakdown"]]
+    other = {k: v for k, v in micro.items() if not k.startswith(("gemv_", "decode_7b_", "breakdown_"))}
     if other:
         lines += ["", "Other micro-benchmarks (microseconds per small op):", ""]
         lines += [f"- {k}: {v}" for k, v in other.items()]

@@ -10,7 +10,7 @@ mod gemv;
 #[path = "cuda/support.rs"]
 mod support;
 
-use support::{assert_close, backend, host};
+use support::{assert_close, backend, get, host};
 use tessera_backend::cuda::{module, CudaBackend};
 use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDType};
 use tessera_model::{Int8Matrix, INT8_GROUP};
@@ -164,6 +164,41 @@ fn upload_download_slice_split() {
             "parent after in-place ops on views"
         );
     }
+}
+
+#[test]
+fn timeline_times_each_launch_and_changes_nothing() {
+    let Some(b) = backend("timeline_times_each_launch_and_changes_nothing") else {
+        return;
+    };
+    let (x, w) = (host(1, 300, 1), host(64, 300, 2));
+    let (dx, dw) = (
+        b.upload(&x).unwrap(),
+        b.upload_linear(&w, WeightDType::Int8).unwrap(),
+    );
+    let untimed = get(&b, &b.matmul(&dx, &dw).unwrap());
+    assert!(
+        b.take_timeline().unwrap().is_empty(),
+        "no timeline was started"
+    );
+    b.start_timeline().unwrap();
+    let before = b.launch_count();
+    let timed = get(&b, &b.matmul(&dx, &dw).unwrap());
+    let t = b.take_timeline().unwrap();
+    assert_eq!(timed, untimed, "timing a launch changed its result");
+    assert_eq!(
+        t.len() as u64,
+        b.launch_count() - before,
+        "one entry per launch"
+    );
+    assert!(t.iter().any(|l| l.op == "gemv" && l.grid >= 1), "{t:?}");
+    assert!(
+        t.iter().all(|l| l.micros >= 0.0 && l.micros.is_finite()),
+        "{t:?}"
+    );
+    // Stopped: later launches are not timed.
+    get(&b, &b.matmul(&dx, &dw).unwrap());
+    assert!(b.take_timeline().unwrap().is_empty());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Kernel launches: arguments packed on the stack (no per-launch allocation,
-//! no event bookkeeping), programmatic dependent launch (PDL) on Hopper and
-//! later, and a launch counter for the reports.
+//! no event bookkeeping unless a timeline is being taken), programmatic
+//! dependent launch (PDL) on Hopper and later, and a launch counter for the
+//! reports.
 //!
 //! PDL lets the next kernel in the stream start its blocks while the current
 //! one drains; every kernel in `kernels/` waits (`griddepcontrol.wait`) before
@@ -8,10 +9,81 @@
 //! use the head start to stream their first weights.
 
 use super::{dev, CudaBackend};
-use crate::Result;
-use cudarc::driver::{sys, CudaFunction};
+use crate::{BackendError, Result};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{sys, CudaEvent, CudaFunction};
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
+
+/// One launch of a timeline (`CudaBackend::start_timeline`): the op's name,
+/// its grid, and events recorded on the stream just before and after it.
+pub(crate) struct TimedLaunch {
+    op: &'static str,
+    grid: u32,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+/// A kernel's time on the GPU in a timeline.
+#[derive(Debug, Clone)]
+pub struct LaunchTime {
+    /// The op that launched it (e.g. `gemv`, `attention`).
+    pub op: &'static str,
+    /// Its number of blocks, which tells apart the shapes of one op.
+    pub grid: u32,
+    /// From the event before the launch to the event after it.
+    pub micros: f64,
+}
+
+impl CudaBackend {
+    /// Start timing every kernel launch: an event is recorded on the stream
+    /// before and after each one, until [`CudaBackend::take_timeline`]. The
+    /// events serialise the launches (no overlap from programmatic dependent
+    /// launch), so the times are each kernel alone; their sum against the
+    /// untimed step's time shows what the overlap is worth. Not while a
+    /// decode step is being recorded.
+    pub fn start_timeline(&self) -> Result<()> {
+        if self.capture.lock().map(|c| c.is_some()).unwrap_or(true) {
+            return Err(BackendError::Device(
+                "timeline: a decode step is being recorded".into(),
+            ));
+        }
+        *self.timeline.lock().map_err(|_| poisoned())? = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Stop timing launches, wait for the stream, and return each launch's
+    /// time in launch order (empty without `start_timeline`).
+    pub fn take_timeline(&self) -> Result<Vec<LaunchTime>> {
+        let Some(list) = self.timeline.lock().map_err(|_| poisoned())?.take() else {
+            return Ok(Vec::new());
+        };
+        self.synchronize()?;
+        list.iter()
+            .map(|t| {
+                let ms = t.start.elapsed_ms(&t.end).map_err(dev("timeline"))?;
+                Ok(LaunchTime {
+                    op: t.op,
+                    grid: t.grid,
+                    micros: f64::from(ms) * 1e3,
+                })
+            })
+            .collect()
+    }
+
+    fn timing_event(&self) -> Result<CudaEvent> {
+        let e = self
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(dev("timeline"))?;
+        e.record(&self.stream).map_err(dev("timeline"))?;
+        Ok(e)
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::Device("timeline lock poisoned".into())
+}
 
 /// Most arguments any kernel takes.
 const MAX_ARGS: usize = 16;
@@ -127,6 +199,11 @@ impl CudaBackend {
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
         };
+        let mut timeline = self.timeline.lock().map_err(|_| poisoned())?;
+        let start = match timeline.as_ref() {
+            Some(_) => Some(self.timing_event()?),
+            None => None,
+        };
         // SAFETY: the caller vouches for the arguments; `params` points into
         // `slots`, which outlives the call (the driver copies the values).
         unsafe {
@@ -139,6 +216,15 @@ impl CudaBackend {
         }
         .result()
         .map_err(dev(op))?;
+        if let (Some(list), Some(start)) = (timeline.as_mut(), start) {
+            let end = self.timing_event()?;
+            list.push(TimedLaunch {
+                op,
+                grid: dims.grid.0 * dims.grid.1,
+                start,
+                end,
+            });
+        }
         self.launches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -25,6 +25,7 @@ mod tensor;
 
 pub use gemv::{GemvTuning, GemvVariant};
 pub use graph::CudaStepGraph;
+pub use launch::LaunchTime;
 pub use linear::{Bf16Weight, CudaLinear, Int8Weight, GEMV_MAX_ROWS};
 pub use stream_slots::memory_info;
 pub use tensor::CudaTensor;
@@ -89,6 +90,8 @@ pub struct CudaBackend {
     graphs: bool,
     /// The recording in progress, if any.
     capture: Mutex<Option<graph::Capture>>,
+    /// Per-launch timing events while a timeline is being taken (`launch.rs`).
+    timeline: Mutex<Option<Vec<launch::TimedLaunch>>>,
 }
 
 /// Map a driver error to a `BackendError` naming the op.
@@ -192,6 +195,7 @@ impl CudaBackend {
             launches: AtomicU64::new(0),
             graphs,
             capture: Mutex::new(None),
+            timeline: Mutex::new(None),
         })
     }
 

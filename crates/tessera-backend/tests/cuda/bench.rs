@@ -211,3 +211,46 @@ fn bench_decode_step_llama2_7b_shape() {
         }
     }
 }
+
+/// Where a decode step's time goes: one batch-1 step of the llama2-7b shape
+/// (int8 and bf16, default configuration, after a 128-token context) with
+/// each launch timed alone (`start_timeline`: events around every kernel, so
+/// no PDL overlap), summed per op and grid, beside the untimed step's time.
+#[test]
+#[ignore]
+fn bench_decode_breakdown_llama2_7b_shape() {
+    let Some(b) = backend("bench_decode_breakdown_llama2_7b_shape") else {
+        return;
+    };
+    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        let w = Weights::new(&b, LLAMA2_7B, dtype);
+        let (rate, _, _) = decode_rate(&b, &w, 8);
+        let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
+        let mut cache = context(&b, &w, 1);
+        b.start_timeline().unwrap();
+        step(&b, &w, s, &mut cache, 128, &inv);
+        let t = b.take_timeline().unwrap();
+        let mut per: Vec<(String, usize, f64)> = Vec::new();
+        for l in &t {
+            let key = format!("{} grid {}", l.op, l.grid);
+            match per.iter_mut().find(|p| p.0 == key) {
+                Some(p) => {
+                    p.1 += 1;
+                    p.2 += l.micros;
+                }
+                None => per.push((key, 1, l.micros)),
+            }
+        }
+        per.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let total: f64 = t.iter().map(|l| l.micros).sum();
+        println!("BENCH breakdown_7b_{dtype}_step_us {:.1}", 1e6 / rate);
+        println!("BENCH breakdown_7b_{dtype}_sum_of_kernels_us {total:.1}");
+        println!("BENCH breakdown_7b_{dtype}_launches {}", t.len());
+        for (key, n, us) in per {
+            println!(
+                "BREAKDOWN {dtype} {key}: {n} launches, {us:.1} us ({:.2} us each)",
+                us / n as f64
+            );
+        }
+    }
+}
