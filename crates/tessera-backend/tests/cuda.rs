@@ -191,7 +191,10 @@ fn timeline_times_each_launch_and_changes_nothing() {
         b.launch_count() - before,
         "one entry per launch"
     );
-    assert!(t.iter().any(|l| l.op == "gemv" && l.grid >= 1), "{t:?}");
+    assert!(
+        t.iter().any(|l| l.op.starts_with("gemv") && l.grid >= 1),
+        "{t:?}"
+    );
     assert!(
         t.iter().all(|l| l.micros >= 0.0 && l.micros.is_finite()),
         "{t:?}"
