@@ -49,12 +49,14 @@ impl CudaBackend {
             ));
         }
         *self.timeline.lock().map_err(|_| poisoned())? = Some(Vec::new());
+        self.timing.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// Stop timing launches, wait for the stream, and return each launch's
     /// time in launch order (empty without `start_timeline`).
     pub fn take_timeline(&self) -> Result<Vec<LaunchTime>> {
+        self.timing.store(false, Ordering::Relaxed);
         let Some(list) = self.timeline.lock().map_err(|_| poisoned())?.take() else {
             return Ok(Vec::new());
         };
@@ -199,10 +201,15 @@ impl CudaBackend {
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
         };
-        let mut timeline = self.timeline.lock().map_err(|_| poisoned())?;
-        let start = match timeline.as_ref() {
-            Some(_) => Some(self.timing_event()?),
-            None => None,
+        // Only while a timeline is taken: the lock and two events per launch.
+        let mut timeline = if self.timing.load(Ordering::Relaxed) {
+            Some(self.timeline.lock().map_err(|_| poisoned())?)
+        } else {
+            None
+        };
+        let start = match timeline.as_deref() {
+            Some(Some(_)) => Some(self.timing_event()?),
+            _ => None,
         };
         // SAFETY: the caller vouches for the arguments; `params` points into
         // `slots`, which outlives the call (the driver copies the values).
@@ -216,7 +223,7 @@ impl CudaBackend {
         }
         .result()
         .map_err(dev(op))?;
-        if let (Some(list), Some(start)) = (timeline.as_mut(), start) {
+        if let (Some(Some(list)), Some(start)) = (timeline.as_deref_mut(), start) {
             let end = self.timing_event()?;
             list.push(TimedLaunch {
                 op,

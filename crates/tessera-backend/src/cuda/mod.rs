@@ -35,7 +35,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DriverError};
 use module::Kernels;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 /// Keys and values of every layer: `[layer][kv_head][position][head_dim]`,
@@ -92,6 +92,8 @@ pub struct CudaBackend {
     capture: Mutex<Option<graph::Capture>>,
     /// Per-launch timing events while a timeline is being taken (`launch.rs`).
     timeline: Mutex<Option<Vec<launch::TimedLaunch>>>,
+    /// Whether a timeline is being taken: launches check this, not the lock.
+    timing: AtomicBool,
 }
 
 /// Map a driver error to a `BackendError` naming the op.
@@ -196,6 +198,7 @@ impl CudaBackend {
             graphs,
             capture: Mutex::new(None),
             timeline: Mutex::new(None),
+            timing: AtomicBool::new(false),
         })
     }
 
