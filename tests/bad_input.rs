@@ -38,7 +38,21 @@ fn fails(model: &Path) -> String {
         "error line for {}: {err}",
         model.display()
     );
+    assert_said_once(&err);
     err
+}
+
+/// The error line does not end by repeating itself ("...: A: A"), as it would
+/// if a cause were printed both inside its parent's message and after it.
+fn assert_said_once(err: &str) {
+    let line = err.lines().next().unwrap_or_default();
+    for (i, _) in line.match_indices(": ") {
+        let tail = &line[i + 2..];
+        assert!(
+            tail.is_empty() || !line[..i].ends_with(tail),
+            "`{tail}` is printed twice: {err}"
+        );
+    }
 }
 
 /// A copy of a fixture directory we may damage.

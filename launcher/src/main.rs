@@ -12,6 +12,7 @@ macro_rules! note {
 mod bench_cmd;
 mod cli;
 mod device;
+mod error_line;
 mod generate_cmd;
 mod launch;
 mod load;
@@ -34,8 +35,8 @@ fn main() {
         cli::Command::Worker(args) => worker_cmd::run(args),
     };
     if let Err(e) = result {
-        // `{:#}` prints the whole context chain on one line: "loading X: file Y: reason".
-        eprintln!("error: {e:#}");
+        // The whole context chain on one line: "loading X: file Y: reason".
+        note!("error: {}", error_line::one_line(&e));
         std::process::exit(1);
     }
 }

@@ -1,11 +1,11 @@
 /// Errors of a worker. Each becomes one gRPC status for the launcher.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] tessera_model::ModelError),
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] tessera_engine::EngineError),
-    #[error("{0}")]
+    #[error(transparent)]
     Backend(#[from] tessera_backend::BackendError),
     #[error("collective: {0}")]
     Comm(#[from] tessera_comm::CommError),

@@ -274,7 +274,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             }
             Err(e) if attempt < max_restarts => {
                 attempt += 1;
-                note!("error: {e:#}");
+                note!("error: {}", crate::error_line::one_line(&e));
                 note!("restarting the workers ({attempt} of {max_restarts}, restart_policy: on-failure)");
             }
             Err(e) => return Err(e),

@@ -200,7 +200,7 @@ pub async fn serve(spec: ServeSpec, group_spec: GroupSpec) -> Result<()> {
             Err(e) if restarts < spec.max_restarts => {
                 restarts += 1;
                 set_serving.set(false).await;
-                note!("error: {e:#}");
+                note!("error: {}", crate::error_line::one_line(&e));
                 note!(
                     "restarting the workers ({restarts} of {}, restart_policy: on-failure)",
                     spec.max_restarts

@@ -264,7 +264,7 @@ impl Scheduler {
             let reply = match self.group.step(step).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let status = tonic::Status::unavailable(format!("{e:#}"));
+                    let status = tonic::Status::unavailable(crate::error_line::one_line(&e));
                     for r in running.drain(..) {
                         let _ = r.req.events.send(Event::Failed(status.clone()));
                     }
