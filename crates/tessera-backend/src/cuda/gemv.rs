@@ -132,6 +132,13 @@ pub(crate) struct GemvKey {
     norm: bool,
 }
 
+// GEMV v4 computes scale offsets for groups of 32 inputs at compile time
+// (V4_GSHIFT in kernels/gemv.cu).
+const _: () = assert!(
+    INT8_GROUP == 32,
+    "GEMV v4 assumes scale groups of 32 inputs"
+);
+
 /// Activations of up to this many bytes are staged in shared memory (and
 /// only then can RMSNorm be fused).
 const X_SMEM_MAX: usize = 64 * 1024;

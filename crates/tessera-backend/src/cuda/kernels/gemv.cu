@@ -419,7 +419,18 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
 //   swz4(F*lane + f) (F = float4s per chunk), so one set of F offsets serves
 //   every chunk;
 // - two register buffers alternate (the loop body is written twice), so the
-//   prefetched step is never copied.
+//   prefetched step is never copied;
+// - full steps and the ragged last step are separate code behind a
+//   warp-uniform branch (template FULL), and scale offsets are constants
+//   (groups of 32): a full step's loads carry no predicates or per-chunk
+//   address arithmetic. With one runtime flag ptxas had merged both cases into
+//   predicated loads and a branch per chunk. Loads + compute of a full int8
+//   step, SASS instructions (ptxas 13.0, sm_90; scripts/sass-gemv.sh):
+//   2 rows x 4 chunks 662 -> 495 (5.2 -> 3.9 per weight), 4 rows x 2 chunks
+//   591 -> 506 (4.6 -> 4.0); registers 121 -> 127 (still 2 blocks per SM) and
+//   157 -> 161 (1 block). int4 2 x 2 went from 80 to 91 registers (3 to 2
+//   blocks per SM; bounding it to 3 blocks spills): the autotuner's v2-or-v4
+//   timing decides there. docs/gpu.md, "GEMV v4, full steps".
 // Needs the activations staged in shared memory (x_smem); the launcher runs v2
 // (same bits) otherwise.
 // Pointers of group g's rows, lane's first chunk and scale folded in.
@@ -436,21 +447,24 @@ __device__ __forceinline__ void v4_rows(const int4* __restrict__ w, const float*
     }
 }
 
-// Step s's weights and scales (chunks s*WARP*U + u*WARP + lane); `full`: every
-// chunk of the step exists, else chunks at or past kc read nothing.
-template <class WT, int R, int U>
-__device__ __forceinline__ void v4_load(const int4* const (&wp)[R], const float* const (&sp)[R], int s, bool full,
-                                        int kc, int lane, int gshift, int4 (&wv)[U][R], float (&sc)[U][R]) {
+// Step s's weights and scales (chunks s*WARP*U + u*WARP + lane). FULL: every
+// chunk of the step exists (no predicates), else chunks at or past kc read
+// nothing. Scale groups are V4_GROUP inputs, so per-chunk scale offsets are
+// constants.
+#define V4_GSHIFT 5 // log2 of the int8/int4 scale group; gemv.rs asserts INT8_GROUP == 32
+template <class WT, int R, int U, bool FULL>
+__device__ __forceinline__ void v4_load(const int4* const (&wp)[R], const float* const (&sp)[R], int s, int kc,
+                                        int lane, int4 (&wv)[U][R], float (&sc)[U][R]) {
     const int cb = s * WARP * U; // warp-uniform first chunk of the step
-    const int scb = (cb * WT::E) >> gshift;
-    const int sstep = (WARP * WT::E) >> gshift; // scales per WARP chunks
+    const int scb = (cb * WT::E) >> V4_GSHIFT;
+    constexpr int sstep = (WARP * WT::E) >> V4_GSHIFT; // scales per WARP chunks
 #pragma unroll
     for (int j = 0; j < R; j++) {
         const int4* q = wp[j] + cb; // then constant offsets per u
         const float* sq = WT::QUANT ? sp[j] + scb : nullptr;
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const bool ok = full || cb + u * WARP + lane < kc;
+            const bool ok = FULL || cb + u * WARP + lane < kc;
             wv[u][j] = ok ? ld_stream(q + u * WARP) : make_int4(0, 0, 0, 0);
             sc[u][j] = (WT::QUANT && ok) ? __ldg(sq + u * sstep) : 0.f;
         }
@@ -458,18 +472,20 @@ __device__ __forceinline__ void v4_load(const int4* const (&wp)[R], const float*
 }
 
 // acc[j] += step s of row j, in v2's order (chunk by chunk, u ascending).
-template <class WT, int R, int U>
-__device__ __forceinline__ void v4_compute(const int4 (&wv)[U][R], const float (&sc)[U][R], const float4* const (&xp)[WT::E / 4],
-                                           int s, bool full, int kc, int lane, float (&acc)[R][1]) {
+// xo[f]: the lane's swizzled float4 offsets into the staged activations.
+template <class WT, int R, int U, bool FULL>
+__device__ __forceinline__ void v4_compute(const int4 (&wv)[U][R], const float (&sc)[U][R], const float4* xs4,
+                                           const int (&xo)[WT::E / 4], int s, int kc, int lane, float (&acc)[R][1]) {
     constexpr int F = WT::E / 4;
     const int cb = s * WARP * U;
+    const float4* xb = xs4 + F * cb; // warp-uniform; then constant offsets per u
 #pragma unroll
     for (int u = 0; u < U; u++) {
-        if (full || cb + u * WARP + lane < kc) {
+        if (FULL || cb + u * WARP + lane < kc) {
             float xr[WT::E];
 #pragma unroll
             for (int f = 0; f < F; f++) {
-                float4 v = xp[f][F * (cb + u * WARP)];
+                float4 v = xb[xo[f] + F * u * WARP];
                 xr[4 * f] = v.x;
                 xr[4 * f + 1] = v.y;
                 xr[4 * f + 2] = v.z;
@@ -502,7 +518,7 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
     const int steps = (kc + WARP * U - 1) / (WARP * U);
     const int full_steps = kc / (WARP * U); // steps < full_steps have every chunk
     const int gstride = gridDim.x * (BLOCK / WARP);
-    const int lane_sc = (lane * E) >> gshift;
+    const int lane_sc = (lane * E) >> V4_GSHIFT;
     int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
     int s = 0;
     const int4* wp[R];
@@ -511,16 +527,20 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
     float as[U][R], bs[U][R];
     if (g < groups) {
         v4_rows<WT, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
-        v4_load<WT, R, U>(wp, sp, 0, full_steps > 0, kc, lane, gshift, a, as);
+        if (full_steps > 0)
+            v4_load<WT, R, U, true>(wp, sp, 0, kc, lane, a, as);
+        else
+            v4_load<WT, R, U, false>(wp, sp, 0, kc, lane, a, as);
     }
     grid_dep_wait();
     const int kx = (k + KX - 1) & ~(KX - 1);
     stage_x(x, 1, k, kx, nw, eps, x_out, v4_xs, red);
     grid_dep_launch();
     if (g >= groups) return;
-    const float4* xp[F];
+    const float4* xs4 = (const float4*)v4_xs;
+    int xo[F];
 #pragma unroll
-    for (int f = 0; f < F; f++) xp[f] = (const float4*)v4_xs + swz4(F * lane + f);
+    for (int f = 0; f < F; f++) xo[f] = swz4(F * lane + f);
     float acc[R][1];
 #pragma unroll
     for (int j = 0; j < R; j++) acc[j][0] = 0.f;
@@ -536,11 +556,18 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
             ng += gstride;                                                                                   \
             if (ng < groups) v4_rows<WT, R>(w, scales, ng, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
         }                                                                                                    \
-        if (ng < groups) v4_load<WT, R, U>(wp, sp, ns, ns < full_steps, kc, lane, gshift, BUF, BS);          \
+        if (ns < full_steps) {                                                                               \
+            if (ng < groups) v4_load<WT, R, U, true>(wp, sp, ns, kc, lane, BUF, BS);                         \
+        } else if (ng < groups) {                                                                            \
+            v4_load<WT, R, U, false>(wp, sp, ns, kc, lane, BUF, BS);                                         \
+        }                                                                                                    \
     }
 #define V4_COMPUTE(BUF, BS)                                                                                  \
     {                                                                                                        \
-        v4_compute<WT, R, U>(BUF, BS, xp, s, s < full_steps, kc, lane, acc);                                 \
+        if (s < full_steps)                                                                                  \
+            v4_compute<WT, R, U, true>(BUF, BS, xs4, xo, s, kc, lane, acc);                                  \
+        else                                                                                                 \
+            v4_compute<WT, R, U, false>(BUF, BS, xs4, xo, s, kc, lane, acc);                                 \
         if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
     }
     int ng, ns;
