@@ -257,3 +257,25 @@ fn prompt_text_without_tokenizer_says_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn a_gpu_that_is_not_there_is_named_by_its_flag() {
+    // cuda:99: no machine has it, so this fails with or without a GPU (no
+    // driver library, or no such device).
+    let out = tessera(&[
+        "generate",
+        "--model",
+        "dummy:tiny:1",
+        "--device",
+        "cuda:99",
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: --device cuda:99: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_said_once(&err);
+}

@@ -10,5 +10,12 @@ pub fn run_on<T, J: BackendJob<Output = Result<T>>>(
     threads: usize,
     job: J,
 ) -> Result<T> {
-    tessera_worker::run_on(device, threads, job).map_err(|e| anyhow::anyhow!("--device {e}"))?
+    tessera_worker::run_on(device, threads, job).map_err(|e| {
+        // The worker names the device ("device cuda:0: ..."); here it came from the flag.
+        let msg = e.to_string();
+        match msg.strip_prefix("device ") {
+            Some(rest) => anyhow::anyhow!("--device {rest}"),
+            None => anyhow::anyhow!("--device: {msg}"),
+        }
+    })?
 }
