@@ -63,12 +63,23 @@ def main():
         p.write_bytes(ptx())
         log = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(p), "-o", str(cubin)],
                              capture_output=True, text=True, check=True).stderr
-        regs = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(?:.*\n)*?.*?Used (\d+) registers", log))
+        regs, spills, cur = {}, {}, None
+        for line in log.splitlines():
+            m = re.search(r"Compiling entry function '(\w+)'", line)
+            if m:
+                cur = m.group(1)
+            m = re.search(r"(\d+) bytes spill stores", line)
+            if m and cur:
+                spills[cur] = int(m.group(1))
+            m = re.search(r"Used (\d+) registers", line)
+            if m and cur:
+                regs[cur] = int(m.group(1))
         for name in names:
             sass = subprocess.run(["cuobjdump", "-sass", "-fun", name, str(cubin)],
                                   capture_output=True, text=True, check=True).stdout
             total = sum(1 for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line))
-            print(f"{name}: {regs.get(name, '?')} registers, {total} instructions")
+            print(f"{name}: {regs.get(name, '?')} registers, {spills.get(name, '?')} bytes spilled, "
+                  f"{total} instructions")
             for b in blocks(sass):
                 ops = Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0] for _, t in b)
                 prmt = sum(v for k, v in ops.items() if k.startswith("PRMT"))

@@ -427,8 +427,8 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
 //   predicated loads and a branch per chunk. Loads + compute of a full int8
 //   step, SASS instructions (ptxas 13.0, sm_90; scripts/sass-gemv.sh):
 //   2 rows x 4 chunks 662 -> 495 (5.2 -> 3.9 per weight), 4 rows x 2 chunks
-//   591 -> 506 (4.6 -> 4.0); registers 121 -> 127 (still 2 blocks per SM) and
-//   157 -> 161 (1 block). int4 2 x 2 went from 80 to 91 registers (3 to 2
+//   591 -> ~508 (4.6 -> 4.0); registers 121 -> 127 (still 2 blocks per SM) and
+//   157 -> 128 (bounded: 1 -> 2 blocks per SM, see its entry). int4 2 x 2 went from 80 to 91 registers (3 to 2
 //   blocks per SM; bounding it to 3 blocks spills): the autotuner's v2-or-v4
 //   timing decides there. docs/gpu.md, "GEMV v4, full steps".
 // Needs the activations staged in shared memory (x_smem); the launcher runs v2
@@ -614,7 +614,12 @@ GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
 // v4: the lean one-row kernel above, with v2's rows and chunks per step.
 #define GEMV_V4_ENTRY(NAME, WT, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v4<WT, R, U>(GEMV_ARGS); }
-GEMV_V4_ENTRY(gemv_v4_i8_n1_r4, WInt8, 4, 2)
+// int8 4 x 2 bounded to 2 blocks per SM (128 registers; 161 unbounded, 1
+// block): v2's 4 x 2 kernel runs 2 blocks per SM (122 registers) and beat v4 on
+// the 22016- and 32000-row products on the H200 (run 4), the only shapes where
+// it did. The bound spills a few of the lane's fixed activation offsets: 4
+// local (L1) loads per step of 128 weights.
+extern "C" __global__ void __launch_bounds__(BLOCK, 2) gemv_v4_i8_n1_r4(GEMV_PARAMS) { gemv_v4<WInt8, 4, 2>(GEMV_ARGS); }
 GEMV_V4_ENTRY(gemv_v4_i8_n1_r2, WInt8, 2, 4)
 GEMV_V4_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 4, 2)
 GEMV_V4_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 2, 4)
