@@ -443,10 +443,11 @@ __device__ __forceinline__ void gemv_v3(GEMV_PARAMS) {
 //   predicated loads and a branch per chunk. Loads + compute of a full int8
 //   step, SASS instructions (ptxas 13.0, sm_90; scripts/sass-gemv.sh):
 //   2 rows x 4 chunks 662 -> 495 (5.2 -> 3.9 per weight), 4 rows x 2 chunks
-//   591 -> ~508 (4.6 -> 4.0); registers 121 -> 127 (still 2 blocks per SM) and
-//   157 -> 128 (bounded: 1 -> 2 blocks per SM, see its entry). int4 2 x 2 went from 80 to 91 registers (3 to 2
-//   blocks per SM; bounding it to 3 blocks spills): the autotuner's v2-or-v4
-//   timing decides there. docs/gpu.md, "GEMV v4, full steps".
+//   591 -> ~508 (4.6 -> 4.0); registers 121 -> 127 (still 2 blocks per SM)
+//   and 157 -> 128 (bounded: 1 -> 2 blocks per SM, see its entry). int4 2 x 2
+//   went from 80 to 91 registers (3 to 2 blocks per SM; bounding it to 3
+//   blocks spills): the autotuner's v2-or-v4 timing decides there.
+//   docs/gpu.md, "GEMV v4, full steps".
 // Needs the activations staged in shared memory (x_smem); the launcher runs v2
 // (same bits) otherwise.
 // Pointers of group g's rows, lane's first chunk and scale folded in.
@@ -465,8 +466,8 @@ __device__ __forceinline__ void v4_rows(const int4* __restrict__ w, const float*
 
 // Step s's weights and scales (chunks s*WARP*U + u*WARP + lane). FULL: every
 // chunk of the step exists (no predicates), else chunks at or past kc read
-// nothing. Scale groups are V4_GROUP inputs, so per-chunk scale offsets are
-// constants.
+// nothing. Scale groups are 2^V4_GSHIFT = 32 inputs, so per-chunk scale
+// offsets are constants.
 #define V4_GSHIFT 5 // log2 of the int8/int4 scale group; gemv.rs asserts INT8_GROUP == 32
 template <class WT, int R, int U, bool FULL>
 __device__ __forceinline__ void v4_load(const int4* const (&wp)[R], const float* const (&sp)[R], int s, int kc,
