@@ -9,13 +9,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ROOT / "crates/tessera-backend/src/cuda/kernels"
-# The order of module.rs's KERNELS_SRC.
-FILES = ["common.cuh", "elementwise.cu", "gemv_v1.cu", "gemv.cu", "attention.cu"]
+BACKEND = ROOT / "crates/tessera-backend"
+# The emulator's generator reads the kernel source as module.rs assembles it.
+sys.path.insert(0, str(BACKEND / "cuda-emu"))
+from gen import kernel_source  # noqa: E402
 
 
 def ptx() -> bytes:
-    src = "".join((KERNELS / f).read_text() for f in FILES).encode()
+    src = kernel_source(str(BACKEND / "src/cuda/module.rs"))
     lib = ctypes.CDLL("libnvrtc.so.13")
     prog = ctypes.c_void_p()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), src, b"tessera_kernels.cu", 0, None, None):

@@ -6,18 +6,16 @@
 #         bf16 kernels below; names are regular expressions), the 7th launch of each in
 #         `cuda-tests --ignored bench_gemv`) and prints the key counters: duration,
 #         DRAM throughput, issue-slot use, warps per scheduler, registers, stalls.
-# About a minute: NVRTC compiles the kernels once (TESSERA_CACHE_DIR), then one
-# bench_gemv run per kernel with ncu attached. ncu must leave the clocks alone
+# About a minute: NVRTC compiles the kernels once (into the device check's
+# cache, /tmp/tessera-cache), then one bench_gemv run per kernel with ncu
+# attached. ncu must leave the clocks alone
 # on these machines (--clock-control none).
 set -uo pipefail
 OUT=${1:?usage: scripts/device/ncu-gemv.sh OUTDIR}
 cd "$(dirname "$0")/../.." || exit 2
-PY=python3
-[ -x /opt/torch/.venv/bin/python3 ] && PY=/opt/torch/.venv/bin/python3
-SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-export LD_LIBRARY_PATH="$SITE/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TESSERA_CUDA_INCLUDE="/usr/local/cuda/include:$SITE/nvidia/cu13/include"
-export TESSERA_CACHE_DIR=${TESSERA_CACHE_DIR:-/tmp/tessera-ncu-cache}
+# The CUDA wheels and the kernel cache, as the device check sets them.
+. scripts/device/env.sh
+trap 'rm -rf "$NCCL_DIR"' EXIT
 NCU=$(command -v ncu || find /opt/nvidia/nsight-compute -name ncu -type f 2>/dev/null | head -n 1)
 [ -n "$NCU" ] || { echo "ncu not found"; exit 2; }
 mkdir -p "$OUT"

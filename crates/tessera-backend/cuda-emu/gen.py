@@ -23,8 +23,9 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
-def main() -> None:
-    module_rs, out = sys.argv[1], sys.argv[2]
+def kernel_files(module_rs: str) -> list:
+    """The kernel files, in the order KERNELS_SRC concatenates them into the
+    text the backend hands to NVRTC (also used by scripts/sass_gemv.py)."""
     text = open(module_rs, encoding="utf-8").read()
     block = re.search(r"KERNELS_SRC: &str = concat!\((.*?)\);", text, re.S)
     if not block:
@@ -32,8 +33,18 @@ def main() -> None:
     files = re.findall(r'include_str!\("([^"]+)"\)', block.group(1))
     if not files:
         sys.exit("gen.py: KERNELS_SRC names no files")
+    return files
+
+
+def kernel_source(module_rs: str) -> bytes:
     base = os.path.dirname(module_rs)
-    src = b"".join(open(os.path.join(base, f), "rb").read() for f in files)
+    return b"".join(open(os.path.join(base, f), "rb").read() for f in kernel_files(module_rs))
+
+
+def main() -> None:
+    module_rs, out = sys.argv[1], sys.argv[2]
+    files = kernel_files(module_rs)
+    src = kernel_source(module_rs)
     h = fnv1a(src)
 
     body = src.decode("utf-8")
