@@ -39,7 +39,9 @@ fn offload_budget(text: &str, device: &str) -> Result<usize> {
     Ok(free.saturating_sub(AUTO_MARGIN) as usize)
 }
 
-/// Load the checkpoint's weights onto `backend`; returns the model and the seconds it took.
+/// Load the checkpoint's weights onto `backend` and warm it up (one
+/// throwaway step where the backend wants one: `Model::warm_up`); returns the
+/// model and the seconds both took.
 /// Progress goes to stderr when it is a terminal.
 pub fn load_model<B: Backend + 'static>(
     backend: B,
@@ -106,6 +108,9 @@ pub fn load_model<B: Backend + 'static>(
             model
         }
     };
+    model
+        .warm_up()
+        .with_context(|| format!("warming up {} after loading", ckpt.path.display()))?;
     Ok((model, t0.elapsed().as_secs_f64()))
 }
 

@@ -98,6 +98,18 @@ template <class T>
 inline T __ldg(const T* p) {
     return *p;
 }
+template <class T>
+inline T __ldcg(const T* p) {
+    return *p;
+}
+// One block runs at a time and its threads switch only at barriers and
+// shuffles, so memory is already ordered and read-modify-writes are atomic.
+inline void __threadfence() {}
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    unsigned old = *p;
+    *p = old + v;
+    return old;
+}
 inline size_t __cvta_generic_to_shared(const void* p) { return (size_t)p; }
 
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -164,6 +164,14 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// Whether the first step of a shape pays one-time costs (timing kernel
+    /// variants, uploading tables) that a throwaway step right after loading
+    /// should absorb (`Model::warm_up` in tessera-engine), so that the
+    /// first request does not. `false`, the default: nothing to warm.
+    fn wants_warm_up(&self) -> bool {
+        false
+    }
+
     // ---- recorded decode steps (see `cuda/graph.rs`) ----
     /// Start recording a single-token decode step of one sequence at position
     /// `pos` for `token`, whose logits row has `cols` values: the ops that

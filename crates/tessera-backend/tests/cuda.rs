@@ -314,9 +314,19 @@ fn embedding_and_quantizer_are_exact() {
 
 #[test]
 fn attention_prefill_and_decode_match_reference() {
-    let Some(b) = backend("attention_prefill_and_decode_match_reference") else {
+    let Some(mut b) = backend("attention_prefill_and_decode_match_reference") else {
         return;
     };
+    // Chosen splits, one block per (row, head), and forced position splits:
+    // more splits than positions leaves some empty; every launch must leave
+    // the arrival counters at zero for the next (several calls per case).
+    for splits in [None, Some(1), Some(7), Some(32)] {
+        b.set_attention_splits(splits);
+        attention_cases(&b, splits);
+    }
+}
+
+fn attention_cases(b: &CudaBackend, splits: Option<usize>) {
     for (heads, kvh, hd, chunks) in [
         (6usize, 2usize, 40usize, vec![7usize, 1, 3]),
         (4, 4, 128, vec![300, 1, 1]),
@@ -362,7 +372,7 @@ fn attention_prefill_and_decode_match_reference() {
                 &got.data,
                 &want,
                 2e-5,
-                &format!("attention h{heads}/{kvh} hd{hd} rows {n} at {start}"),
+                &format!("attention h{heads}/{kvh} hd{hd} rows {n} at {start}, splits {splits:?}"),
             );
             start += n;
         }

@@ -30,12 +30,15 @@ struct Counts {
     aborts: AtomicUsize,
     ends: AtomicUsize,
     recording: AtomicBool,
+    matmuls: AtomicUsize,
 }
 
 struct Mock {
     cpu: CpuBackend,
     failure: Failure,
     counts: Arc<Counts>,
+    /// What `wants_warm_up` answers.
+    warm: bool,
 }
 
 impl Mock {
@@ -87,6 +90,7 @@ impl Backend for Mock {
         self.cpu.rms_norm(x, w, eps)
     }
     fn matmul(&self, x: &CpuTensor, w: &CpuLinear) -> Result<CpuTensor> {
+        self.counts.matmuls.fetch_add(1, Ordering::SeqCst);
         self.cpu.matmul(x, w)
     }
     fn add_bias(&self, x: &mut CpuTensor, bias: &CpuTensor) -> Result<()> {
@@ -139,6 +143,9 @@ impl Backend for Mock {
         self.cpu.attention(q, cache, layer, start_pos, shape)
     }
 
+    fn wants_warm_up(&self) -> bool {
+        self.warm
+    }
     fn begin_step_graph(&self, _pos: usize, _token: u32, _cols: usize) -> Result<bool> {
         self.counts.begins.fetch_add(1, Ordering::SeqCst);
         if self.failure == Failure::Declines {
@@ -190,6 +197,7 @@ fn failed_recordings_fall_back_to_eager_steps_with_the_same_logits() {
             cpu: CpuBackend::new(2).unwrap(),
             failure,
             counts: counts.clone(),
+            warm: false,
         };
         let model = load(mock);
         // The first single-token step is eager: no recording yet.
@@ -239,6 +247,7 @@ fn batches_prefill_and_all_logits_steps_are_never_recorded() {
         cpu: CpuBackend::new(2).unwrap(),
         failure: Failure::EndFails,
         counts: counts.clone(),
+        warm: false,
     };
     let model = load(mock);
     let mut seq = model.new_sequence(64).unwrap();
@@ -267,4 +276,46 @@ fn batches_prefill_and_all_logits_steps_are_never_recorded() {
         model.forward_batch(&mut batch).unwrap();
     }
     assert_eq!(counts.begins.load(Ordering::SeqCst), 0);
+}
+
+/// `Model::warm_up` runs one single-token step exactly when the backend asks
+/// for one, and leaves nothing behind: later sequences give the logits of a
+/// model that never warmed up, and no step counts as replayed.
+#[test]
+fn warm_up_runs_one_throwaway_step_only_where_the_backend_wants_it() {
+    let cpu_model = load(CpuBackend::new(2).unwrap());
+    assert!(
+        !cpu_model.warm_up().unwrap(),
+        "the CPU backend has nothing to warm"
+    );
+    let want = decode(&cpu_model, 4);
+    for warm in [false, true] {
+        let counts = Arc::new(Counts::default());
+        let mock = Mock {
+            cpu: CpuBackend::new(2).unwrap(),
+            failure: Failure::Declines,
+            counts: counts.clone(),
+            warm,
+        };
+        let model = load(mock);
+        assert_eq!(model.warm_up().unwrap(), warm);
+        let ran = counts.matmuls.load(Ordering::SeqCst);
+        if warm {
+            // Q/K/V, O, gate/up, down per layer and the LM head, one row each.
+            let layers = model.spec().num_layers;
+            assert_eq!(ran, 4 * layers + 1, "matmuls of the warm-up step");
+        } else {
+            assert_eq!(ran, 0, "no warm-up wanted, none run");
+        }
+        assert!(
+            decode(&model, 4) == want,
+            "warm-up changed later logits (warm {warm})"
+        );
+        assert_eq!(model.recording_stats().replayed, 0);
+        assert_eq!(
+            counts.begins.load(Ordering::SeqCst),
+            1,
+            "one recording attempt, by decode"
+        );
+    }
 }

@@ -186,6 +186,7 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
                 .0
             }
         };
+        model.warm_up()?;
         Ok(Box::new(Loaded {
             model,
             seqs: HashMap::new(),

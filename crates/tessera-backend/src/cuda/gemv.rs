@@ -526,7 +526,7 @@ impl CudaBackend {
             .int(mode as usize)
             .int(usize::from(x_smem));
         let dims = Dims {
-            grid: (blocks as u32, 1),
+            grid: (blocks as u32, 1, 1),
             block: 256,
             smem: smem as u32,
         };

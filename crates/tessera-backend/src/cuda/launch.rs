@@ -141,7 +141,7 @@ impl Args {
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dims {
-    pub grid: (u32, u32),
+    pub grid: (u32, u32, u32),
     pub block: u32,
     pub smem: u32,
 }
@@ -150,7 +150,7 @@ impl Dims {
     /// `threads` threads in blocks of 256.
     pub(crate) fn flat(threads: usize) -> Self {
         Dims {
-            grid: (threads.div_ceil(256).max(1) as u32, 1),
+            grid: (threads.div_ceil(256).max(1) as u32, 1, 1),
             block: 256,
             smem: 0,
         }
@@ -159,7 +159,7 @@ impl Dims {
     /// `blocks` blocks of `block` threads.
     pub(crate) fn blocks(blocks: usize, block: u32) -> Self {
         Dims {
-            grid: (blocks.max(1) as u32, 1),
+            grid: (blocks.max(1) as u32, 1, 1),
             block,
             smem: 0,
         }
@@ -192,7 +192,7 @@ impl CudaBackend {
         let cfg = sys::CUlaunchConfig {
             gridDimX: dims.grid.0,
             gridDimY: dims.grid.1,
-            gridDimZ: 1,
+            gridDimZ: dims.grid.2,
             blockDimX: dims.block,
             blockDimY: 1,
             blockDimZ: 1,
@@ -227,7 +227,7 @@ impl CudaBackend {
             let end = self.timing_event()?;
             list.push(TimedLaunch {
                 op,
-                grid: dims.grid.0 * dims.grid.1,
+                grid: dims.grid.0 * dims.grid.1 * dims.grid.2,
                 start,
                 end,
             });

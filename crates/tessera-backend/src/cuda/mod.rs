@@ -92,6 +92,11 @@ pub struct CudaBackend {
     capture: Mutex<Option<graph::Capture>>,
     /// Per-launch timing events while a timeline is being taken (`launch.rs`).
     timeline: Mutex<Option<Vec<launch::TimedLaunch>>>,
+    /// Split-position attention: one arrival counter per (query row, head),
+    /// zero between launches (`ops.rs`, kernels/attention.cu).
+    att_counters: CudaSlice<u32>,
+    /// Forced number of position splits for attention; `None` = by shape.
+    att_splits: Option<usize>,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -179,6 +184,24 @@ impl CudaBackend {
             )
             .map(|n| n.max(1) as usize)
             .unwrap_or(108);
+        let att_counters = stream
+            .alloc_zeros::<u32>(ops::ATT_COUNTERS)
+            .map_err(dev("attention counters"))?;
+        // TESSERA_ATT_SPLITS=N forces N position splits (1 = one block per row and head).
+        let att_splits = match std::env::var("TESSERA_ATT_SPLITS") {
+            Ok(v) if !v.is_empty() && v != "auto" => Some(
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|&n| (1..=ops::ATT_MAX_SPLITS).contains(&n))
+                    .ok_or_else(|| {
+                        BackendError::Unavailable(
+                            "TESSERA_ATT_SPLITS".into(),
+                            format!("{v:?}: expected auto or 1..={}", ops::ATT_MAX_SPLITS),
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -199,6 +222,8 @@ impl CudaBackend {
             capture: Mutex::new(None),
             timeline: Mutex::new(None),
             timing: AtomicBool::new(false),
+            att_counters,
+            att_splits,
         })
     }
 
@@ -221,6 +246,13 @@ impl CudaBackend {
     /// Results are bit-identical either way.
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs = on;
+    }
+
+    /// Force the number of position splits of attention (1..=32; 1 = one
+    /// block per query row and head) instead of choosing by shape; `None`
+    /// chooses. Results differ only in summation order.
+    pub fn set_attention_splits(&mut self, splits: Option<usize>) {
+        self.att_splits = splits.map(|n| n.clamp(1, ops::ATT_MAX_SPLITS));
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

@@ -73,6 +73,12 @@ impl Backend for CudaBackend {
         self.slot_copier_impl(host, slots)
     }
 
+    /// GEMV variants are timed the first time a shape is seen, RoPE tables
+    /// uploaded on first use: a step right after loading pays both.
+    fn wants_warm_up(&self) -> bool {
+        true
+    }
+
     fn begin_step_graph(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
         self.begin_step_graph_impl(pos, token, cols)
     }
@@ -435,6 +441,16 @@ impl Backend for CudaBackend {
         } else {
             &self.k.attention_d256
         };
+        // Split positions when rows x heads blocks would leave SMs idle (see
+        // kernels/attention.cu): chosen from the cache's capacity, not the
+        // current length, so a recorded step and the eager steps around it
+        // split alike at every position.
+        let splits = self.attention_splits(q.rows, num_heads, cap);
+        let part = if splits > 1 {
+            Some(self.alloc::<f32>(q.rows * num_heads * splits * (head_dim + 2))?)
+        } else {
+            None
+        };
         let args = Args::new()
             .ptr(qs.ptr)
             .int(qs.stride)
@@ -449,17 +465,50 @@ impl Backend for CudaBackend {
             .f32(1.0f32 / (head_dim as f32).sqrt())
             .ptr(qs.rope.map(|r| r.table).unwrap_or(0))
             .int(qs.rope.map(|r| r.start).unwrap_or(0))
-            .ptr(dpos);
+            .ptr(dpos)
+            .ptr(part.as_ref().map(|p| self.ptr(p)).unwrap_or(0))
+            .ptr(self.ptr(&self.att_counters));
         let dims = Dims {
-            grid: (q.rows as u32, num_heads as u32),
+            grid: (q.rows as u32, num_heads as u32, splits as u32),
             block: 256,
             smem: 0,
         };
         // SAFETY: q rows hold heads*hd f32 at its stride, out [rows, heads*hd];
         // the cache layer holds kvh*cap*hd f32 each and positions up to
-        // start_pos+rows-1 < cap were stored.
+        // start_pos+rows-1 < cap were stored. With splits > 1, part holds
+        // rows*heads*splits*(hd+2) f32 and the counters rows*heads <=
+        // ATT_COUNTERS u32, all zero (every launch leaves them zero).
         unsafe { self.launch("attention", f, dims, args) }?;
+        // The partials are freed in stream order, after the kernel.
+        drop(part);
         Ok(CudaTensor::ready(q.rows, q.cols, out))
+    }
+}
+
+/// Arrival counters for split-position attention: the split path runs only
+/// while rows x heads fits them.
+pub(crate) const ATT_COUNTERS: usize = 4096;
+/// The most position splits of one (row, head).
+pub(crate) const ATT_MAX_SPLITS: usize = 32;
+/// Fewest positions of the cache's capacity per split.
+const ATT_MIN_SPLIT_POSITIONS: usize = 32;
+
+impl CudaBackend {
+    /// Position splits for an attention launch of `rows` query rows over
+    /// `heads` heads in a cache of `capacity` positions: enough blocks for
+    /// about two per SM, at least ATT_MIN_SPLIT_POSITIONS positions of the
+    /// capacity each; 1 (one block per row and head) for prefill-sized work.
+    fn attention_splits(&self, rows: usize, heads: usize, capacity: usize) -> usize {
+        let blocks = rows * heads;
+        if blocks == 0 || blocks > ATT_COUNTERS {
+            return 1;
+        }
+        if let Some(n) = self.att_splits {
+            return n;
+        }
+        let fill = (2 * self.sm_count).div_ceil(blocks);
+        let by_len = capacity.div_ceil(ATT_MIN_SPLIT_POSITIONS);
+        fill.min(by_len).clamp(1, ATT_MAX_SPLITS)
     }
 }
 

@@ -203,6 +203,13 @@ fn bench_decode_step_llama2_7b_shape() {
         println!("BENCH decode_7b_{dtype}_graph_tokens_per_s {rate:.1}");
         println!("BENCH decode_7b_{dtype}_graph_launches_per_step 0");
         logits.push(("_graph".into(), l));
+        // Recorded again with one attention block per head (no position
+        // splits): the split's gain. Other summation order, so not compared in bits.
+        b.set_attention_splits(Some(1));
+        let (rate, _) = recorded_decode_rate(&b, &w, steps);
+        b.set_attention_splits(None);
+        println!("BENCH decode_7b_{dtype}_graph_att1_tokens_per_s {rate:.1}");
+        println!("BENCH decode_7b_{dtype}_graph_att1_launches_per_step 0");
         for t in b.gemv_tunings() {
             println!("TUNE {t}");
         }

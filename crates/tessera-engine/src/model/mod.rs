@@ -350,6 +350,21 @@ impl<B: Backend> Model<B> {
         &self.plan
     }
 
+    /// One throwaway single-token step, when the backend wants it
+    /// (`Backend::wants_warm_up`: on CUDA the first step of a shape times the
+    /// GEMV variants, tens of milliseconds in all): call it right after
+    /// loading, so the first request runs at full speed. Single-rank models
+    /// only: a sharded model's step needs every rank at once, so its ranks
+    /// warm up on their first request. Returns whether a step ran.
+    pub fn warm_up(&self) -> Result<bool> {
+        if !self.backend.wants_warm_up() || self.plan.world() != 1 {
+            return Ok(false);
+        }
+        let mut seq = self.new_sequence(1)?;
+        self.forward(&mut seq, &[0], false)?;
+        Ok(true)
+    }
+
     /// A new sequence with room for `capacity` positions (clamped to the model's context).
     pub fn new_sequence(&self, capacity: usize) -> Result<Sequence<B>> {
         let capacity = capacity.min(self.spec.max_position_embeddings).max(1);

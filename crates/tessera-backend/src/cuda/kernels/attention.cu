@@ -26,10 +26,28 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, int k_stride, c
 
 #define ATT_WARPS 8
 
-// Causal GQA attention with an online softmax: block (i, h) computes query row
-// i, head h over positions 0..=start+i. Each warp folds a strided subset of the
-// positions into its own (max, sum, acc); the warps are merged at the end. No
-// score matrix is materialised, so memory stays O(head_dim) per block.
+// exp(m - gm), the weight of a partial result with running max m in one whose
+// max is gm; 0 for an empty partial (m = -inf), also when every partial is
+// empty (gm = -inf, where exp(m - gm) would be NaN).
+__device__ __forceinline__ float att_rescale(float m, float gm) { return m == NEG_INF ? 0.f : expf(m - gm); }
+
+// Causal GQA attention with an online softmax: block (i, h, s) computes query
+// row i, head h over its share of positions 0..=start+i. Each warp folds a
+// strided subset of the block's positions into its own (max, sum, acc); the
+// warps are merged at the end. No score matrix is materialised, so memory
+// stays O(head_dim) per block.
+//
+// Split positions (gridDim.z = S > 1, flash-decoding): a decode step has one
+// or a few query rows, so rows x heads blocks alone leave most SMs idle and
+// each block walks the whole context. With S splits, split s takes the s-th
+// of S equal chunks of 0..=start+i (chunks computed here, from the position
+// the step runs at, so a recorded step stays right as the context grows),
+// writes its unnormalised (max, sum, acc) to `part`, and the last block of
+// (i, h) to finish (a counter per (i, h) in `counters`, zero between
+// launches: the last block resets it) merges the S partials into `out`.
+// part: [rows*heads*S*hd] accumulators, then [rows*heads*S*2] (max, sum).
+// With S = 1 the block writes `out` itself and touches neither.
+//
 // q rows are `q_stride` floats apart (q may be a column view of the QKV
 // product); with `inv_freq` set, RoPE is applied to q as it is loaded (row i
 // at position rope_start + i). With dpos set, both positions are offsets from
@@ -41,18 +59,24 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                const float* __restrict__ kc, const float* __restrict__ vc,
                                                float* __restrict__ out, int heads, int kvh, int hd, int cap,
                                                int start, float scale, const float* __restrict__ inv_freq,
-                                               int rope_start, const int* __restrict__ dpos) {
+                                               int rope_start, const int* __restrict__ dpos,
+                                               float* __restrict__ part, unsigned* __restrict__ counters) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
+    __shared__ int sm_last;
     KERNEL_PROLOGUE();
     const int base = step_pos(dpos);
     start += base;
     rope_start += base;
-    int i = blockIdx.x, h = blockIdx.y;
-    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    int kh = h / (heads / kvh);
-    int last = start + i;
+    const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int kh = h / (heads / kvh);
+    const int last = start + i;
+    // This block's positions [lo, hi): the split-th of `splits` chunks of 0..=last.
+    const int chunk = (last + splits) / splits;
+    const int lo = split * chunk;
+    const int hi = min(lo + chunk, last + 1);
     const float* qr = q + (size_t)i * q_stride + (size_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
         sm_q[d] = inv_freq ? rope_elem(qr, d, hd, rope_start + i, inv_freq) : qr[d];
@@ -67,7 +91,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         acc[t] = 0.f;
     }
     float mx = NEG_INF, l = 0.f;
-    for (int p0 = warp; p0 <= last; p0 += ATT_WARPS * ATT_POS) {
+    for (int p0 = lo + warp; p0 < hi; p0 += ATT_WARPS * ATT_POS) {
         // Issue every K and V load of this step first, so one memory latency
         // covers ATT_POS positions (decode is latency-bound, not bandwidth-bound).
         float kv[ATT_POS][ATT_MAXD], vv[ATT_POS][ATT_MAXD];
@@ -77,7 +101,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
 #pragma unroll
             for (int t = 0; t < ATT_MAXD; t++) {
                 int d = lane + t * WARP;
-                bool ok = p <= last && d < hd;
+                bool ok = p < hi && d < hd;
                 kv[j][t] = ok ? kb[(size_t)p * hd + d] : 0.f;
                 vv[j][t] = ok ? vb[(size_t)p * hd + d] : 0.f;
             }
@@ -85,17 +109,17 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         float s[ATT_POS];
 #pragma unroll
         for (int j = 0; j < ATT_POS; j++) {
-            float part = 0.f;
+            float part_s = 0.f;
 #pragma unroll
-            for (int t = 0; t < ATT_MAXD; t++) part = fmaf(qv[t], kv[j][t], part);
-            s[j] = part;
+            for (int t = 0; t < ATT_MAXD; t++) part_s = fmaf(qv[t], kv[j][t], part_s);
+            s[j] = part_s;
         }
 #pragma unroll
         for (int j = 0; j < ATT_POS; j++) s[j] = warp_sum(s[j]);
 #pragma unroll
         for (int j = 0; j < ATT_POS; j++) {
             int p = p0 + j * ATT_WARPS;
-            if (p > last) break;
+            if (p >= hi) break;
             float mn = fmaxf(mx, s[j]);
             float corr = expf(mx - mn);
             float e = expf(s[j] - mn);
@@ -115,13 +139,48 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     float gm = NEG_INF;
     for (int w = 0; w < ATT_WARPS; w++) gm = fmaxf(gm, sm_m[w]);
     float total = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++) total += sm_l[w] * expf(sm_m[w] - gm);
-    float* o = out + ((size_t)i * heads + h) * hd;
+    for (int w = 0; w < ATT_WARPS; w++) total += sm_l[w] * att_rescale(sm_m[w], gm);
+    const size_t ih = (size_t)i * heads + h;
+    float* o = out + ih * hd;
+    if (splits == 1) {
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float v = 0.f;
+            for (int w = 0; w < ATT_WARPS; w++) v += sm_acc[w][d] * att_rescale(sm_m[w], gm);
+            o[d] = v / total;
+        }
+        return;
+    }
+    // One of several splits: publish the partial, and merge if last.
+    float* pacc = part + ih * splits * hd;
+    float* pml = part + (size_t)gridDim.x * heads * splits * hd + ih * splits * 2;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float v = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++) v += sm_acc[w][d] * expf(sm_m[w] - gm);
-        o[d] = v / total;
+        for (int w = 0; w < ATT_WARPS; w++) v += sm_acc[w][d] * att_rescale(sm_m[w], gm);
+        pacc[(size_t)split * hd + d] = v;
     }
+    if (threadIdx.x == 0) {
+        pml[split * 2] = gm;
+        pml[split * 2 + 1] = total;
+    }
+    // Make this block's partial visible device-wide before counting it.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) sm_last = atomicAdd(&counters[ih], 1u) == (unsigned)(splits - 1);
+    __syncthreads();
+    if (!sm_last) return;
+    __threadfence();
+    // The last block: every other split's partial is visible. Read them past
+    // L1 (written on other SMs).
+    float m_all = NEG_INF;
+    for (int s = 0; s < splits; s++) m_all = fmaxf(m_all, __ldcg(pml + s * 2));
+    float t_all = 0.f;
+    for (int s = 0; s < splits; s++) t_all += __ldcg(pml + s * 2 + 1) * att_rescale(__ldcg(pml + s * 2), m_all);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < splits; s++) v += __ldcg(pacc + (size_t)s * hd + d) * att_rescale(__ldcg(pml + s * 2), m_all);
+        o[d] = v / t_all;
+    }
+    if (threadIdx.x == 0) counters[ih] = 0;
 }
 
 #define ATTENTION_ENTRY(NAME, MAXD, POS)                                                                        \
@@ -129,9 +188,9 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         NAME(const float* __restrict__ q, int q_stride, const float* __restrict__ kc,                          \
              const float* __restrict__ vc, float* __restrict__ out, int heads, int kvh, int hd, int cap,       \
              int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
-             const int* __restrict__ dpos) {                                                                   \
+             const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters) {        \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
-                                  rope_start, dpos);                                                           \
+                                  rope_start, dpos, part, counters);                                           \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)
