@@ -6,7 +6,7 @@ use crate::support::{backend, host, inv_freq, step, step_tensor, step_token, Wei
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
-use tessera_backend::{Backend, WeightDType};
+use tessera_backend::{AttentionShape, Backend, WeightDType};
 
 /// Device copies of a weight (so consecutive products never hit L2).
 fn copies(w: &CudaLinear, count: usize) -> Vec<CudaLinear> {
@@ -260,4 +260,52 @@ fn bench_decode_breakdown_llama2_7b_shape() {
             );
         }
     }
+}
+
+/// One decode attention call (one query row, the llama2-7b head layout: 32
+/// heads of 128) at growing contexts, with the position splits the backend
+/// chooses beside one block per head (`set_attention_splits(Some(1))`), in
+/// microseconds per call and GB/s of K and V read (f32 cache).
+#[test]
+#[ignore]
+fn bench_decode_attention_long_context() {
+    let Some(mut b) = backend("bench_decode_attention_long_context") else {
+        return;
+    };
+    let s = LLAMA2_7B;
+    let shape = AttentionShape {
+        num_heads: s.heads,
+        num_kv_heads: s.kv_heads,
+        head_dim: s.head_dim,
+    };
+    let width = s.kv_heads * s.head_dim;
+    let q = b.upload(&host(1, s.heads * s.head_dim, 7)).unwrap();
+    for ctx in [128usize, 512, 2048, 8192] {
+        // Positions 0..=ctx stored in one call; the query is at ctx.
+        let mut cache = b.kv_cache(1, s.kv_heads, s.head_dim, ctx + 1).unwrap();
+        let k = b.upload(&host(ctx + 1, width, 8)).unwrap();
+        let v = b.upload(&host(ctx + 1, width, 9)).unwrap();
+        b.kv_store(&mut cache, 0, 0, &k, &v).unwrap();
+        let kv_bytes = 2.0 * ((ctx + 1) * width * 4) as f64;
+        for (tag, splits) in [("auto", None), ("att1", Some(1))] {
+            b.set_attention_splits(splits);
+            for _ in 0..5 {
+                b.attention(&q, &cache, 0, ctx, shape).unwrap();
+            }
+            b.synchronize().unwrap();
+            let iters = 200;
+            let t = Instant::now();
+            for _ in 0..iters {
+                b.attention(&q, &cache, 0, ctx, shape).unwrap();
+            }
+            b.synchronize().unwrap();
+            let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+            println!("BENCH attention_decode_ctx{ctx}_{tag}_us {us:.2}");
+            println!(
+                "BENCH attention_decode_ctx{ctx}_{tag}_gb_per_s {:.1}",
+                kv_bytes / us / 1e3
+            );
+        }
+    }
+    b.set_attention_splits(None);
 }
