@@ -13,7 +13,7 @@ mod support;
 use support::{assert_close, backend, get, host};
 use tessera_backend::cuda::{module, CudaBackend};
 use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDType};
-use tessera_model::{Int8Matrix, INT8_GROUP};
+use tessera_model::{HostTensor, Int8Matrix, INT8_GROUP};
 
 #[test]
 fn kernels_compile_to_ptx_with_nvrtc() {
@@ -382,6 +382,81 @@ fn attention_cases(b: &CudaBackend, splits: Option<usize>) {
             Err(BackendError::CacheFull { .. })
         ));
     }
+}
+
+/// A KV store deferred into the next attention call (fusion on, decode-sized
+/// rows) still lands when that call does not take it: a store for another
+/// layer, an attention call for another layer or position, or a recording
+/// abandoned before its attention call (whose store must not run at all).
+#[test]
+fn deferred_kv_stores_land_whoever_reads_next() {
+    let Some(b) = backend("deferred_kv_stores_land_whoever_reads_next") else {
+        return;
+    };
+    let (heads, kvh, hd) = (4usize, 2usize, 32usize);
+    let shape = AttentionShape {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let mut cache = b.kv_cache(2, kvh, hd, 8).unwrap();
+    let rows = |n: usize, seed: u64| host(n, kvh * hd, seed);
+    let (k0, v0, k1, v1) = (rows(3, 1), rows(3, 2), rows(3, 3), rows(3, 4));
+    let up = |t: &HostTensor| b.upload(t).unwrap();
+    // Layer 0's store is deferred, then flushed by layer 1's store; layer
+    // 1's is flushed by attention on layer 0 (another layer).
+    b.kv_store(&mut cache, 0, 0, &up(&k0), &up(&v0)).unwrap();
+    b.kv_store(&mut cache, 1, 0, &up(&k1), &up(&v1)).unwrap();
+    let q = host(3, heads * hd, 5);
+    for (layer, ks, vs) in [(0, &k0, &v0), (1, &k1, &v1)] {
+        let got = b
+            .download(&b.attention(&up(&q), &cache, layer, 0, shape).unwrap())
+            .unwrap();
+        let want = reference::attention(&q.data, &ks.data, &vs.data, 0, heads, kvh, hd);
+        assert_close(&got.data, &want, 2e-5, &format!("layer {layer}"));
+    }
+    // A store at position 3, then attention for a query at position 2
+    // (another position: the store runs first; positions 0..=2 are read).
+    let (k3, v3) = (rows(1, 6), rows(1, 7));
+    b.kv_store(&mut cache, 0, 3, &up(&k3), &up(&v3)).unwrap();
+    let q2 = host(1, heads * hd, 13);
+    let got = b
+        .download(&b.attention(&up(&q2), &cache, 0, 2, shape).unwrap())
+        .unwrap();
+    let want = reference::attention(&q2.data, &k0.data, &v0.data, 2, heads, kvh, hd);
+    assert_close(
+        &got.data,
+        &want,
+        2e-5,
+        "query at 2 with a store at 3 pending",
+    );
+    // Position 4: first deferred inside a recording that is then abandoned
+    // (that store must never run), then stored eagerly and read.
+    let (k4, v4) = (rows(1, 8), rows(1, 9));
+    let (bad_k, bad_v) = (up(&rows(1, 10)), up(&rows(1, 11)));
+    let (k4d, v4d) = (up(&k4), up(&v4));
+    if b.begin_step_graph(4, 0, 8).unwrap() {
+        b.kv_store(&mut cache, 0, 4, &bad_k, &bad_v).unwrap();
+        b.abort_step_graph();
+    }
+    b.kv_store(&mut cache, 0, 4, &k4d, &v4d).unwrap();
+    let mut ks = k0.data.clone();
+    let mut vs = v0.data.clone();
+    for (k, v) in [(&k3, &v3), (&k4, &v4)] {
+        ks.extend_from_slice(&k.data);
+        vs.extend_from_slice(&v.data);
+    }
+    let q4 = host(1, heads * hd, 12);
+    let got = b
+        .download(&b.attention(&up(&q4), &cache, 0, 4, shape).unwrap())
+        .unwrap();
+    let want = reference::attention(&q4.data, &ks, &vs, 4, heads, kvh, hd);
+    assert_close(
+        &got.data,
+        &want,
+        2e-5,
+        "positions 3 and 4 after the abandoned recording",
+    );
 }
 
 /// The decode layer's attention half as the engine issues it (split, RoPE on

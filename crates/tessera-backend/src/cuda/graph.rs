@@ -27,6 +27,7 @@
 use super::{dev, CudaBackend, CudaTensor};
 use crate::{BackendError, Result};
 use cudarc::driver::{result, sys, CudaGraph, CudaSlice};
+use std::sync::atomic::Ordering;
 use tessera_model::HostTensor;
 
 /// A recording in progress.
@@ -37,6 +38,8 @@ pub(crate) struct Capture {
     out: CudaSlice<f32>,
     /// The position the step was recorded at; ops pass positions relative to it.
     base: usize,
+    /// This recording's id (work deferred while recording belongs to it).
+    serial: u64,
 }
 
 /// A recorded decode step (see the module doc).
@@ -73,6 +76,12 @@ impl CudaBackend {
                 Ok((rel, self.ptr(&c.desc)))
             }
         }
+    }
+
+    /// The id of the recording in progress; `None` when not recording.
+    pub(crate) fn capture_id(&self) -> Result<Option<u64>> {
+        let g = self.capture.lock().map_err(|_| poisoned())?;
+        Ok(g.as_ref().map(|c| c.serial))
     }
 
     /// While recording: the device address of the step's token id.
@@ -112,6 +121,7 @@ impl CudaBackend {
             desc,
             out,
             base: pos,
+            serial: self.capture_serial.fetch_add(1, Ordering::Relaxed),
         });
         Ok(true)
     }

@@ -88,7 +88,7 @@ fn poisoned() -> BackendError {
 }
 
 /// Most arguments any kernel takes.
-const MAX_ARGS: usize = 16;
+const MAX_ARGS: usize = 32;
 
 /// Kernel arguments, each in an 8-byte slot (a device pointer or a scalar in
 /// its first bytes), in the kernel's parameter order.

@@ -47,6 +47,8 @@ pub struct CudaKvCache {
     capacity: usize,
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
+    /// A KV store deferred into the next attention call on this cache (`ops.rs`).
+    pending: Mutex<Option<ops::KvJob>>,
 }
 
 impl CudaKvCache {
@@ -90,6 +92,8 @@ pub struct CudaBackend {
     graphs: bool,
     /// The recording in progress, if any.
     capture: Mutex<Option<graph::Capture>>,
+    /// Recordings begun so far (each recording's id).
+    capture_serial: AtomicU64,
     /// Per-launch timing events while a timeline is being taken (`launch.rs`).
     timeline: Mutex<Option<Vec<launch::TimedLaunch>>>,
     /// Split-position attention: one arrival counter per (query row, head),
@@ -220,6 +224,7 @@ impl CudaBackend {
             launches: AtomicU64::new(0),
             graphs,
             capture: Mutex::new(None),
+            capture_serial: AtomicU64::new(0),
             timeline: Mutex::new(None),
             timing: AtomicBool::new(false),
             att_counters,

@@ -4,11 +4,12 @@
 
 use super::launch::{Args, Dims};
 use super::linear::{GemvMode, GEMV_MAX_ROWS};
-use super::tensor::{ColView, Lazy, NormJob, NormSrc, RopeJob};
+use super::tensor::{ColView, Lazy, NormJob, NormSrc, RopeJob, Strided};
 use super::{dev, CudaBackend, CudaKvCache, CudaLinear, CudaTensor};
 use crate::checks;
 use crate::error::shape_err;
 use crate::{AttentionShape, Backend, Result, WeightDType};
+use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 use tessera_model::HostTensor;
 
@@ -354,6 +355,7 @@ impl Backend for CudaBackend {
             capacity,
             k,
             v,
+            pending: std::sync::Mutex::new(None),
         })
     }
 
@@ -365,7 +367,6 @@ impl Backend for CudaBackend {
         k: &CudaTensor,
         v: &CudaTensor,
     ) -> Result<()> {
-        let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
         checks::kv_store(
             &cache.geometry(),
             layer,
@@ -373,40 +374,35 @@ impl Backend for CudaBackend {
             (k.rows, k.cols),
             (v.rows, v.cols),
         )?;
-        let layer_off = (layer * kvh * cap * hd * 4) as u64;
         let (start, dpos) = self.step_pos(start_pos)?;
         // K may carry RoPE of this head size; V never (it is computed first).
-        let ks = self.strided(k, Some(hd))?;
-        let vs = self.strided(v, None)?;
+        let (ks, kbuf) = self.strided_kept(k, Some(cache.head_dim))?;
+        let (vs, vbuf) = self.strided_kept(v, None)?;
         same_step(ks.rope, dpos)?;
-        if k.rows * kvh * hd == 0 {
+        let job = KvJob {
+            layer,
+            start_pos,
+            rows: k.rows,
+            start,
+            dpos,
+            k: ks,
+            v: vs,
+            _keep: [kbuf, vbuf],
+            capture: self.capture_id()?,
+        };
+        let earlier = cache.pending.get_mut().map_err(|_| kv_poisoned())?.take();
+        if let Some(e) = earlier {
+            self.flush_kv(cache, e)?;
+        }
+        if job.rows * cache.kv_heads * cache.head_dim == 0 {
             return Ok(());
         }
-        let args = Args::new()
-            .ptr(ks.ptr)
-            .int(ks.stride)
-            .ptr(vs.ptr)
-            .int(vs.stride)
-            .ptr(self.ptr(&cache.k) + layer_off)
-            .ptr(self.ptr(&cache.v) + layer_off)
-            .int(k.rows)
-            .int(kvh)
-            .int(hd)
-            .int(cap)
-            .int(start)
-            .ptr(ks.rope.map(|r| r.table).unwrap_or(0))
-            .int(ks.rope.map(|r| r.start).unwrap_or(0))
-            .ptr(dpos);
-        // SAFETY: k and v rows hold kvh*hd f32 at their strides; the cache
-        // layer holds kvh x cap x hd f32 each, start_pos + rows <= cap.
-        unsafe {
-            self.launch(
-                "kv_store",
-                &self.k.kv_store,
-                Dims::flat(k.rows * kvh * hd),
-                args,
-            )
+        if self.fuse && job.rows <= ATT_TAIL_ROWS {
+            // Fused: the attention call that follows stores it (kernels/attention.cu).
+            *cache.pending.get_mut().map_err(|_| kv_poisoned())? = Some(job);
+            return Ok(());
         }
+        self.run_kv_store(cache, &job)
     }
 
     fn attention(
@@ -436,6 +432,28 @@ impl Backend for CudaBackend {
         let (start, dpos) = self.step_pos(start_pos)?;
         let qs = self.strided(q, Some(head_dim))?;
         same_step(qs.rope, dpos)?;
+        // A KV store deferred for exactly these rows runs inside this launch;
+        // any other is run first.
+        let tail = q.rows <= ATT_TAIL_ROWS;
+        let now = self.capture_id()?;
+        let pending = cache.pending.lock().map_err(|_| kv_poisoned())?.take();
+        let fused = match pending {
+            Some(j)
+                if tail
+                    && j.layer == layer
+                    && j.start_pos == start_pos
+                    && j.rows == q.rows
+                    && j.capture == now
+                    && j.dpos == dpos =>
+            {
+                Some(j)
+            }
+            Some(j) => {
+                self.flush_kv(cache, j)?;
+                None
+            }
+            None => None,
+        };
         let f = if head_dim <= 128 {
             &self.k.attention_d128
         } else {
@@ -467,7 +485,28 @@ impl Backend for CudaBackend {
             .int(qs.rope.map(|r| r.start).unwrap_or(0))
             .ptr(dpos)
             .ptr(part.as_ref().map(|p| self.ptr(p)).unwrap_or(0))
-            .ptr(self.ptr(&self.att_counters));
+            .ptr(self.ptr(&self.att_counters))
+            .int(usize::from(tail))
+            .ptr(fused.as_ref().map(|j| j.k.ptr).unwrap_or(0))
+            .int(fused.as_ref().map(|j| j.k.stride).unwrap_or(0))
+            .ptr(fused.as_ref().map(|j| j.v.ptr).unwrap_or(0))
+            .int(fused.as_ref().map(|j| j.v.stride).unwrap_or(0))
+            .ptr(
+                fused
+                    .as_ref()
+                    .and_then(|j| j.k.rope)
+                    .map(|r| r.table)
+                    .unwrap_or(0),
+            )
+            .int(
+                fused
+                    .as_ref()
+                    .and_then(|j| j.k.rope)
+                    .map(|r| r.start)
+                    .unwrap_or(0),
+            )
+            .ptr(self.ptr(&cache.k) + layer_off)
+            .ptr(self.ptr(&cache.v) + layer_off);
         let dims = Dims {
             grid: (q.rows as u32, num_heads as u32, splits as u32),
             block: 256,
@@ -475,13 +514,94 @@ impl Backend for CudaBackend {
         };
         // SAFETY: q rows hold heads*hd f32 at its stride, out [rows, heads*hd];
         // the cache layer holds kvh*cap*hd f32 each and positions up to
-        // start_pos+rows-1 < cap were stored. With splits > 1, part holds
+        // start_pos+rows-1 < cap were stored, or are stored by this launch
+        // from the fused job's k and v (rows * kvh*hd f32 at their strides,
+        // kept alive by the job). With splits > 1, part holds
         // rows*heads*splits*(hd+2) f32 and the counters rows*heads <=
         // ATT_COUNTERS u32, all zero (every launch leaves them zero).
         unsafe { self.launch("attention", f, dims, args) }?;
-        // The partials are freed in stream order, after the kernel.
+        // The partials and the fused store's inputs are freed in stream
+        // order, after the kernel.
         drop(part);
+        drop(fused);
         Ok(CudaTensor::ready(q.rows, q.cols, out))
+    }
+}
+
+/// Attention launches of at most this many query rows (decode) fold the
+/// positions of their own rows in after the cached ones, and take a deferred
+/// KV store (kernels/attention.cu).
+const ATT_TAIL_ROWS: usize = 16;
+
+/// One KV store: what it reads (k with its pending RoPE, v) and where it
+/// writes. Run at once, or deferred into the next attention call on the
+/// cache (`CudaKvCache::pending`).
+pub(crate) struct KvJob {
+    layer: usize,
+    /// As the caller gave it.
+    start_pos: usize,
+    rows: usize,
+    /// As the kernels take it (relative to the recorded step's position while recording).
+    start: usize,
+    dpos: u64,
+    k: Strided,
+    v: Strided,
+    /// The buffers k and v point into, alive until the store has run.
+    _keep: [Arc<CudaSlice<f32>>; 2],
+    /// The recording the job was made in; `None` outside recordings.
+    capture: Option<u64>,
+}
+
+fn kv_poisoned() -> crate::BackendError {
+    crate::BackendError::Device("internal: KV cache lock poisoned".into())
+}
+
+impl CudaBackend {
+    /// Launch the KV store kernel for `job`.
+    fn run_kv_store(&self, cache: &CudaKvCache, job: &KvJob) -> Result<()> {
+        let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
+        let layer_off = (job.layer * kvh * cap * hd * 4) as u64;
+        let args = Args::new()
+            .ptr(job.k.ptr)
+            .int(job.k.stride)
+            .ptr(job.v.ptr)
+            .int(job.v.stride)
+            .ptr(self.ptr(&cache.k) + layer_off)
+            .ptr(self.ptr(&cache.v) + layer_off)
+            .int(job.rows)
+            .int(kvh)
+            .int(hd)
+            .int(cap)
+            .int(job.start)
+            .ptr(job.k.rope.map(|r| r.table).unwrap_or(0))
+            .int(job.k.rope.map(|r| r.start).unwrap_or(0))
+            .ptr(job.dpos);
+        // SAFETY: k and v rows hold kvh*hd f32 at their strides (kept alive
+        // by the job); the cache layer holds kvh x cap x hd f32 each, and
+        // checks::kv_store saw start_pos + rows <= cap.
+        unsafe {
+            self.launch(
+                "kv_store",
+                &self.k.kv_store,
+                Dims::flat(job.rows * kvh * hd),
+                args,
+            )
+        }
+    }
+
+    /// Run a deferred KV store that no attention call took.
+    fn flush_kv(&self, cache: &CudaKvCache, job: KvJob) -> Result<()> {
+        let now = self.capture_id()?;
+        match job.capture {
+            c if c == now => self.run_kv_store(cache, &job),
+            // Deferred inside a recording that has ended: that step never
+            // ran (it runs again eagerly, storing again), and its inputs
+            // belonged to the recording.
+            Some(_) => Ok(()),
+            None => Err(crate::BackendError::Device(
+                "internal: a KV store deferred outside a recording was left for one".into(),
+            )),
+        }
     }
 }
 

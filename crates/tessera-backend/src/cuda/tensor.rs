@@ -276,6 +276,30 @@ impl CudaBackend {
         })
     }
 
+    /// As [`CudaBackend::strided`], with the buffer the address points into,
+    /// for work deferred past the tensor's lifetime (it keeps the buffer alive).
+    pub(crate) fn strided_kept(
+        &self,
+        t: &CudaTensor,
+        rope_head_dim: Option<usize>,
+    ) -> Result<(Strided, Arc<CudaSlice<f32>>)> {
+        if let Some(v) = t.col_view()? {
+            let s = self.strided(t, rope_head_dim)?;
+            if s.ptr == self.ptr(&*v.parent) + (v.col0 * 4) as u64 {
+                return Ok((s, v.parent));
+            }
+        }
+        let buf = self.shared(t)?;
+        Ok((
+            Strided {
+                ptr: self.ptr(&*buf),
+                stride: t.cols,
+                rope: None,
+            },
+            buf,
+        ))
+    }
+
     /// Exclusive access for an in-place op: compute a deferred value, and
     /// copy the buffer if a deferred value elsewhere still reads it.
     pub(crate) fn buf_mut<'a>(&self, t: &'a mut CudaTensor) -> Result<&'a mut CudaSlice<f32>> {

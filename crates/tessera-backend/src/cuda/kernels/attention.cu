@@ -48,6 +48,17 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 // part: [rows*heads*S*hd] accumulators, then [rows*heads*S*2] (max, sum).
 // With S = 1 the block writes `out` itself and touches neither.
 //
+// New positions (tail = 1, decode-sized launches): the positions start.. of
+// this call's rows are folded in after the cached ones, one per warp at a
+// time. With nk set, the KV store was deferred into this launch
+// (cuda/ops.rs): new keys and values are read from nk / nv (rows nk_stride /
+// nv_stride floats apart; RoPE on the keys with nk_inv, row r at position
+// nk_rope_start + r), and block (r, first head of each KV group, split 0)
+// writes row r's key and value into the cache through kw / vw, where no block
+// of this launch reads them. Without nk they are read from the cache; the
+// bits are the same either way. tail = 0 (prefill) folds every position in
+// the main loop.
+//
 // q rows are `q_stride` floats apart (q may be a column view of the QKV
 // product); with `inv_freq` set, RoPE is applied to q as it is loaded (row i
 // at position rope_start + i). With dpos set, both positions are offsets from
@@ -60,7 +71,11 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                float* __restrict__ out, int heads, int kvh, int hd, int cap,
                                                int start, float scale, const float* __restrict__ inv_freq,
                                                int rope_start, const int* __restrict__ dpos,
-                                               float* __restrict__ part, unsigned* __restrict__ counters) {
+                                               float* __restrict__ part, unsigned* __restrict__ counters,
+                                               int tail, const float* __restrict__ nk, int nk_stride,
+                                               const float* __restrict__ nv, int nv_stride,
+                                               const float* __restrict__ nk_inv, int nk_rope_start, float* kw,
+                                               float* vw) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
@@ -69,6 +84,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     const int base = step_pos(dpos);
     start += base;
     rope_start += base;
+    nk_rope_start += base;
     const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int kh = h / (heads / kvh);
@@ -77,6 +93,16 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     const int chunk = (last + splits) / splits;
     const int lo = split * chunk;
     const int hi = min(lo + chunk, last + 1);
+    if (nk && split == 0 && h % (heads / kvh) == 0) {
+        // Row i's new key and value into the cache (the deferred KV store).
+        const float* nkr = nk + (size_t)i * nk_stride + (size_t)kh * hd;
+        const float* nvr = nv + (size_t)i * nv_stride + (size_t)kh * hd;
+        const size_t dst = ((size_t)kh * cap + start + i) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            kw[dst + d] = nk_inv ? rope_elem(nkr, d, hd, nk_rope_start + i, nk_inv) : nkr[d];
+            vw[dst + d] = nvr[d];
+        }
+    }
     const float* qr = q + (size_t)i * q_stride + (size_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
         sm_q[d] = inv_freq ? rope_elem(qr, d, hd, rope_start + i, inv_freq) : qr[d];
@@ -91,7 +117,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         acc[t] = 0.f;
     }
     float mx = NEG_INF, l = 0.f;
-    for (int p0 = lo + warp; p0 < hi; p0 += ATT_WARPS * ATT_POS) {
+    const int main_hi = tail ? min(hi, start) : hi;
+    for (int p0 = lo + warp; p0 < main_hi; p0 += ATT_WARPS * ATT_POS) {
         // Issue every K and V load of this step first, so one memory latency
         // covers ATT_POS positions (decode is latency-bound, not bandwidth-bound).
         float kv[ATT_POS][ATT_MAXD], vv[ATT_POS][ATT_MAXD];
@@ -101,7 +128,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
 #pragma unroll
             for (int t = 0; t < ATT_MAXD; t++) {
                 int d = lane + t * WARP;
-                bool ok = p < hi && d < hd;
+                bool ok = p < main_hi && d < hd;
                 kv[j][t] = ok ? kb[(size_t)p * hd + d] : 0.f;
                 vv[j][t] = ok ? vb[(size_t)p * hd + d] : 0.f;
             }
@@ -119,7 +146,7 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
 #pragma unroll
         for (int j = 0; j < ATT_POS; j++) {
             int p = p0 + j * ATT_WARPS;
-            if (p >= hi) break;
+            if (p >= main_hi) break;
             float mn = fmaxf(mx, s[j]);
             float corr = expf(mx - mn);
             float e = expf(s[j] - mn);
@@ -128,6 +155,31 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
             for (int t = 0; t < ATT_MAXD; t++) acc[t] = fmaf(acc[t], corr, e * vv[j][t]);
             mx = mn;
         }
+    }
+    // The new positions of this block's range, one per warp at a time.
+    for (int p = (tail ? max(lo, start) : hi) + warp; p < hi; p += ATT_WARPS) {
+        const int r = p - start;
+        const float* kr = nk ? nk + (size_t)r * nk_stride + (size_t)kh * hd : kb + (size_t)p * hd;
+        const float* vr = nk ? nv + (size_t)r * nv_stride + (size_t)kh * hd : vb + (size_t)p * hd;
+        float kv[ATT_MAXD], vv[ATT_MAXD];
+#pragma unroll
+        for (int t = 0; t < ATT_MAXD; t++) {
+            int d = lane + t * WARP;
+            bool ok = d < hd;
+            kv[t] = !ok ? 0.f : (nk && nk_inv) ? rope_elem(kr, d, hd, nk_rope_start + r, nk_inv) : kr[d];
+            vv[t] = ok ? vr[d] : 0.f;
+        }
+        float sc = 0.f;
+#pragma unroll
+        for (int t = 0; t < ATT_MAXD; t++) sc = fmaf(qv[t], kv[t], sc);
+        sc = warp_sum(sc);
+        float mn = fmaxf(mx, sc);
+        float corr = expf(mx - mn);
+        float e = expf(sc - mn);
+        l = l * corr + e;
+#pragma unroll
+        for (int t = 0; t < ATT_MAXD; t++) acc[t] = fmaf(acc[t], corr, e * vv[t]);
+        mx = mn;
     }
     if (lane == 0) {
         sm_m[warp] = mx;
@@ -188,9 +240,12 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         NAME(const float* __restrict__ q, int q_stride, const float* __restrict__ kc,                          \
              const float* __restrict__ vc, float* __restrict__ out, int heads, int kvh, int hd, int cap,       \
              int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
-             const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters) {        \
+             const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters, int tail, \
+             const float* __restrict__ nk, int nk_stride, const float* __restrict__ nv, int nv_stride,         \
+             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw) {                      \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
-                                  rope_start, dpos, part, counters);                                           \
+                                  rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,        \
+                                  nk_inv, nk_rope_start, kw, vw);                                              \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)
