@@ -50,4 +50,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 rm -rf "$NCCL_DIR"
+# One file for the raw generate outputs: a device call brings back at most 8 files.
+(cd "$OUT" && tar czf gen.tar.gz gen-*.json gen-*.err 2>/dev/null && rm -f gen-*.json gen-*.err)
 say "done"
