@@ -457,6 +457,33 @@ fn deferred_kv_stores_land_whoever_reads_next() {
         2e-5,
         "positions 3 and 4 after the abandoned recording",
     );
+    // An eager store left pending (its step failed before attention) when a
+    // recording begins: the recording cannot take it and fails; the store is
+    // kept and runs on the eager rerun.
+    let (k5, v5, k6, v6) = (rows(1, 14), rows(1, 15), rows(1, 16), rows(1, 17));
+    let (k6d, v6d) = (up(&k6), up(&v6));
+    b.kv_store(&mut cache, 0, 5, &up(&k5), &up(&v5)).unwrap();
+    if b.begin_step_graph(6, 0, 8).unwrap() {
+        let err = b.kv_store(&mut cache, 0, 6, &k6d, &v6d).unwrap_err();
+        assert!(err.to_string().contains("still pending"), "{err}");
+        b.abort_step_graph();
+    }
+    b.kv_store(&mut cache, 0, 6, &k6d, &v6d).unwrap();
+    for (k, v) in [(&k5, &v5), (&k6, &v6)] {
+        ks.extend_from_slice(&k.data);
+        vs.extend_from_slice(&v.data);
+    }
+    let q6 = host(1, heads * hd, 18);
+    let got = b
+        .download(&b.attention(&up(&q6), &cache, 0, 6, shape).unwrap())
+        .unwrap();
+    let want = reference::attention(&q6.data, &ks, &vs, 6, heads, kvh, hd);
+    assert_close(
+        &got.data,
+        &want,
+        2e-5,
+        "position 5 kept through a failed recording",
+    );
 }
 
 /// The decode layer's attention half as the engine issues it (split, RoPE on

@@ -598,9 +598,15 @@ impl CudaBackend {
             // ran (it runs again eagerly, storing again), and its inputs
             // belonged to the recording.
             Some(_) => Ok(()),
-            None => Err(crate::BackendError::Device(
-                "internal: a KV store deferred outside a recording was left for one".into(),
-            )),
+            // Left over from an eager step that failed between its store and
+            // its attention call, now inside a recording, which cannot take
+            // it: keep it for the eager rerun of this step (the recording fails).
+            None => {
+                *cache.pending.lock().map_err(|_| kv_poisoned())? = Some(job);
+                Err(crate::BackendError::Device(
+                    "a KV store deferred outside a recording is still pending".into(),
+                ))
+            }
         }
     }
 }
