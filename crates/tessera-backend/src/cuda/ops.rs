@@ -594,10 +594,15 @@ impl CudaBackend {
         let now = self.capture_id()?;
         match job.capture {
             c if c == now => self.run_kv_store(cache, &job),
-            // Deferred inside a recording that has ended: that step never
-            // ran (it runs again eagerly, storing again), and its inputs
-            // belonged to the recording.
-            Some(_) => Ok(()),
+            // Deferred inside a recording that was abandoned: that step never
+            // ran (it runs again eagerly, storing again). Its inputs were
+            // allocations of the discarded graph; freeing them now would
+            // leave an error for the next driver call, so they are leaked
+            // (two handles; the graph's memory went with the graph).
+            Some(_) => {
+                std::mem::forget(job);
+                Ok(())
+            }
             // Left over from an eager step that failed between its store and
             // its attention call, now inside a recording, which cannot take
             // it: keep it for the eager rerun of this step (the recording fails).
