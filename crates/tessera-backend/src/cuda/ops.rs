@@ -637,7 +637,8 @@ impl CudaBackend {
         if let Some(n) = self.att_splits {
             return n;
         }
-        let fill = (2 * self.sm_count).div_ceil(blocks);
+        // Whole waves: two resident blocks per SM (attention takes ~128 registers).
+        let fill = (2 * self.sm_count / blocks).max(1);
         let by_len = capacity.div_ceil(ATT_MIN_SPLIT_POSITIONS);
         fill.min(by_len).clamp(1, ATT_MAX_SPLITS)
     }
