@@ -13,7 +13,11 @@
 //! - Every kernel waits for its predecessors before reading their output
 //!   (`launch.rs`), and weights never change after `upload_linear` returns,
 //!   so kernels may start early (PDL) and read weights before that wait.
+//! - Split-position attention launches share one array of arrival counters;
+//!   that is safe because they run on the one stream, each after its
+//!   predecessors have finished (`attention.rs`).
 
+mod attention;
 mod gemv;
 mod graph;
 mod launch;
@@ -47,8 +51,8 @@ pub struct CudaKvCache {
     capacity: usize,
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
-    /// A KV store deferred into the next attention call on this cache (`ops.rs`).
-    pending: Mutex<Option<ops::KvJob>>,
+    /// A KV store deferred into the next attention call on this cache (`attention.rs`).
+    pending: Mutex<Option<attention::KvJob>>,
 }
 
 impl CudaKvCache {
@@ -97,7 +101,7 @@ pub struct CudaBackend {
     /// Per-launch timing events while a timeline is being taken (`launch.rs`).
     timeline: Mutex<Option<Vec<launch::TimedLaunch>>>,
     /// Split-position attention: one arrival counter per (query row, head),
-    /// zero between launches (`ops.rs`, kernels/attention.cu).
+    /// zero between launches (`attention.rs`, kernels/attention.cu).
     att_counters: CudaSlice<u32>,
     /// Forced number of position splits for attention; `None` = by shape.
     att_splits: Option<usize>,
@@ -189,18 +193,18 @@ impl CudaBackend {
             .map(|n| n.max(1) as usize)
             .unwrap_or(108);
         let att_counters = stream
-            .alloc_zeros::<u32>(ops::ATT_COUNTERS)
+            .alloc_zeros::<u32>(attention::ATT_COUNTERS)
             .map_err(dev("attention counters"))?;
         // TESSERA_ATT_SPLITS=N forces N position splits (1 = one block per row and head).
         let att_splits = match std::env::var("TESSERA_ATT_SPLITS") {
             Ok(v) if !v.is_empty() && v != "auto" => Some(
                 v.parse::<usize>()
                     .ok()
-                    .filter(|&n| (1..=ops::ATT_MAX_SPLITS).contains(&n))
+                    .filter(|&n| (1..=attention::ATT_MAX_SPLITS).contains(&n))
                     .ok_or_else(|| {
                         BackendError::Unavailable(
                             "TESSERA_ATT_SPLITS".into(),
-                            format!("{v:?}: expected auto or 1..={}", ops::ATT_MAX_SPLITS),
+                            format!("{v:?}: expected auto or 1..={}", attention::ATT_MAX_SPLITS),
                         )
                     })?,
             ),
@@ -257,7 +261,7 @@ impl CudaBackend {
     /// block per query row and head) instead of choosing by shape; `None`
     /// chooses. Results differ only in summation order.
     pub fn set_attention_splits(&mut self, splits: Option<usize>) {
-        self.att_splits = splits.map(|n| n.clamp(1, ops::ATT_MAX_SPLITS));
+        self.att_splits = splits.map(|n| n.clamp(1, attention::ATT_MAX_SPLITS));
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

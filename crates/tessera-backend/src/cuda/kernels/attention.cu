@@ -51,7 +51,7 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 // New positions (tail = 1, decode-sized launches): the positions start.. of
 // this call's rows are folded in after the cached ones, one per warp at a
 // time. With nk set, the KV store was deferred into this launch
-// (cuda/ops.rs): new keys and values are read from nk / nv (rows nk_stride /
+// (cuda/attention.rs): new keys and values are read from nk / nv (rows nk_stride /
 // nv_stride floats apart; RoPE on the keys with nk_inv, row r at position
 // nk_rope_start + r), and block (r, first head of each KV group, split 0)
 // writes row r's key and value into the cache through kw / vw, where no block
