@@ -242,7 +242,8 @@ impl BackendJob for Job<'_> {
     fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
         let args = self.args;
         let backend_name = backend.name();
-        let (model, load_secs) = load_model(backend, self.ckpt, &args.model)?;
+        let (model, load) = load_model(backend, self.ckpt, &args.model)?;
+        let load_secs = load.secs;
         let vocab = model.spec().vocab_size;
         let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
 
@@ -348,6 +349,7 @@ impl BackendJob for Job<'_> {
                 },
                 "reps": args.reps,
                 "load_s": load_secs,
+                "warm_up": load.warm_up_json(),
                 "prefill": args.prompt_lens.iter().zip(&prefill).map(|(len, m)| {
                     let mut v = m.json();
                     v["prompt_len"] = json!(len);

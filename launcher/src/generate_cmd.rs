@@ -142,7 +142,7 @@ impl BackendJob for Job<'_> {
     type Output = Result<()>;
     fn run<B: Backend + 'static>(self, backend: B) -> Result<()> {
         let backend_name = backend.name();
-        let (model, load_secs) = load_model(backend, self.ckpt, &self.args.model)?;
+        let (model, load) = load_model(backend, self.ckpt, &self.args.model)?;
         let stream = !self.args.gen.json;
         let gen = generate(&model, self.ckpt.tokenizer.as_ref(), &self.req, |piece| {
             if stream {
@@ -156,8 +156,11 @@ impl BackendJob for Job<'_> {
             &gen,
             &backend_name,
             &self.args.model.dtype,
-            load_secs,
-            serde_json::json!({ "step_graphs": crate::load::step_graphs_json(&model) }),
+            load.secs,
+            serde_json::json!({
+                "step_graphs": crate::load::step_graphs_json(&model),
+                "warm_up": load.warm_up_json(),
+            }),
         )
     }
 }

@@ -47,7 +47,7 @@ pub fn load_model<B: Backend + 'static>(
     backend: B,
     ckpt: &Checkpoint,
     args: &ModelArgs,
-) -> Result<(Model<B>, f64)> {
+) -> Result<(Model<B>, LoadTimes)> {
     let dtype: WeightDType = args.dtype.parse().map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -108,10 +108,34 @@ pub fn load_model<B: Backend + 'static>(
             model
         }
     };
-    model
+    let t1 = Instant::now();
+    let warmed_up = model
         .warm_up()
         .with_context(|| format!("warming up {} after loading", ckpt.path.display()))?;
-    Ok((model, t0.elapsed().as_secs_f64()))
+    Ok((
+        model,
+        LoadTimes {
+            secs: t0.elapsed().as_secs_f64(),
+            warm_up_secs: t1.elapsed().as_secs_f64(),
+            warmed_up,
+        },
+    ))
+}
+
+/// What `load_model` took: seconds in all, and of that the warm-up step
+/// (`Model::warm_up`), which ran only where the backend wanted one.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTimes {
+    pub secs: f64,
+    pub warm_up_secs: f64,
+    pub warmed_up: bool,
+}
+
+impl LoadTimes {
+    /// The `warm_up` field of JSON reports.
+    pub fn warm_up_json(&self) -> serde_json::Value {
+        serde_json::json!({ "ran": self.warmed_up, "secs": self.warm_up_secs })
+    }
 }
 
 /// How many decode steps ran from recorded step graphs (CUDA graphs), and why
