@@ -12,6 +12,8 @@ use cudarc::driver::CudaSlice;
 use std::sync::Arc;
 
 impl CudaBackend {
+    /// `Backend::kv_store`: checked now; run now, or (fusion on, at most
+    /// ATT_TAIL_ROWS rows) left for the attention call that follows.
     pub(crate) fn kv_store_impl(
         &self,
         cache: &mut CudaKvCache,
@@ -58,6 +60,8 @@ impl CudaBackend {
         self.run_kv_store(cache, &job)
     }
 
+    /// `Backend::attention`, taking a KV store deferred for exactly these
+    /// rows into its launch.
     pub(crate) fn attention_impl(
         &self,
         q: &CudaTensor,
