@@ -98,6 +98,10 @@ fn bench_json_fields() {
             .unwrap(),
     );
     assert!(b1 > 0.0 && b2 > 0.0, "decode rates {b1} {b2}");
+    // Batched prefill: 2 prompts of the first prompt length (8) in one step.
+    assert_eq!(v["prefill_batch"]["batch"].as_u64(), Some(2));
+    assert_eq!(v["prefill_batch"]["prompt_len"].as_u64(), Some(8));
+    check_measurement(&v["prefill_batch"], 16, 2);
 
     if cfg!(target_os = "linux") {
         let peak = num(&v, "peak_rss_bytes");

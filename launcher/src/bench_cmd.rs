@@ -207,6 +207,27 @@ fn time_decode_batch<B: Backend>(model: &Model<B>, n: usize, batch: usize) -> Re
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// Seconds for one prefill of `ids` into each of `batch` fresh sequences, all
+/// in one forward call (the linear layers see `batch * ids.len()` rows).
+fn time_prefill_batch<B: Backend>(model: &Model<B>, ids: &[u32], batch: usize) -> Result<f64> {
+    let mut seqs = (0..batch)
+        .map(|_| model.new_sequence(ids.len()))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut entries: Vec<_> = seqs
+        .iter_mut()
+        .map(|seq| tessera_engine::BatchEntry {
+            seq,
+            ids,
+            all_logits: false,
+        })
+        .collect();
+    let t0 = Instant::now();
+    let logits = model.forward_batch(&mut entries)?;
+    let secs = t0.elapsed().as_secs_f64();
+    std::hint::black_box(logits);
+    Ok(secs)
+}
+
 /// `VmHWM` (peak resident set) and `VmRSS` from /proc/self/status, in bytes.
 fn rss_bytes() -> (Option<u64>, Option<u64>) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -303,6 +324,27 @@ impl BackendJob for Job<'_> {
             }
         }
         let stream_batch = if nb > 1 { weights.take_stats() } else { None };
+        // Batched prefill: `nb` prompts of the first prompt length in one step.
+        let prefill_len = args.prompt_lens.first().copied().unwrap_or(1);
+        let mut prefill_b = Measurement {
+            tokens: prefill_len * nb,
+            secs: Vec::new(),
+        };
+        if nb > 1 {
+            let ids = synthetic_ids(prefill_len, vocab);
+            time_prefill_batch(&model, &ids, nb)?;
+            for rep in 0..args.reps {
+                if progress {
+                    eprint!(
+                        "\rprefill {prefill_len} batch {nb}: rep {}/{}   ",
+                        rep + 1,
+                        args.reps
+                    );
+                }
+                prefill_b.secs.push(time_prefill_batch(&model, &ids, nb)?);
+            }
+            let _ = weights.take_stats();
+        }
         if progress {
             eprintln!();
         }
@@ -371,6 +413,14 @@ impl BackendJob for Job<'_> {
                     "secs": Stats::of(&decode_b.secs).json(),
                     "runs_tokens_per_s": decode_b.rates(),
                 }) } else { json!(null) },
+                "prefill_batch": if nb > 1 { json!({
+                    "batch": nb,
+                    "prompt_len": prefill_len,
+                    "tokens": prefill_b.tokens,
+                    "tokens_per_s": Stats::of(&prefill_b.rates()).json(),
+                    "secs": Stats::of(&prefill_b.secs).json(),
+                    "runs_tokens_per_s": prefill_b.rates(),
+                }) } else { json!(null) },
                 "step_graphs": crate::load::step_graphs_json(&model),
                 "peak_rss_bytes": peak_rss,
                 "rss_bytes": rss,
@@ -416,6 +466,7 @@ impl BackendJob for Job<'_> {
         row(format!("decode {} (b=1)", decode.tokens), &decode);
         if nb > 1 {
             row(format!("decode {} (b={nb})", args.decode_tokens), &decode_b);
+            row(format!("prefill {prefill_len} (b={nb})"), &prefill_b);
         }
         if let Some(s) = &stream_decode {
             println!("offload  {}", weights.describe());

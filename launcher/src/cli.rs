@@ -185,7 +185,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     pub decode_tokens: usize,
     /// Also decode this many sequences stepped together (total tokens/s of the
-    /// batch); 1 skips the batched measurement.
+    /// batch), and prefill as many prompts of the first `--prompt-lens` length
+    /// in one step; 1 skips both batched measurements.
     #[arg(long, default_value_t = 8)]
     pub decode_batch: usize,
     /// Timed repetitions of each measurement (after one untimed warm-up).

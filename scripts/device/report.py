@@ -233,6 +233,7 @@ def main():
             "decode_b1_tokens_per_s": b16["decode"]["tokens_per_s"]["median"],
             "decode_b16_tokens_per_s": (b16.get("decode_batch") or {}).get("tokens_per_s", {}).get("median"),
             "prefill_16_tokens_per_s": b16["prefill"][0]["tokens_per_s"]["median"] if b16.get("prefill") else None,
+            "prefill_b16_tokens_per_s": (b16.get("prefill_batch") or {}).get("tokens_per_s", {}).get("median"),
         }
     try:
         with open(os.path.join(out, "nccl.txt")) as f:
@@ -514,7 +515,9 @@ def markdown(rep):
     if b:
         lines += ["", "## Batched decode, llama2-7b int8 (`tessera bench --decode-batch 16`, 32 tokens per sequence)", "",
                   f"- batch 1: {fmt(b['decode_b1_tokens_per_s'])} tok/s; batch 16: {fmt(b['decode_b16_tokens_per_s'])} tok/s "
-                  f"(all sequences together)"]
+                  f"(all sequences together)",
+                  f"- prefill of 16-token prompts: batch 1 {fmt(b['prefill_16_tokens_per_s'])} tok/s; "
+                  f"batch 16 {fmt(b.get('prefill_b16_tokens_per_s'))} tok/s (16 prompts in one step)"]
     else:
         lines += ["", "Batch 16 in the engine: not measured in this run (see log)."]
     n = rep.get("nccl")
