@@ -126,6 +126,8 @@ impl CudaBackend {
         } else {
             None
         };
+        // RoPE still to apply to the deferred store's keys.
+        let k_rope = fused.as_ref().and_then(|j| j.k.rope);
         let args = Args::new()
             .ptr(qs.ptr)
             .int(qs.stride)
@@ -148,20 +150,8 @@ impl CudaBackend {
             .int(fused.as_ref().map(|j| j.k.stride).unwrap_or(0))
             .ptr(fused.as_ref().map(|j| j.v.ptr).unwrap_or(0))
             .int(fused.as_ref().map(|j| j.v.stride).unwrap_or(0))
-            .ptr(
-                fused
-                    .as_ref()
-                    .and_then(|j| j.k.rope)
-                    .map(|r| r.table)
-                    .unwrap_or(0),
-            )
-            .int(
-                fused
-                    .as_ref()
-                    .and_then(|j| j.k.rope)
-                    .map(|r| r.start)
-                    .unwrap_or(0),
-            )
+            .ptr(k_rope.map(|r| r.table).unwrap_or(0))
+            .int(k_rope.map(|r| r.start).unwrap_or(0))
             .ptr(self.ptr(&cache.k) + layer_off)
             .ptr(self.ptr(&cache.v) + layer_off);
         let dims = Dims {

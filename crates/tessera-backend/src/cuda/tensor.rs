@@ -256,24 +256,7 @@ impl CudaBackend {
     /// column views in place (KV store, attention) and can apply RoPE with
     /// heads of `rope_head_dim`; other tensors are computed first.
     pub(crate) fn strided(&self, t: &CudaTensor, rope_head_dim: Option<usize>) -> Result<Strided> {
-        if let Some(v) = t.col_view()? {
-            let rope_ok = match v.rope {
-                None => true,
-                Some(r) => rope_head_dim == Some(r.head_dim),
-            };
-            if rope_ok {
-                return Ok(Strided {
-                    ptr: self.ptr(&*v.parent) + (v.col0 * 4) as u64,
-                    stride: v.stride,
-                    rope: v.rope,
-                });
-            }
-        }
-        Ok(Strided {
-            ptr: self.ptr(self.buf(t)?),
-            stride: t.cols,
-            rope: None,
-        })
+        Ok(self.strided_kept(t, rope_head_dim)?.0)
     }
 
     /// As [`CudaBackend::strided`], with the buffer the address points into,
@@ -284,20 +267,26 @@ impl CudaBackend {
         rope_head_dim: Option<usize>,
     ) -> Result<(Strided, Arc<CudaSlice<f32>>)> {
         if let Some(v) = t.col_view()? {
-            let s = self.strided(t, rope_head_dim)?;
-            if s.ptr == self.ptr(&*v.parent) + (v.col0 * 4) as u64 {
+            let rope_ok = match v.rope {
+                None => true,
+                Some(r) => rope_head_dim == Some(r.head_dim),
+            };
+            if rope_ok {
+                let s = Strided {
+                    ptr: self.ptr(&*v.parent) + (v.col0 * 4) as u64,
+                    stride: v.stride,
+                    rope: v.rope,
+                };
                 return Ok((s, v.parent));
             }
         }
         let buf = self.shared(t)?;
-        Ok((
-            Strided {
-                ptr: self.ptr(&*buf),
-                stride: t.cols,
-                rope: None,
-            },
-            buf,
-        ))
+        let s = Strided {
+            ptr: self.ptr(&*buf),
+            stride: t.cols,
+            rope: None,
+        };
+        Ok((s, buf))
     }
 
     /// Exclusive access for an in-place op: compute a deferred value, and
