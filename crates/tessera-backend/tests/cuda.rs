@@ -320,13 +320,25 @@ fn attention_prefill_and_decode_match_reference() {
     // Chosen splits, one block per (row, head), and forced position splits:
     // more splits than positions leaves some empty; every launch must leave
     // the arrival counters at zero for the next (several calls per case).
-    for splits in [None, Some(1), Some(7), Some(32)] {
+    // Minimum positions per split: the default (128: the 300-position case
+    // splits, short contexts do not), 1 (every context split as far as the
+    // launch allows) and 64 (a 301..302-position context uses 4 of 7 or 32).
+    for (splits, min_chunk) in [
+        (None, 128),
+        (None, 1),
+        (Some(1), 1),
+        (Some(7), 1),
+        (Some(7), 64),
+        (Some(32), 1),
+        (Some(32), 64),
+    ] {
         b.set_attention_splits(splits);
-        attention_cases(&b, splits);
+        b.set_attention_min_chunk(min_chunk);
+        attention_cases(&b, (splits, min_chunk));
     }
 }
 
-fn attention_cases(b: &CudaBackend, splits: Option<usize>) {
+fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize)) {
     for (heads, kvh, hd, chunks) in [
         (6usize, 2usize, 40usize, vec![7usize, 1, 3]),
         (4, 4, 128, vec![300, 1, 1]),

@@ -128,6 +128,16 @@ impl CudaBackend {
         };
         // RoPE still to apply to the deferred store's keys.
         let k_rope = fused.as_ref().and_then(|j| j.k.rope);
+        // The weights named by `Backend::prefetch`, brought into L2 by this launch.
+        let pf = self
+            .prefetch_next
+            .lock()
+            .map_err(|_| prefetch_poisoned())?
+            .take();
+        let [(pf0, pf0_bytes), (pf1, pf1_bytes)] = match &pf {
+            Some(w) => self.prefetch_regions(w),
+            None => [(0, 0), (0, 0)],
+        };
         let args = Args::new()
             .ptr(qs.ptr)
             .int(qs.stride)
@@ -153,7 +163,12 @@ impl CudaBackend {
             .ptr(k_rope.map(|r| r.table).unwrap_or(0))
             .int(k_rope.map(|r| r.start).unwrap_or(0))
             .ptr(self.ptr(&cache.k) + layer_off)
-            .ptr(self.ptr(&cache.v) + layer_off);
+            .ptr(self.ptr(&cache.v) + layer_off)
+            .int(self.att_min_chunk)
+            .ptr(pf0)
+            .i64(pf0_bytes)
+            .ptr(pf1)
+            .i64(pf1_bytes);
         let dims = Dims {
             grid: (q.rows as u32, num_heads as u32, splits as u32),
             block: 256,
@@ -165,12 +180,15 @@ impl CudaBackend {
         // from the fused job's k and v (rows * kvh*hd f32 at their strides,
         // kept alive by the job). With splits > 1, part holds
         // rows*heads*splits*(hd+2) f32 and the counters rows*heads <=
-        // ATT_COUNTERS u32, all zero (every launch leaves them zero).
+        // ATT_COUNTERS u32, all zero (every launch leaves them zero). The
+        // prefetch regions lie inside the hinted weight's buffers (kept
+        // alive by `pf` until after the launch; a prefetch reads nothing).
         unsafe { self.launch("attention", f, dims, args) }?;
         // The partials and the fused store's inputs are freed in stream
         // order, after the kernel.
         drop(part);
         drop(fused);
+        drop(pf);
         Ok(CudaTensor::ready(q.rows, q.cols, out))
     }
 }
@@ -270,6 +288,12 @@ pub(crate) const ATT_COUNTERS: usize = 4096;
 pub(crate) const ATT_MAX_SPLITS: usize = 32;
 /// Fewest positions of the cache's capacity per split.
 const ATT_MIN_SPLIT_POSITIONS: usize = 32;
+/// Fewest positions of the current context per split (the kernel's
+/// `min_chunk`): one block per (row, head) up to 255 positions. On an H200
+/// (docs/gpu.md, run 6), one decode attention call of the llama2-7b layout
+/// took 6.2 us with one block per head and 7.7 us split at 128 positions,
+/// 13.9 and 9.4 us at 512.
+pub(crate) const ATT_MIN_CHUNK: usize = 128;
 
 impl CudaBackend {
     /// Position splits for an attention launch of `rows` query rows over
@@ -289,6 +313,42 @@ impl CudaBackend {
         let by_len = capacity.div_ceil(ATT_MIN_SPLIT_POSITIONS);
         fill.min(by_len).clamp(1, ATT_MAX_SPLITS)
     }
+}
+
+impl CudaBackend {
+    /// `Backend::prefetch`: remember `w` for the next attention launch
+    /// (int8, int4 and bf16 weights; f32 ones are not streamed by the GEMVs).
+    pub(crate) fn prefetch_impl(&self, w: &super::CudaLinear) {
+        if !self.prefetch {
+            return;
+        }
+        let w = match w {
+            super::CudaLinear::Int8(w) => Some(super::linear::GemvWeight::Int8(w.clone())),
+            super::CudaLinear::Bf16(w) => Some(super::linear::GemvWeight::Bf16(w.clone())),
+            super::CudaLinear::F32 { .. } => None,
+        };
+        // A hint: a poisoned lock (a panic elsewhere) just drops it.
+        if let Ok(mut next) = self.prefetch_next.lock() {
+            *next = w;
+        }
+    }
+
+    /// The device ranges (pointer, bytes) a GEMV reads of `w`: quantized
+    /// values and scales, or the bf16 matrix and nothing.
+    fn prefetch_regions(&self, w: &super::linear::GemvWeight) -> [(u64, usize); 2] {
+        use super::linear::GemvWeight;
+        match w {
+            GemvWeight::Int8(w) => [
+                (self.ptr(&w.q), w.rows * w.row_bytes()),
+                (self.ptr(&w.scales), w.rows * w.gpr * 4),
+            ],
+            GemvWeight::Bf16(w) => [(self.ptr(&w.w), w.rows * w.kp * 2), (0, 0)],
+        }
+    }
+}
+
+fn prefetch_poisoned() -> crate::BackendError {
+    crate::BackendError::Device("the prefetch hint lock was poisoned".into())
 }
 
 /// A kernel adds one device position to both its own positions and those of

@@ -105,6 +105,13 @@ pub struct CudaBackend {
     att_counters: CudaSlice<u32>,
     /// Forced number of position splits for attention; `None` = by shape.
     att_splits: Option<usize>,
+    /// Fewest positions per attention split (`attention.rs`); 1 splits any context.
+    att_min_chunk: usize,
+    /// Whether `Backend::prefetch` hints are taken (on by default).
+    prefetch: bool,
+    /// The weight named by the last `Backend::prefetch`, for the next
+    /// attention launch to bring into L2 (kept alive until then).
+    prefetch_next: Mutex<Option<linear::GemvWeight>>,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -210,6 +217,22 @@ impl CudaBackend {
             ),
             _ => None,
         };
+        // TESSERA_ATT_MIN_CHUNK=N: fewest positions per attention split.
+        let att_min_chunk = match std::env::var("TESSERA_ATT_MIN_CHUNK") {
+            Ok(v) if !v.is_empty() => v
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| (1..=1 << 20).contains(&n))
+                .ok_or_else(|| {
+                    BackendError::Unavailable(
+                        "TESSERA_ATT_MIN_CHUNK".into(),
+                        format!("{v:?}: expected a number of positions, 1..=1048576"),
+                    )
+                })?,
+            _ => attention::ATT_MIN_CHUNK,
+        };
+        // TESSERA_PREFETCH=0 ignores prefetch hints.
+        let prefetch = std::env::var("TESSERA_PREFETCH").map_or(true, |v| v != "0");
         Ok(CudaBackend {
             ctx,
             stream,
@@ -233,6 +256,9 @@ impl CudaBackend {
             timing: AtomicBool::new(false),
             att_counters,
             att_splits,
+            att_min_chunk,
+            prefetch,
+            prefetch_next: Mutex::new(None),
         })
     }
 
@@ -262,6 +288,19 @@ impl CudaBackend {
     /// chooses. Results differ only in summation order.
     pub fn set_attention_splits(&mut self, splits: Option<usize>) {
         self.att_splits = splits.map(|n| n.clamp(1, attention::ATT_MAX_SPLITS));
+    }
+
+    /// Fewest cached positions per attention split (default
+    /// `ATT_MIN_CHUNK`, 128; 1 splits any context as finely as the launch
+    /// allows). Results differ only in summation order.
+    pub fn set_attention_min_chunk(&mut self, positions: usize) {
+        self.att_min_chunk = positions.max(1);
+    }
+
+    /// Take `Backend::prefetch` hints (the default) or ignore them. Results
+    /// are identical either way.
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

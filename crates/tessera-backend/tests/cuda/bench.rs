@@ -203,13 +203,27 @@ fn bench_decode_step_llama2_7b_shape() {
         println!("BENCH decode_7b_{dtype}_graph_tokens_per_s {rate:.1}");
         println!("BENCH decode_7b_{dtype}_graph_launches_per_step 0");
         logits.push(("_graph".into(), l));
+        // Recorded again without the L2 prefetch of O's weights during
+        // attention: its gain (same bits).
+        b.set_prefetch(false);
+        let (rate, l) = recorded_decode_rate(&b, &w, steps);
+        b.set_prefetch(true);
+        println!("BENCH decode_7b_{dtype}_graph_noprefetch_tokens_per_s {rate:.1}");
+        println!("BENCH decode_7b_{dtype}_graph_noprefetch_launches_per_step 0");
+        logits.push(("_graph_noprefetch".into(), l));
         // Recorded again with one attention block per head (no position
-        // splits): the split's gain. Other summation order, so not compared in bits.
-        b.set_attention_splits(Some(1));
-        let (rate, _) = recorded_decode_rate(&b, &w, steps);
+        // splits), and with every context split (at least one position per
+        // split): the split's gain or loss at this context. Other summation
+        // orders, so not compared in bits.
+        for (tag, splits, min_chunk) in [("att1", Some(1), 128), ("split_all", None, 1)] {
+            b.set_attention_splits(splits);
+            b.set_attention_min_chunk(min_chunk);
+            let (rate, _) = recorded_decode_rate(&b, &w, steps);
+            println!("BENCH decode_7b_{dtype}_graph_{tag}_tokens_per_s {rate:.1}");
+            println!("BENCH decode_7b_{dtype}_graph_{tag}_launches_per_step 0");
+        }
         b.set_attention_splits(None);
-        println!("BENCH decode_7b_{dtype}_graph_att1_tokens_per_s {rate:.1}");
-        println!("BENCH decode_7b_{dtype}_graph_att1_launches_per_step 0");
+        b.set_attention_min_chunk(128);
         for t in b.gemv_tunings() {
             println!("TUNE {t}");
         }
@@ -264,7 +278,8 @@ fn bench_decode_breakdown_llama2_7b_shape() {
 
 /// One decode attention call (one query row, the llama2-7b head layout: 32
 /// heads of 128) at growing contexts, with the position splits the backend
-/// chooses beside one block per head (`set_attention_splits(Some(1))`), in
+/// chooses (`auto`: at least 128 positions per split), every context split
+/// (`split_all`: the splits alone decide) and one block per head (`att1`), in
 /// microseconds per call and GB/s of K and V read (f32 cache).
 #[test]
 #[ignore]
@@ -287,8 +302,13 @@ fn bench_decode_attention_long_context() {
         let v = b.upload(&host(ctx + 1, width, 9)).unwrap();
         b.kv_store(&mut cache, 0, 0, &k, &v).unwrap();
         let kv_bytes = 2.0 * ((ctx + 1) * width * 4) as f64;
-        for (tag, splits) in [("auto", None), ("att1", Some(1))] {
+        for (tag, splits, min_chunk) in [
+            ("auto", None, 128),
+            ("split_all", None, 1),
+            ("att1", Some(1), 128),
+        ] {
             b.set_attention_splits(splits);
+            b.set_attention_min_chunk(min_chunk);
             for _ in 0..5 {
                 b.attention(&q, &cache, 0, ctx, shape).unwrap();
             }
@@ -308,4 +328,5 @@ fn bench_decode_attention_long_context() {
         }
     }
     b.set_attention_splits(None);
+    b.set_attention_min_chunk(128);
 }

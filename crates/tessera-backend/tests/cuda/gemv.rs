@@ -187,10 +187,14 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
         for v in variants(dtype) {
             configs.push((true, true, Some(v)));
         }
-        for (fused, pdl, v) in configs {
+        // The default again with prefetch hints ignored (they must change no bit).
+        let plain = configs.len();
+        configs.push((true, true, None));
+        for (i, (fused, pdl, v)) in configs.into_iter().enumerate() {
             b.set_fusion(fused);
             b.set_pdl(pdl);
             b.set_gemv_variant(v);
+            b.set_prefetch(i != plain);
             let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
             let before = b.launch_count();
             let logits: Vec<Vec<f32>> = (0..6)
@@ -199,8 +203,13 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
             let per_step = (b.launch_count() - before) as f64 / 6.0;
             println!("{dtype} fused={fused} pdl={pdl} {v:?}: {per_step:.1} launches per step");
             assert!(logits.iter().flatten().all(|v| v.is_finite()));
-            runs.push((format!("{dtype} fused={fused} pdl={pdl} {v:?}"), logits));
+            let tag = if i == plain { " prefetch off" } else { "" };
+            runs.push((
+                format!("{dtype} fused={fused} pdl={pdl} {v:?}{tag}"),
+                logits,
+            ));
         }
+        b.set_prefetch(true);
         for (name, l) in &runs[1..] {
             assert!(*l == runs[0].1, "{name} differs in bits from {}", runs[0].0);
         }

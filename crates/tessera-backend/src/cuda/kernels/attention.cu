@@ -39,14 +39,23 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 //
 // Split positions (gridDim.z = S > 1, flash-decoding): a decode step has one
 // or a few query rows, so rows x heads blocks alone leave most SMs idle and
-// each block walks the whole context. With S splits, split s takes the s-th
-// of S equal chunks of 0..=start+i (chunks computed here, from the position
-// the step runs at, so a recorded step stays right as the context grows),
-// writes its unnormalised (max, sum, acc) to `part`, and the last block of
-// (i, h) to finish (a counter per (i, h) in `counters`, zero between
-// launches: the last block resets it) merges the S partials into `out`.
+// each block walks the whole context. Row i uses A = min(S, (start+i+1) /
+// min_chunk) splits (at least 1; min_chunk <= 0: A = S), so a short context
+// is not cut into chunks whose merge costs more than it saves; blocks with
+// split >= A return at once. Split s takes the s-th of A equal chunks of
+// 0..=start+i (A and the chunks computed here, from the position the step
+// runs at, so a recorded step stays right as the context grows), writes its
+// unnormalised (max, sum, acc) to `part`, and the last block of (i, h) to
+// finish (a counter per (i, h) in `counters`, zero between launches: the
+// last block resets it) merges the A partials into `out`.
 // part: [rows*heads*S*hd] accumulators, then [rows*heads*S*2] (max, sum).
-// With S = 1 the block writes `out` itself and touches neither.
+// With A = 1 the block writes `out` itself and touches neither.
+//
+// L2 prefetch: [pf0, pf0 + pf0_bytes) and [pf1, pf1 + pf1_bytes) (the weights
+// of the product after attention, cuda/attention.rs) are brought into L2,
+// shared out over every block of the grid, before the grid dependency wait:
+// decode attention reads a few MB and leaves HBM mostly idle, so the next
+// product's weights can stream in meanwhile. A hint: no result depends on it.
 //
 // New positions (tail = 1, decode-sized launches): the positions start.. of
 // this call's rows are folded in after the cached ones, one per warp at a
@@ -75,20 +84,30 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                int tail, const float* __restrict__ nk, int nk_stride,
                                                const float* __restrict__ nv, int nv_stride,
                                                const float* __restrict__ nk_inv, int nk_rope_start, float* kw,
-                                               float* vw) {
+                                               float* vw, int min_chunk, const char* pf0, long long pf0_bytes,
+                                               const char* pf1, long long pf1_bytes) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
     __shared__ int sm_last;
+    {
+        const long long nb = (long long)gridDim.x * gridDim.y * gridDim.z;
+        const long long b = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+        prefetch_l2_share(pf0, pf0_bytes, b, nb);
+        prefetch_l2_share(pf1, pf1_bytes, b, nb);
+    }
     KERNEL_PROLOGUE();
     const int base = step_pos(dpos);
     start += base;
     rope_start += base;
     nk_rope_start += base;
-    const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+    const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z, stride_s = gridDim.z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int kh = h / (heads / kvh);
     const int last = start + i;
+    // Splits row i uses (uniform over the block, so an early return is whole).
+    const int splits = min_chunk > 0 ? max(1, min(stride_s, (last + 1) / min_chunk)) : stride_s;
+    if (split >= splits) return;
     // This block's positions [lo, hi): the split-th of `splits` chunks of 0..=last.
     const int chunk = (last + splits) / splits;
     const int lo = split * chunk;
@@ -203,8 +222,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         return;
     }
     // One of several splits: publish the partial, and merge if last.
-    float* pacc = part + ih * splits * hd;
-    float* pml = part + (size_t)gridDim.x * heads * splits * hd + ih * splits * 2;
+    float* pacc = part + ih * stride_s * hd;
+    float* pml = part + (size_t)gridDim.x * heads * stride_s * hd + ih * stride_s * 2;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float v = 0.f;
         for (int w = 0; w < ATT_WARPS; w++) v += sm_acc[w][d] * att_rescale(sm_m[w], gm);
@@ -242,10 +261,11 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
              int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
              const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters, int tail, \
              const float* __restrict__ nk, int nk_stride, const float* __restrict__ nv, int nv_stride,         \
-             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw) {                      \
+             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk,          \
+             const char* pf0, long long pf0_bytes, const char* pf1, long long pf1_bytes) {                     \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
                                   rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,        \
-                                  nk_inv, nk_rope_start, kw, vw);                                              \
+                                  nk_inv, nk_rope_start, kw, vw, min_chunk, pf0, pf0_bytes, pf1, pf1_bytes);   \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)
