@@ -26,8 +26,9 @@
 
 use super::{dev, CudaBackend, CudaTensor};
 use crate::{BackendError, Result};
-use cudarc::driver::{result, sys, CudaGraph, CudaSlice};
+use cudarc::driver::{result, sys, CudaGraph, CudaSlice, PinnedHostSlice};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use tessera_model::HostTensor;
 
 /// A recording in progress.
@@ -47,6 +48,10 @@ pub struct CudaStepGraph {
     graph: CudaGraph,
     desc: CudaSlice<i32>,
     out: CudaSlice<f32>,
+    /// Page-locked host copies of `desc` and `out`, so each replay's two
+    /// copies are plain DMA (a pageable 128 KB logits copy is staged by the
+    /// driver, tens of microseconds per token).
+    host: Mutex<(PinnedHostSlice<i32>, PinnedHostSlice<f32>)>,
 }
 
 // SAFETY: the graph handles are plain driver objects; the engine uses a
@@ -166,10 +171,23 @@ impl CudaBackend {
             .ok_or_else(|| BackendError::Device("recording a step produced no graph".into()))?;
         stale.map_err(dev("record step"))?;
         graph.upload().map_err(dev("upload a recorded step"))?;
+        // Plain page-locked memory (not write-combined: the host reads the logits).
+        // SAFETY: both are written before they are read (replay_step_graph_impl).
+        let host = unsafe {
+            (
+                self.ctx.alloc_pinned_with_flags::<i32>(2, 0),
+                self.ctx.alloc_pinned_with_flags::<f32>(cap.out.len(), 0),
+            )
+        };
+        let host = match host {
+            (Ok(d), Ok(o)) => (d, o),
+            (Err(e), _) | (_, Err(e)) => return Err(dev("cuMemHostAlloc (recorded step)")(e)),
+        };
         Ok(CudaStepGraph {
             graph,
             desc: cap.desc,
             out: cap.out,
+            host: Mutex::new(host),
         })
     }
 
@@ -207,18 +225,23 @@ impl CudaBackend {
             BackendError::Device(format!("position {pos} does not fit a recorded step"))
         })?;
         self.ctx.bind_to_thread().map_err(dev("replay step"))?;
-        let vals = [pos_i, token as i32];
+        let mut host = g.host.lock().map_err(|_| poisoned())?;
+        let (desc_h, out_h) = &mut *host;
+        // Waits for the previous replay's copy out of desc_h (done: every
+        // replay ends synchronised).
+        let vals = desc_h.as_mut_slice().map_err(dev("replay step"))?;
+        vals.copy_from_slice(&[pos_i, token as i32]);
         // SAFETY: desc holds two i32; the copy is ordered before the launch on
-        // the same stream, and a pageable source is staged before the call
-        // returns, so `vals` may go out of scope.
+        // the same stream, and its page-locked source is not written again
+        // before this replay has synchronised below.
         unsafe { result::memcpy_htod_async(self.ptr(&g.desc), &vals[..], self.stream.cu_stream()) }
             .map_err(dev("replay step"))?;
         g.graph.launch().map_err(dev("replay step"))?;
-        let mut data = vec![0f32; g.out.len()];
         self.stream
-            .memcpy_dtoh(&g.out, &mut data)
+            .memcpy_dtoh(&g.out, out_h)
             .map_err(dev("replay step"))?;
         self.synchronize()?;
+        let data = out_h.as_slice().map_err(dev("replay step"))?.to_vec();
         Ok(HostTensor::new(vec![1, data.len()], data))
     }
 }

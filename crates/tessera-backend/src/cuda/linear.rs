@@ -521,7 +521,12 @@ impl CudaBackend {
             .map(|b| self.ptr(b))
             .or(step_token)
             .unwrap_or(0);
-        let dims = Dims::blocks(n, 256);
+        // Block (row, column chunk of 256): one element per thread.
+        let dims = Dims {
+            grid: (n as u32, hidden.div_ceil(256).min(65535) as u32, 1),
+            block: 256,
+            smem: 0,
+        };
         let (f, args) = match table {
             CudaLinear::F32 { w, .. } => (&self.k.embedding_f32, Args::new().ptr(self.ptr(w))),
             CudaLinear::Int8(wq) => (

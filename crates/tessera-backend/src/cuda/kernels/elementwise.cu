@@ -1,12 +1,14 @@
 // ---------------------------------------------------------------- embedding
 
-// out[i] = table[ids[i]] (ids == 0: a single row, id0).
+// out[i] = table[ids[i]] (ids == 0: a single row, id0). Block (i, j) writes
+// columns j*blockDim.x.. of row i, gridDim.y blocks per row: one element per
+// thread, so a one-token lookup is one memory round trip, not hidden/blockDim.
 extern "C" __global__ void embedding_f32(const float* __restrict__ table, const unsigned* __restrict__ ids,
                                          unsigned id0, int hidden, float* __restrict__ out) {
     KERNEL_PROLOGUE();
     int i = blockIdx.x;
     unsigned id = ids ? ids[i] : id0;
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden; c += gridDim.y * blockDim.x)
         out[(size_t)i * hidden + c] = table[(size_t)id * hidden + c];
 }
 
@@ -16,7 +18,7 @@ extern "C" __global__ void embedding_i8(const signed char* __restrict__ q, const
     KERNEL_PROLOGUE();
     int i = blockIdx.x;
     unsigned id = ids ? ids[i] : id0;
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden; c += gridDim.y * blockDim.x)
         out[(size_t)i * hidden + c] = (float)q[(size_t)id * kp + c] * scales[(size_t)id * gpr + c / group];
 }
 
@@ -35,7 +37,7 @@ extern "C" __global__ void embedding_i4(const unsigned char* __restrict__ q, con
     int i = blockIdx.x;
     unsigned id = ids ? ids[i] : id0;
     const unsigned char* row = q + (size_t)id * (kp / 2);
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden; c += gridDim.y * blockDim.x)
         out[(size_t)i * hidden + c] = (float)q4_at(row, c) * scales[(size_t)id * gpr + c / group];
 }
 
@@ -44,7 +46,7 @@ extern "C" __global__ void embedding_bf16(const unsigned short* __restrict__ w, 
     KERNEL_PROLOGUE();
     int i = blockIdx.x;
     unsigned id = ids ? ids[i] : id0;
-    for (int c = threadIdx.x; c < hidden; c += blockDim.x)
+    for (int c = blockIdx.y * blockDim.x + threadIdx.x; c < hidden; c += gridDim.y * blockDim.x)
         out[(size_t)i * hidden + c] = bf16_bits_to_f32(w[(size_t)id * kp + c]);
 }
 
