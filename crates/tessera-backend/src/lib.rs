@@ -164,12 +164,6 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
-    /// A hint that `w` is the next weight a product reads after the
-    /// attention call that follows: a backend may start moving it closer
-    /// (CUDA: into L2, during that attention launch, which leaves HBM mostly
-    /// idle). Never changes a result; the default ignores it.
-    fn prefetch(&self, _w: &Self::Linear) {}
-
     /// Whether the first step of a shape pays one-time costs (timing kernel
     /// variants, uploading tables) that a throwaway step right after loading
     /// should absorb (`Model::warm_up` in tessera-engine), so that the

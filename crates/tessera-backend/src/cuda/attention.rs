@@ -120,7 +120,15 @@ impl CudaBackend {
         // kernels/attention.cu): chosen from the cache's capacity, not the
         // current length, so a recorded step and the eager steps around it
         // split alike at every position.
-        let splits = self.attention_splits(q.rows, num_heads, cap);
+        let mut splits = self.attention_splits(q.rows, num_heads, cap);
+        if dpos == 0 {
+            // Eager (positions known now): no more splits than the longest
+            // row uses (kernels/attention.cu: row i uses min(S, (start+i+1) /
+            // min_chunk), the same for any S at or above that), so short
+            // contexts launch one block per (row, head) and need no partials.
+            // Same splits per row, so the same bits as a recorded step.
+            splits = splits.min(((start_pos + q.rows) / self.att_min_chunk).max(1));
+        }
         let part = if splits > 1 {
             Some(self.alloc::<f32>(q.rows * num_heads * splits * (head_dim + 2))?)
         } else {
@@ -128,16 +136,6 @@ impl CudaBackend {
         };
         // RoPE still to apply to the deferred store's keys.
         let k_rope = fused.as_ref().and_then(|j| j.k.rope);
-        // The weights named by `Backend::prefetch`, brought into L2 by this launch.
-        let pf = self
-            .prefetch_next
-            .lock()
-            .map_err(|_| prefetch_poisoned())?
-            .take();
-        let [(pf0, pf0_bytes), (pf1, pf1_bytes)] = match &pf {
-            Some(w) => self.prefetch_regions(w),
-            None => [(0, 0), (0, 0)],
-        };
         let args = Args::new()
             .ptr(qs.ptr)
             .int(qs.stride)
@@ -164,11 +162,7 @@ impl CudaBackend {
             .int(k_rope.map(|r| r.start).unwrap_or(0))
             .ptr(self.ptr(&cache.k) + layer_off)
             .ptr(self.ptr(&cache.v) + layer_off)
-            .int(self.att_min_chunk)
-            .ptr(pf0)
-            .i64(pf0_bytes)
-            .ptr(pf1)
-            .i64(pf1_bytes);
+            .int(self.att_min_chunk);
         let dims = Dims {
             grid: (q.rows as u32, num_heads as u32, splits as u32),
             block: 256,
@@ -180,15 +174,12 @@ impl CudaBackend {
         // from the fused job's k and v (rows * kvh*hd f32 at their strides,
         // kept alive by the job). With splits > 1, part holds
         // rows*heads*splits*(hd+2) f32 and the counters rows*heads <=
-        // ATT_COUNTERS u32, all zero (every launch leaves them zero). The
-        // prefetch regions lie inside the hinted weight's buffers (kept
-        // alive by `pf` until after the launch; a prefetch reads nothing).
+        // ATT_COUNTERS u32, all zero (every launch leaves them zero).
         unsafe { self.launch("attention", f, dims, args) }?;
         // The partials and the fused store's inputs are freed in stream
         // order, after the kernel.
         drop(part);
         drop(fused);
-        drop(pf);
         Ok(CudaTensor::ready(q.rows, q.cols, out))
     }
 }
@@ -289,10 +280,12 @@ pub(crate) const ATT_MAX_SPLITS: usize = 32;
 /// Fewest positions of the cache's capacity per split.
 const ATT_MIN_SPLIT_POSITIONS: usize = 32;
 /// Fewest positions of the current context per split (the kernel's
-/// `min_chunk`): one block per (row, head) up to 255 positions. On an H200
-/// (docs/gpu.md, run 6), one decode attention call of the llama2-7b layout
-/// took 6.2 us with one block per head and 7.7 us split at 128 positions,
-/// 13.9 and 9.4 us at 512.
+/// `min_chunk`): one block per (row, head) up to 255 positions, since at
+/// short contexts the merge costs more than the split saves. On an H200
+/// (docs/gpu.md, run 7), a recorded 7B int8 decode step at 128..176
+/// positions ran at 329.2 tok/s with every context split and 336.1 with
+/// this minimum; one decode attention call at 8192 positions takes 68 us
+/// split and 237 us with one block per head.
 pub(crate) const ATT_MIN_CHUNK: usize = 128;
 
 impl CudaBackend {
@@ -313,42 +306,6 @@ impl CudaBackend {
         let by_len = capacity.div_ceil(ATT_MIN_SPLIT_POSITIONS);
         fill.min(by_len).clamp(1, ATT_MAX_SPLITS)
     }
-}
-
-impl CudaBackend {
-    /// `Backend::prefetch`: remember `w` for the next attention launch
-    /// (int8, int4 and bf16 weights; f32 ones are not streamed by the GEMVs).
-    pub(crate) fn prefetch_impl(&self, w: &super::CudaLinear) {
-        if !self.prefetch {
-            return;
-        }
-        let w = match w {
-            super::CudaLinear::Int8(w) => Some(super::linear::GemvWeight::Int8(w.clone())),
-            super::CudaLinear::Bf16(w) => Some(super::linear::GemvWeight::Bf16(w.clone())),
-            super::CudaLinear::F32 { .. } => None,
-        };
-        // A hint: a poisoned lock (a panic elsewhere) just drops it.
-        if let Ok(mut next) = self.prefetch_next.lock() {
-            *next = w;
-        }
-    }
-
-    /// The device ranges (pointer, bytes) a GEMV reads of `w`: quantized
-    /// values and scales, or the bf16 matrix and nothing.
-    fn prefetch_regions(&self, w: &super::linear::GemvWeight) -> [(u64, usize); 2] {
-        use super::linear::GemvWeight;
-        match w {
-            GemvWeight::Int8(w) => [
-                (self.ptr(&w.q), w.rows * w.row_bytes()),
-                (self.ptr(&w.scales), w.rows * w.gpr * 4),
-            ],
-            GemvWeight::Bf16(w) => [(self.ptr(&w.w), w.rows * w.kp * 2), (0, 0)],
-        }
-    }
-}
-
-fn prefetch_poisoned() -> crate::BackendError {
-    crate::BackendError::Device("the prefetch hint lock was poisoned".into())
 }
 
 /// A kernel adds one device position to both its own positions and those of

@@ -107,11 +107,6 @@ pub struct CudaBackend {
     att_splits: Option<usize>,
     /// Fewest positions per attention split (`attention.rs`); 1 splits any context.
     att_min_chunk: usize,
-    /// Whether `Backend::prefetch` hints are taken (on by default).
-    prefetch: bool,
-    /// The weight named by the last `Backend::prefetch`, for the next
-    /// attention launch to bring into L2 (kept alive until then).
-    prefetch_next: Mutex<Option<linear::GemvWeight>>,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -231,8 +226,6 @@ impl CudaBackend {
                 })?,
             _ => attention::ATT_MIN_CHUNK,
         };
-        // TESSERA_PREFETCH=0 ignores prefetch hints.
-        let prefetch = std::env::var("TESSERA_PREFETCH").map_or(true, |v| v != "0");
         Ok(CudaBackend {
             ctx,
             stream,
@@ -257,8 +250,6 @@ impl CudaBackend {
             att_counters,
             att_splits,
             att_min_chunk,
-            prefetch,
-            prefetch_next: Mutex::new(None),
         })
     }
 
@@ -295,12 +286,6 @@ impl CudaBackend {
     /// allows). Results differ only in summation order.
     pub fn set_attention_min_chunk(&mut self, positions: usize) {
         self.att_min_chunk = positions.max(1);
-    }
-
-    /// Take `Backend::prefetch` hints (the default) or ignore them. Results
-    /// are identical either way.
-    pub fn set_prefetch(&mut self, on: bool) {
-        self.prefetch = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

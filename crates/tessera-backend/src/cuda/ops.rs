@@ -79,10 +79,6 @@ impl Backend for CudaBackend {
         true
     }
 
-    fn prefetch(&self, w: &CudaLinear) {
-        self.prefetch_impl(w)
-    }
-
     fn begin_step_graph(&self, pos: usize, token: u32, cols: usize) -> Result<bool> {
         self.begin_step_graph_impl(pos, token, cols)
     }

@@ -203,14 +203,6 @@ fn bench_decode_step_llama2_7b_shape() {
         println!("BENCH decode_7b_{dtype}_graph_tokens_per_s {rate:.1}");
         println!("BENCH decode_7b_{dtype}_graph_launches_per_step 0");
         logits.push(("_graph".into(), l));
-        // Recorded again without the L2 prefetch of O's weights during
-        // attention: its gain (same bits).
-        b.set_prefetch(false);
-        let (rate, l) = recorded_decode_rate(&b, &w, steps);
-        b.set_prefetch(true);
-        println!("BENCH decode_7b_{dtype}_graph_noprefetch_tokens_per_s {rate:.1}");
-        println!("BENCH decode_7b_{dtype}_graph_noprefetch_launches_per_step 0");
-        logits.push(("_graph_noprefetch".into(), l));
         // Recorded again with one attention block per head (no position
         // splits), and with every context split (at least one position per
         // split): the split's gain or loss at this context. Other summation

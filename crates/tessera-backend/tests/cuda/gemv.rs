@@ -187,14 +187,10 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
         for v in variants(dtype) {
             configs.push((true, true, Some(v)));
         }
-        // The default again with prefetch hints ignored (they must change no bit).
-        let plain = configs.len();
-        configs.push((true, true, None));
-        for (i, (fused, pdl, v)) in configs.into_iter().enumerate() {
+        for (fused, pdl, v) in configs {
             b.set_fusion(fused);
             b.set_pdl(pdl);
             b.set_gemv_variant(v);
-            b.set_prefetch(i != plain);
             let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
             let before = b.launch_count();
             let logits: Vec<Vec<f32>> = (0..6)
@@ -203,13 +199,8 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
             let per_step = (b.launch_count() - before) as f64 / 6.0;
             println!("{dtype} fused={fused} pdl={pdl} {v:?}: {per_step:.1} launches per step");
             assert!(logits.iter().flatten().all(|v| v.is_finite()));
-            let tag = if i == plain { " prefetch off" } else { "" };
-            runs.push((
-                format!("{dtype} fused={fused} pdl={pdl} {v:?}{tag}"),
-                logits,
-            ));
+            runs.push((format!("{dtype} fused={fused} pdl={pdl} {v:?}"), logits));
         }
-        b.set_prefetch(true);
         for (name, l) in &runs[1..] {
             assert!(*l == runs[0].1, "{name} differs in bits from {}", runs[0].0);
         }
@@ -224,19 +215,27 @@ fn decode_steps_are_identical_across_fusion_pdl_and_variants() {
 /// launch of its own per replayed step.
 #[test]
 fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
-    let Some(b) = backend("recorded_decode_steps_replay_the_eager_steps_bit_for_bit") else {
+    let Some(mut b) = backend("recorded_decode_steps_replay_the_eager_steps_bit_for_bit") else {
         return;
     };
     let s = SMALL;
     let inv = inv_freq(s.head_dim);
     let steps = 9;
-    for dtype in [
-        WeightDType::F32,
-        WeightDType::Int8,
-        WeightDType::BF16,
-        WeightDType::Int4,
+    // Int8 again with 4 forced attention splits of at least 2 positions:
+    // the recorded step launches all 4 and its rows use 1..4 as the context
+    // grows, while eager steps launch only as many as they use; the bits
+    // must agree.
+    for (dt, splits) in [
+        (WeightDType::F32, None),
+        (WeightDType::Int8, None),
+        (WeightDType::BF16, None),
+        (WeightDType::Int4, None),
+        (WeightDType::Int8, Some(4)),
     ] {
-        let w = Weights::new(&b, s, dtype);
+        b.set_attention_splits(splits);
+        b.set_attention_min_chunk(if splits.is_some() { 2 } else { 128 });
+        let w = Weights::new(&b, s, dt);
+        let dtype = format!("{dt} (attention splits {splits:?})");
         let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
         let eager: Vec<Vec<f32>> = (0..steps)
             .map(|pos| step(&b, &w, s, &mut cache, pos, &inv))
@@ -275,6 +274,8 @@ fn recorded_decode_steps_replay_the_eager_steps_bit_for_bit() {
         assert!(next.iter().all(|v| v.is_finite()));
         println!("{dtype}: {} replayed steps identical to eager", steps - 1);
     }
+    b.set_attention_splits(None);
+    b.set_attention_min_chunk(128);
     // A failed recording is abandoned cleanly and eager steps still work.
     let w = Weights::new(&b, s, WeightDType::Int8);
     let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();

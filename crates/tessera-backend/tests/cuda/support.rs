@@ -210,8 +210,6 @@ pub fn step_tensor(
         b.rope(&mut q, nh, hd, pos, inv).unwrap();
         b.rope(&mut k, nkv, hd, pos, inv).unwrap();
         b.kv_store(cache, l, pos, &k, &v).unwrap();
-        // As the engine does: O's weights into L2 during attention (a hint).
-        b.prefetch(&w.o);
         let a = b.attention(&q, cache, l, pos, shape).unwrap();
         b.add_assign(&mut x, &b.matmul(&a, &w.o).unwrap()).unwrap();
         let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();

@@ -459,9 +459,6 @@ impl<B: Backend> Model<B> {
                     (Some(q), Some(k), Some(v)) => (q, k, v),
                     _ => unreachable!("split_cols returns one tensor per width"),
                 };
-                // O_PROJ's weights can stream into the GPU's L2 while
-                // attention runs (a hint; no result depends on it).
-                b.prefetch(&w[O_PROJ]);
                 let attn = if batch.len() == 1 {
                     let start = rows[0].2;
                     b.rope(&mut q, nh, hd, start, &self.inv_freq)?;

@@ -51,12 +51,6 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 // part: [rows*heads*S*hd] accumulators, then [rows*heads*S*2] (max, sum).
 // With A = 1 the block writes `out` itself and touches neither.
 //
-// L2 prefetch: [pf0, pf0 + pf0_bytes) and [pf1, pf1 + pf1_bytes) (the weights
-// of the product after attention, cuda/attention.rs) are brought into L2,
-// shared out over every block of the grid, before the grid dependency wait:
-// decode attention reads a few MB and leaves HBM mostly idle, so the next
-// product's weights can stream in meanwhile. A hint: no result depends on it.
-//
 // New positions (tail = 1, decode-sized launches): the positions start.. of
 // this call's rows are folded in after the cached ones, one per warp at a
 // time. With nk set, the KV store was deferred into this launch
@@ -84,18 +78,11 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                int tail, const float* __restrict__ nk, int nk_stride,
                                                const float* __restrict__ nv, int nv_stride,
                                                const float* __restrict__ nk_inv, int nk_rope_start, float* kw,
-                                               float* vw, int min_chunk, const char* pf0, long long pf0_bytes,
-                                               const char* pf1, long long pf1_bytes) {
+                                               float* vw, int min_chunk) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
     __shared__ int sm_last;
-    {
-        const long long nb = (long long)gridDim.x * gridDim.y * gridDim.z;
-        const long long b = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-        prefetch_l2_share(pf0, pf0_bytes, b, nb);
-        prefetch_l2_share(pf1, pf1_bytes, b, nb);
-    }
     KERNEL_PROLOGUE();
     const int base = step_pos(dpos);
     start += base;
@@ -261,11 +248,10 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
              int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
              const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters, int tail, \
              const float* __restrict__ nk, int nk_stride, const float* __restrict__ nv, int nv_stride,         \
-             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk,          \
-             const char* pf0, long long pf0_bytes, const char* pf1, long long pf1_bytes) {                     \
+             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk) {        \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
                                   rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,        \
-                                  nk_inv, nk_rope_start, kw, vw, min_chunk, pf0, pf0_bytes, pf1, pf1_bytes);   \
+                                  nk_inv, nk_rope_start, kw, vw, min_chunk);                                   \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)

@@ -51,34 +51,6 @@ __device__ __forceinline__ void grid_dep_launch() {
 #endif
 }
 
-// Bring block b's share (of nb blocks) of [p, p + bytes) into L2: a hint
-// (no registers, no result, never a fault; a no-op off the GPU). Hopper and
-// later: bulk prefetches of up to 4 KiB issued by the TMA unit, one per
-// thread; before that, one 128-byte line per prefetch instruction. The share
-// is whole 4 KiB pieces, so a few blocks may get none.
-#define PF_PIECE 4096
-__device__ __forceinline__ void prefetch_l2_share(const char* p, long long bytes, long long b, long long nb) {
-#if defined(__CUDA_ARCH__)
-    if (p == nullptr || bytes <= 0) return;
-    const long long pieces = (bytes + PF_PIECE - 1) / PF_PIECE;
-    const long long per = (pieces + nb - 1) / nb;
-    const long long first = b * per;
-    const long long end = min(first + per, pieces);
-#if __CUDA_ARCH__ >= 900
-    for (long long c = first + threadIdx.x; c < end; c += blockDim.x) {
-        const long long off = c * PF_PIECE;
-        // Whole 16-byte units inside the region (the TMA's granule); p is 16-byte aligned.
-        const unsigned n = (unsigned)(min((long long)PF_PIECE, bytes - off) & ~15LL);
-        if (n > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(n) : "memory");
-    }
-#else
-    for (long long off = first * PF_PIECE + threadIdx.x * 128LL; off < min(end * PF_PIECE, bytes);
-         off += blockDim.x * 128LL)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
-#endif
-#endif
-}
-
 #define KERNEL_PROLOGUE() \
     grid_dep_wait();      \
     grid_dep_launch()

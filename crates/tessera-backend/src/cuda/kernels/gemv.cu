@@ -536,48 +536,18 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
     const int full_steps = kc / (WARP * U); // steps < full_steps have every chunk
     const int gstride = gridDim.x * (BLOCK / WARP);
     const int lane_sc = (lane * E) >> V4_GSHIFT;
-    // Items (g, s): step s of row group g, the warp's groups gstride apart.
-    // (g, s) is the next item to compute, (lg, ls) the last one loaded (wp and
-    // sp point at lg's rows); loads run one item ahead of compute.
     int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
     int s = 0;
-    int lg = g, ls = 0;
     const int4* wp[R];
     const float* sp[R];
     int4 a[U][R], b[U][R];
     float as[U][R], bs[U][R];
-    // Advance (G, S) to the next item of this warp.
-#define V4_ADVANCE(G, S) \
-    {                    \
-        if (++S == steps) { \
-            S = 0;       \
-            G += gstride; \
-        }                \
-    }
-    // Advance the load cursor and load its item into the buffer given (with
-    // the group's row pointers when the group changes); nothing past the last group.
-#define V4_LOAD_NEXT(BUF, BS)                                                                                \
-    {                                                                                                        \
-        V4_ADVANCE(lg, ls)                                                                                   \
-        if (lg < groups) {                                                                                   \
-            if (ls == 0) v4_rows<WT, R>(w, scales, lg, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
-            if (ls < full_steps)                                                                             \
-                v4_load<WT, R, U, true>(wp, sp, ls, kc, lane, BUF, BS);                                      \
-            else                                                                                             \
-                v4_load<WT, R, U, false>(wp, sp, ls, kc, lane, BUF, BS);                                     \
-        }                                                                                                    \
-    }
-    // The first two items are loaded before the grid dependency wait: the
-    // weights do not depend on the kernels before this one, so under PDL they
-    // stream in while those drain (for a 4096-column int8 matrix, the whole
-    // of a warp's work in the default 2 x 4 shape).
     if (g < groups) {
         v4_rows<WT, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
         if (full_steps > 0)
             v4_load<WT, R, U, true>(wp, sp, 0, kc, lane, a, as);
         else
             v4_load<WT, R, U, false>(wp, sp, 0, kc, lane, a, as);
-        V4_LOAD_NEXT(b, bs)
     }
     if (nw != nullptr) prefetch_l1(nw, k * (int)sizeof(float));
     grid_dep_wait();
@@ -592,7 +562,24 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
     float acc[R][1];
 #pragma unroll
     for (int j = 0; j < R; j++) acc[j][0] = 0.f;
-    // Compute item (g, s) from the buffer given and advance (g, s).
+    // Advance (g, s) to the next item (ng, ns) and load it into the buffer
+    // given, with the next group's pointers when the group changes (the step
+    // still to compute needs only its buffer). ng >= groups: no next item.
+#define V4_NEXT_LOAD(BUF, BS)                                                                                \
+    {                                                                                                        \
+        ng = g;                                                                                              \
+        ns = s + 1;                                                                                          \
+        if (ns == steps) {                                                                                   \
+            ns = 0;                                                                                          \
+            ng += gstride;                                                                                   \
+            if (ng < groups) v4_rows<WT, R>(w, scales, ng, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
+        }                                                                                                    \
+        if (ns < full_steps) {                                                                               \
+            if (ng < groups) v4_load<WT, R, U, true>(wp, sp, ns, kc, lane, BUF, BS);                         \
+        } else if (ng < groups) {                                                                            \
+            v4_load<WT, R, U, false>(wp, sp, ns, kc, lane, BUF, BS);                                         \
+        }                                                                                                    \
+    }
 #define V4_COMPUTE(BUF, BS)                                                                                  \
     {                                                                                                        \
         if (s < full_steps)                                                                                  \
@@ -600,18 +587,21 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
         else                                                                                                 \
             v4_compute<WT, R, U, false>(BUF, BS, xs4, xo, s, kc, lane, acc);                                 \
         if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
-        V4_ADVANCE(g, s)                                                                                     \
     }
+    int ng, ns;
     for (;;) {
+        V4_NEXT_LOAD(b, bs)
         V4_COMPUTE(a, as)
-        if (g >= groups) break;
-        V4_LOAD_NEXT(a, as)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+        V4_NEXT_LOAD(a, as)
         V4_COMPUTE(b, bs)
-        if (g >= groups) break;
-        V4_LOAD_NEXT(b, bs)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
     }
-#undef V4_ADVANCE
-#undef V4_LOAD_NEXT
+#undef V4_NEXT_LOAD
 #undef V4_COMPUTE
 }
 
@@ -648,7 +638,7 @@ GEMV_V2_ENTRY(gemv_v2_bf16_n16, WBf16, 16, 2, 1)
 // it did. The bound spills a few of the lane's fixed activation offsets: 4
 // local (L1) loads per step of 128 weights.
 extern "C" __global__ void __launch_bounds__(BLOCK, 2) gemv_v4_i8_n1_r4(GEMV_PARAMS) { gemv_v4<WInt8, 4, 2>(GEMV_ARGS); }
-extern "C" __global__ void __launch_bounds__(BLOCK, 2) gemv_v4_i8_n1_r2(GEMV_PARAMS) { gemv_v4<WInt8, 2, 4>(GEMV_ARGS); }
+GEMV_V4_ENTRY(gemv_v4_i8_n1_r2, WInt8, 2, 4)
 GEMV_V4_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 4, 2)
 GEMV_V4_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 2, 4)
 GEMV_V4_ENTRY(gemv_v4_i4_n1_r4, WInt4, 4, 1)
