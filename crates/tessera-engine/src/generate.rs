@@ -69,12 +69,32 @@ impl Generation {
 /// cuts at the first stop string, and hands out only text that can no longer
 /// change (it holds back an incomplete UTF-8 character and any suffix that
 /// could still grow into a stop string).
+///
+/// Each update decodes only a short window of ids, not all of them (which
+/// made a long generation quadratic): the ids from the last-but-one commit
+/// point on. Their text minus the text of the window's first part (decoded
+/// alone, the same way) is what the new ids add, so tokens whose text depends
+/// on their left neighbour (a leading space that a decoder strips at the
+/// start of a text, a UTF-8 character split across tokens) come out as in a
+/// decode of all ids. New text is committed once it does not end in an
+/// incomplete character. Should a window's text not start with its first
+/// part's (a decoder that rewrites earlier text), the update decodes all ids
+/// and starts over from there.
 #[derive(Debug, Clone)]
 pub struct TextStream {
     stop: Vec<String>,
     emitted: usize,
     text: String,
     stopped: bool,
+    /// Window start: ids `prefix..read` decode to `prefix_text`.
+    prefix: usize,
+    /// Ids decoded and committed into `done`.
+    read: usize,
+    prefix_text: String,
+    /// The text of ids `..read`.
+    done: String,
+    /// Ids passed to the tokenizer's decode so far (see `ids_decoded`).
+    decoded: u64,
 }
 
 impl TextStream {
@@ -84,12 +104,17 @@ impl TextStream {
             emitted: 0,
             text: String::new(),
             stopped: false,
+            prefix: 0,
+            read: 0,
+            prefix_text: String::new(),
+            done: String::new(),
+            decoded: 0,
         }
     }
 
-    /// Decode `ids` (all generated ids so far); `finished` says no more will
-    /// come. Returns the newly stable text; `stopped()` tells whether a stop
-    /// string ended it.
+    /// Decode `ids` (all generated ids so far; each call's ids extend the
+    /// previous call's); `finished` says no more will come. Returns the newly
+    /// stable text; `stopped()` tells whether a stop string ended it.
     pub fn update(
         &mut self,
         tokenizer: Option<&Tokenizer>,
@@ -99,16 +124,61 @@ impl TextStream {
         let Some(tok) = tokenizer else {
             return Ok(String::new());
         };
-        let mut text = tok.decode(ids, true)?;
-        if let Some(c) = self.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(c);
+        if ids.len() < self.read {
+            // Not an extension of the last call: start over.
+            *self = TextStream::new(std::mem::take(&mut self.stop));
+        }
+        let window = self.decode(tok, &ids[self.prefix..])?;
+        let tail = match window.strip_prefix(self.prefix_text.as_str()) {
+            Some(tail) => tail.to_string(),
+            None => {
+                self.prefix = 0;
+                self.read = 0;
+                self.prefix_text.clear();
+                self.done.clear();
+                self.decode(tok, ids)?
+            }
+        };
+        let mut text = String::with_capacity(self.done.len() + tail.len());
+        text.push_str(&self.done);
+        text.push_str(&tail);
+        if !tail.is_empty() && !tail.ends_with('\u{FFFD}') {
+            self.done.push_str(&tail);
+            self.prefix = self.read;
+            self.read = ids.len();
+            self.prefix_text = self.decode(tok, &ids[self.prefix..self.read])?;
+        }
+        // A stop string cannot start before the emitted text's held-back
+        // suffix (stable_end), so the search starts shortly before it.
+        let longest = self.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let from = floor_boundary(&text, self.emitted.saturating_sub(longest));
+        if let Some(c) = self
+            .stop
+            .iter()
+            .filter_map(|s| text[from..].find(s.as_str()))
+            .min()
+        {
+            text.truncate(from + c);
             self.stopped = true;
         }
         self.text = text;
         let end = self.stable_end(finished || self.stopped);
-        let piece = self.text[self.emitted..end].to_string();
+        // `emitted` is inside the text unless a decoder rewrote earlier text.
+        let start = floor_boundary(&self.text, self.emitted.min(end));
+        let piece = self.text[start..end].to_string();
         self.emitted = end;
         Ok(piece)
+    }
+
+    fn decode(&mut self, tok: &Tokenizer, ids: &[u32]) -> Result<String> {
+        self.decoded += ids.len() as u64;
+        Ok(tok.decode(ids, true)?)
+    }
+
+    /// How many ids this stream has passed to the tokenizer's decode in all
+    /// (a few per update while windows work; all of them when one falls back).
+    pub fn ids_decoded(&self) -> u64 {
+        self.decoded
     }
 
     /// Whether a stop string matched (the text is cut before it).
@@ -139,8 +209,17 @@ impl TextStream {
                 }
             }
         }
-        end.max(self.emitted)
+        end.max(floor_boundary(text, self.emitted))
     }
+}
+
+/// The largest char boundary of `text` at or below `i`.
+fn floor_boundary(text: &str, i: usize) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// Generate from `req` on a model in this process; `on_text` receives each
