@@ -59,15 +59,35 @@ pub struct Sampler {
 }
 
 /// Index of the largest value; ties go to the lowest index, like `torch.argmax`.
+/// NaN never wins, except at index 0, which nothing then beats.
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+    let Some(&first) = v.first() else {
+        return 0;
+    };
+    if first.is_nan() {
+        return 0;
+    }
+    // The largest value, eight independent running maxima (no dependency
+    // chain from one element to the next, so the loop vectorizes), then its
+    // first index. `x > m` never takes a NaN.
+    let mut lanes = [first; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best as u32
+    let top = lanes
+        .iter()
+        .chain(rest)
+        .fold(first, |m, &x| if x > m { x } else { m });
+    v.iter().position(|&x| x == top).unwrap_or(0) as u32
 }
+
+/// Candidates this many or fewer are sorted at once; a nucleus search
+/// starts with them and grows eightfold while their mass falls short.
+const NUCLEUS_FIRST: usize = 256;
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Result<Self> {
@@ -78,15 +98,24 @@ impl Sampler {
 
     /// Choose the next token given the logits and the tokens seen so far
     /// (prompt and generated, for the repetition penalty).
+    ///
+    /// Candidates are ranked by logit, descending, ties to the lower id.
+    /// Top-k keeps the first k, top-p the shortest ranked prefix whose
+    /// probability reaches top_p (at least one token), and the draw walks
+    /// the kept candidates in rank order; without either, it walks the whole
+    /// vocabulary in id order (the same distribution). Costs O(vocab) plus a
+    /// sort of the kept candidates, not of the vocabulary (docs/benchmarks.md,
+    /// "Sampling": a full sort cost milliseconds per token at 49k and 128k ids).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
-        let mut l = logits.to_vec();
-        if p.repetition_penalty != 1.0 {
+        let p = self.params.clone();
+        let penalized;
+        let l: &[f32] = if p.repetition_penalty != 1.0 {
+            let mut v = logits.to_vec();
             let mut seen = history.to_vec();
             seen.sort_unstable();
             seen.dedup();
             for &t in &seen {
-                if let Some(x) = l.get_mut(t as usize) {
+                if let Some(x) = v.get_mut(t as usize) {
                     *x = if *x < 0.0 {
                         *x * p.repetition_penalty
                     } else {
@@ -94,49 +123,151 @@ impl Sampler {
                     };
                 }
             }
-        }
-        if p.temperature == 0.0 {
-            return argmax(&l);
-        }
-        // Candidates sorted by logit, descending (stable: ties keep lower ids first).
-        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
-        idx.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
-        if p.top_k > 0 && p.top_k < idx.len() {
-            idx.truncate(p.top_k);
-        }
-        let max = l[idx[0] as usize];
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp())
-            .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        if p.top_p < 1.0 {
-            // Keep the smallest prefix whose mass reaches top_p (at least one token).
-            let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, pr) in probs.iter().enumerate() {
-                acc += pr;
-                if acc >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            idx.truncate(keep);
-            probs.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|x| *x /= s);
+            penalized = v;
+            &penalized
+        } else {
+            logits
+        };
+        if p.temperature == 0.0 || l.len() <= 1 {
+            return argmax(l);
         }
         let r: f64 = self.rng.random();
+        pick(l, &p, r)
+    }
+}
+
+/// The token a uniform draw `r` in [0, 1) selects from `l` (penalized
+/// logits, at least two) under temperature, top-k and top-p: see
+/// `Sampler::sample`.
+fn pick(l: &[f32], p: &SamplingParams, r: f64) -> u32 {
+    let n = l.len();
+    let weight = |max: f32, x: f32| (((x - max) / p.temperature) as f64).exp();
+    if p.top_k > 0 && p.top_k < n {
+        let idx = top_ranked(l, p.top_k);
+        let max = l[idx[0] as usize];
+        let probs: Vec<f64> = idx.iter().map(|&i| weight(max, l[i as usize])).collect();
+        return draw(&idx, probs, p.top_p, r);
+    }
+    // The first value in rank order (the largest under total_cmp).
+    let max = l[1..]
+        .iter()
+        .fold(l[0], |m, &x| if x.total_cmp(&m).is_gt() { x } else { m });
+    let weights: Vec<f64> = l.iter().map(|&x| weight(max, x)).collect();
+    let sum: f64 = weights.iter().sum();
+    if p.top_p >= 1.0 {
+        // The whole vocabulary, in id order.
+        let mut acc = 0.0;
+        for (i, w) in weights.iter().enumerate() {
+            acc += w / sum;
+            if r < acc {
+                return i as u32;
+            }
+        }
+        return (n - 1) as u32;
+    }
+    // The nucleus: rank a growing head of the vocabulary until its mass
+    // reaches top_p (or the head is everything).
+    let mut m = NUCLEUS_FIRST.min(n);
+    loop {
+        let idx = top_ranked(l, m);
+        let mut acc = 0.0;
+        let keep = idx.iter().position(|&i| {
+            acc += weights[i as usize] / sum;
+            acc >= p.top_p as f64
+        });
+        if keep.is_some() || m == n {
+            let keep = keep.map_or(idx.len(), |k| k + 1);
+            let probs: Vec<f64> = idx[..keep].iter().map(|&i| weights[i as usize]).collect();
+            return draw(&idx[..keep], probs, 1.0, r);
+        }
+        m = (m * 8).min(n);
+    }
+}
+
+/// A candidate in rank order: logit descending (`total_cmp`, so NaN and
+/// -0.0 have a place), then id ascending. `Less` ranks first.
+#[derive(Clone, Copy)]
+struct Ranked(f32, u32);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+impl Eq for Ranked {}
+
+/// The ids of the first `k` candidates of `l` in rank order, sorted. Few
+/// (k <= n/16): one pass keeping the best k in a heap whose top is the worst
+/// of them, so most ids cost one comparison; else a selection and a sort.
+fn top_ranked(l: &[f32], k: usize) -> Vec<u32> {
+    let n = l.len();
+    let k = k.clamp(1, n);
+    let mut best: Vec<Ranked> = if k * 16 <= n {
+        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
+        for (i, &x) in l.iter().enumerate() {
+            let c = Ranked(x, i as u32);
+            if heap.len() < k {
+                heap.push(c);
+            } else if let Some(mut worst) = heap.peek_mut() {
+                if c < *worst {
+                    *worst = c;
+                }
+            }
+        }
+        heap.into_vec()
+    } else {
+        let mut all: Vec<Ranked> = l
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| Ranked(x, i as u32))
+            .collect();
+        if k < n {
+            all.select_nth_unstable(k - 1);
+            all.truncate(k);
+        }
+        all
+    };
+    best.sort_unstable();
+    best.into_iter().map(|c| c.1).collect()
+}
+
+/// Normalize `probs` (unnormalized weights of the ranked candidates `idx`),
+/// keep the shortest prefix reaching `top_p` (at least one), renormalize,
+/// and pick the candidate where the cumulative probability passes `r`.
+fn draw(idx: &[u32], mut probs: Vec<f64>, top_p: f32, r: f64) -> u32 {
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= sum);
+    let mut keep = probs.len();
+    if top_p < 1.0 {
         let mut acc = 0.0;
         for (i, pr) in probs.iter().enumerate() {
             acc += pr;
-            if r < acc {
-                return idx[i];
+            if acc >= top_p as f64 {
+                keep = i + 1;
+                break;
             }
         }
-        idx[idx.len() - 1]
+        let s: f64 = probs[..keep].iter().sum();
+        probs[..keep].iter_mut().for_each(|x| *x /= s);
     }
+    let mut acc = 0.0;
+    for (i, pr) in probs[..keep].iter().enumerate() {
+        acc += pr;
+        if r < acc {
+            return idx[i];
+        }
+    }
+    idx[keep - 1]
 }
 
 #[cfg(test)]
@@ -205,6 +336,210 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    /// The sampler as first written: the whole vocabulary stably sorted by
+    /// logit, then top-k, softmax, top-p, renormalize, walk in rank order.
+    fn reference_pick(l: &[f32], p: &SamplingParams, r: f64) -> u32 {
+        let mut idx: Vec<u32> = (0..l.len() as u32).collect();
+        idx.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        if p.top_k > 0 && p.top_k < idx.len() {
+            idx.truncate(p.top_k);
+        }
+        let max = l[idx[0] as usize];
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| (((l[i as usize] - max) / p.temperature) as f64).exp())
+            .collect();
+        let sum: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, pr) in probs.iter().enumerate() {
+                acc += pr;
+                if acc >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            idx.truncate(keep);
+            probs.truncate(keep);
+            let s: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|x| *x /= s);
+        }
+        let mut acc = 0.0;
+        for (i, pr) in probs.iter().enumerate() {
+            acc += pr;
+            if r < acc {
+                return idx[i];
+            }
+        }
+        idx[idx.len() - 1]
+    }
+
+    /// Peaked logits (a few large, a long tail) with ties, for `n` ids.
+    fn logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x % 10_000) as f32 / 10_000.0;
+                // Rounded to 1/8 so that equal logits (ties) are common.
+                ((12.0 * u.powi(6) - 4.0) * 8.0).round() / 8.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_k_and_top_p_pick_what_a_full_sort_picks() {
+        for (n, seed) in [(50usize, 1u64), (3000, 2), (49152, 3)] {
+            let l = logits(n, seed);
+            for (top_k, top_p) in [
+                (1, 1.0),
+                (5, 1.0),
+                (40, 0.9),
+                (n / 8, 1.0),
+                (n - 1, 0.95),
+                (0, 0.9),
+                (0, 0.5),
+                (0, 0.999),
+            ] {
+                let p = SamplingParams {
+                    temperature: 0.8,
+                    top_k,
+                    top_p,
+                    ..Default::default()
+                };
+                for j in 0..200 {
+                    let r = (j as f64 + 0.5) / 200.0;
+                    assert_eq!(
+                        pick(&l, &p, r),
+                        reference_pick(&l, &p, r),
+                        "n {n}, top_k {top_k}, top_p {top_p}, r {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plain_temperature_draws_each_token_with_its_softmax_probability() {
+        let l = logits(300, 9);
+        let p = SamplingParams {
+            temperature: 1.3,
+            ..Default::default()
+        };
+        let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = l.iter().map(|&x| ((x - max) as f64 / 1.3).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        // Evenly spaced draws: token i gets about p_i of them, off by at
+        // most one draw at each end of its interval.
+        let draws = 20_000;
+        let mut count = vec![0usize; l.len()];
+        for j in 0..draws {
+            count[pick(&l, &p, (j as f64 + 0.5) / draws as f64) as usize] += 1;
+        }
+        for (i, &c) in count.iter().enumerate() {
+            let want = w[i] / sum;
+            let got = c as f64 / draws as f64;
+            assert!(
+                (got - want).abs() <= 1.5 / draws as f64,
+                "token {i}: drawn {got}, softmax {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_largest_and_never_a_later_nan() {
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[-3.0]), 0);
+        for n in [1usize, 7, 8, 9, 33, 1000] {
+            let mut v: Vec<f32> = (0..n).map(|i| -((i * 37 % 11) as f32)).collect();
+            let want = (0..n).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32;
+            assert_eq!(argmax(&v), want, "n {n}");
+            // A tie later on stays with the first; a NaN later never wins.
+            v.push(v[want as usize]);
+            v.push(f32::NAN);
+            assert_eq!(argmax(&v), want, "n {n} with a tie and a NaN");
+            v.push(f32::INFINITY);
+            assert_eq!(argmax(&v) as usize, v.len() - 1);
+        }
+        assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
+    }
+
+    /// Microseconds per token of `Sampler::sample` beside the full-sort
+    /// reference (`reference_pick`, the sampler as first written) on the same
+    /// logits in the same run, at SmolLM2's and Llama 3's vocabulary sizes:
+    /// `cargo test --release -p tessera-engine bench_sampler -- --ignored --nocapture`
+    /// (docs/benchmarks.md).
+    #[test]
+    #[ignore]
+    fn bench_sampler_against_the_full_sort() {
+        use std::time::Instant;
+        for vocab in [49_152usize, 128_256] {
+            // Zipf-like logits in a shuffled order: a peaked distribution.
+            let mut x = 12_345u64;
+            let mut perm: Vec<usize> = (0..vocab).collect();
+            for i in (1..vocab).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                perm.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let l: Vec<f32> = perm
+                .iter()
+                .map(|&r| 10.0 - 2.5 * ((1 + r) as f32).ln())
+                .collect();
+            for (name, temperature, top_k, top_p) in [
+                ("greedy", 0.0, 0, 1.0),
+                ("temperature 0.7", 0.7, 0, 1.0),
+                ("temperature 0.7, top_p 0.9", 0.7, 0, 0.9),
+                ("temperature 0.7, top_k 40", 0.7, 40, 1.0),
+            ] {
+                let p = SamplingParams {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed: 1,
+                    ..Default::default()
+                };
+                let time = |f: &mut dyn FnMut(f64) -> u32| {
+                    let n = 100;
+                    let t = Instant::now();
+                    let mut sink = 0u64;
+                    for j in 0..n {
+                        sink += f((j as f64 + 0.5) / n as f64) as u64;
+                    }
+                    (t.elapsed().as_secs_f64() * 1e6 / n as f64, sink)
+                };
+                let mut s = Sampler::new(p.clone()).unwrap();
+                let (new, _) = time(&mut |_| s.sample(&l, &[]));
+                let (old, _) = time(&mut |r| {
+                    if temperature == 0.0 {
+                        // As first written: a copy, then one compare per id
+                        // against the best so far.
+                        let v = l.to_vec();
+                        let mut best = 0;
+                        for (i, x) in v.iter().enumerate() {
+                            if *x > v[best] {
+                                best = i;
+                            }
+                        }
+                        best as u32
+                    } else {
+                        reference_pick(&l, &p, r)
+                    }
+                });
+                println!(
+                    "BENCH sampler vocab {vocab} {name}: {new:.1} us per token, full sort {old:.1} us ({:.1}x)",
+                    old / new
+                );
+            }
+        }
     }
 
     #[test]
