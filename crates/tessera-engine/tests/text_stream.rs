@@ -119,3 +119,37 @@ fn stop_strings_cut_where_the_full_decode_first_contains_them() {
     assert!(!stopped);
     assert_eq!(out, text);
 }
+
+/// Streaming a long generation: microseconds per token of `TextStream`
+/// beside decoding all ids at every token (what it did before), in the same
+/// run: `cargo test --release -p tessera-engine --test text_stream -- --ignored --nocapture`
+/// (docs/benchmarks.md).
+#[test]
+#[ignore]
+fn bench_text_stream_against_full_decodes() {
+    let Some(tok) = smollm2_tokenizer() else {
+        return;
+    };
+    let text = texts().pop().unwrap().repeat(3);
+    let ids = tok.encode(&text, false).unwrap();
+    for len in [256usize, 1024, ids.len()] {
+        let ids = &ids[..len];
+        let t = std::time::Instant::now();
+        let mut stream = TextStream::new(vec!["<|im_end|>".into()]);
+        for n in 1..=len {
+            stream.update(Some(&tok), &ids[..n], n == len).unwrap();
+        }
+        let windowed = t.elapsed().as_secs_f64() * 1e6 / len as f64;
+        let t = std::time::Instant::now();
+        let mut chars = 0;
+        for n in 1..=len {
+            chars += tok.decode(&ids[..n], true).unwrap().len();
+        }
+        let full = t.elapsed().as_secs_f64() * 1e6 / len as f64;
+        assert!(chars > 0);
+        println!(
+            "BENCH text_stream {len} tokens: {windowed:.1} us per token, full decodes {full:.1} us ({:.1}x)",
+            full / windowed
+        );
+    }
+}
