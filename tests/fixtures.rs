@@ -119,12 +119,20 @@ fn cli_generate_matches_library_and_writes_logits() {
     assert_eq!(ids(&out["generated_ids"]), ids(&case["greedy_ids"]));
     assert_eq!(ids(&out["prompt_ids"]), ids(&case["prompt_ids"]));
     assert_eq!(out["finish_reason"], "length");
-    for key in ["load_s", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+    for key in [
+        "load_s",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "decode_step_s",
+    ] {
         assert!(
             out["timings"][key].as_f64().unwrap() > 0.0,
             "timings.{key} missing"
         );
     }
+    // The forward steps are part of the decode time.
+    let t = &out["timings"];
+    assert!(t["decode_step_s"].as_f64().unwrap() <= t["decode_s"].as_f64().unwrap());
     let want = read_npy(&fixture(name).join(case["logits"].as_str().unwrap()));
     assert!(max_abs_diff(&read_npy(&npy), &want) < 1e-3);
 }

@@ -107,6 +107,8 @@ pub fn report(
                 "load_s": load_secs,
                 "prefill_s": gen.prefill_secs,
                 "decode_s": gen.decode_secs,
+                // Of decode_s, the forward steps (the rest: sampling, text, stop checks).
+                "decode_step_s": gen.decode_step_secs,
                 "prefill_tokens_per_s": gen.prefill_tokens_per_sec(),
                 "decode_tokens_per_s": gen.decode_tokens_per_sec(),
             },

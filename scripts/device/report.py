@@ -210,6 +210,10 @@ def main():
              "load_s": t["load_s"], "prefill_tokens_per_s": t["prefill_tokens_per_s"],
              "decode_tokens_per_s": t["decode_tokens_per_s"],
              "graph_steps": (r.get("step_graphs") or {}).get("replayed"),
+             # The generation loop's own host time per decode step (sampling,
+             # text, stop checks): decode time outside the forward steps.
+             "host_us_per_token": ((t["decode_s"] - t["decode_step_s"]) * 1e6 / (len(r["generated_ids"]) - 1)
+                                   if "decode_step_s" in t and len(r["generated_ids"]) > 1 else None),
              "graph_failure": (r.get("step_graphs") or {}).get("last_failure")}
         if shape in SHAPES and r.get("dtype") in BYTES_PER_TOKEN:
             b = BYTES_PER_TOKEN[r["dtype"]](shape)
@@ -451,23 +455,24 @@ def markdown(rep):
               f"pinned host-to-device: {fmt(base.get('h2d_pinned_gb_per_s'))} GB/s", "",
               "Decode steps replayed from a recorded CUDA graph per run in the last column "
               "(`-eager` runs: TESSERA_CUDA_GRAPH=0).", "",
-              "| run | prompt | prefill tok/s | decode tok/s | weight GB/token | roofline tok/s | % of roofline | vs transformers bf16 | graph steps |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Loop host us/token: decode time outside the forward steps (sampling, text) per step.", "",
+              "| run | prompt | prefill tok/s | decode tok/s | weight GB/token | roofline tok/s | % of roofline | vs transformers bf16 | loop host us/token | graph steps |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in rep.get("speed", {}).items():
         if "error" in e:
-            lines.append(f"| {name} | {e['error']} | | | | | | | |")
+            lines.append(f"| {name} | {e['error']} | | | | | | | | |")
             continue
         frac = e.get("roofline_fraction")
         vs = f"{e['vs_transformers_bf16']:.2f}x" if e.get("vs_transformers_bf16") else "-"
         lines.append(f"| {name} | {e['prompt_tokens']} | {fmt(e['prefill_tokens_per_s'])} | {fmt(e['decode_tokens_per_s'])} | "
                      f"{fmt(e.get('weight_bytes_per_token', 0) / 1e9, '.2f')} | {fmt(e.get('roofline_tokens_per_s'))} | "
-                     f"{fmt(frac * 100 if frac else None)} | {vs} | {e.get('graph_steps', '-')}"
+                     f"{fmt(frac * 100 if frac else None)} | {vs} | {fmt(e.get('host_us_per_token'))} | {e.get('graph_steps', '-')}"
                      f"{' (recording failed: ' + e['graph_failure'] + ')' if e.get('graph_failure') else ''} |")
     if hf:
         lines.append(f"| transformers {hf.get('transformers')} {hf.get('shape')} bf16 | {hf.get('prompt_len')} | "
-                     f"{fmt(hf.get('prefill_tokens_per_s'))} | {fmt(hf.get('decode_tokens_per_s'))} | | | | 1.00x | |")
+                     f"{fmt(hf.get('prefill_tokens_per_s'))} | {fmt(hf.get('decode_tokens_per_s'))} | | | | 1.00x | | |")
     elif base.get("error"):
-        lines.append(f"| transformers | failed: {base['error']} | | | | | | | |")
+        lines.append(f"| transformers | failed: {base['error']} | | | | | | | | |")
     for name, e in rep.get("speed", {}).items():
         if e.get("gemv_tuning"):
             lines += ["", f"GEMV variant timing in `{name}` (once per shape, L2 flushed):", ""]

@@ -48,6 +48,9 @@ pub struct Generation {
     pub prompt_logits: Vec<f32>,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+    /// The part of `decode_secs` spent inside the forward steps; the rest is
+    /// the loop's own host work (sampling, text, stop checks).
+    pub decode_step_secs: f64,
 }
 
 impl Generation {
@@ -284,6 +287,7 @@ pub fn generate_with<E: From<EngineError>>(
     let mut generated: Vec<u32> = Vec::new();
     let mut finish = FinishReason::Length;
     let t1 = Instant::now();
+    let mut decode_step_secs = 0.0;
     let mut logits = prompt_logits.clone();
     while generated.len() < req.max_new_tokens {
         let next = sampler.sample(&logits, &history);
@@ -307,7 +311,9 @@ pub fn generate_with<E: From<EngineError>>(
         if generated.len() == req.max_new_tokens {
             break;
         }
+        let t = Instant::now();
         logits = step(&[next])?;
+        decode_step_secs += t.elapsed().as_secs_f64();
     }
     let decode_secs = t1.elapsed().as_secs_f64();
     Ok(Generation {
@@ -318,6 +324,7 @@ pub fn generate_with<E: From<EngineError>>(
         prompt_logits,
         prefill_secs,
         decode_secs,
+        decode_step_secs,
     })
 }
 
