@@ -81,8 +81,9 @@ impl Generation {
 /// start of a text, a UTF-8 character split across tokens) come out as in a
 /// decode of all ids. New text is committed once it does not end in an
 /// incomplete character. Should a window's text not start with its first
-/// part's (a decoder that rewrites earlier text), the update decodes all ids
-/// and starts over from there.
+/// part's (a decoder that rewrites earlier text), the update waits while the
+/// window ends in an incomplete character, else decodes all ids and starts
+/// over from there.
 #[derive(Debug, Clone)]
 pub struct TextStream {
     stop: Vec<String>,
@@ -134,6 +135,11 @@ impl TextStream {
         let window = self.decode(tok, &ids[self.prefix..])?;
         let tail = match window.strip_prefix(self.prefix_text.as_str()) {
             Some(tail) => tail.to_string(),
+            // A character still arriving byte by byte: a byte-fallback
+            // decoder turns the whole run of byte tokens into U+FFFDs, also
+            // complete characters of the run already committed. Nothing new
+            // is stable; the window decodes again once the character is whole.
+            None if window.ends_with('\u{FFFD}') && !finished => String::new(),
             None => {
                 self.prefix = 0;
                 self.read = 0;
@@ -199,10 +205,9 @@ impl TextStream {
         if finished {
             return text.len();
         }
-        let mut end = text.len();
-        if text.ends_with('\u{FFFD}') {
-            end -= '\u{FFFD}'.len_utf8();
-        }
+        // Hold back every trailing U+FFFD: a character whose bytes are still
+        // coming decodes to one per byte with byte-fallback tokenizers.
+        let mut end = text.trim_end_matches('\u{FFFD}').len();
         // Hold back the longest suffix that is a prefix of some stop string.
         for s in &self.stop {
             for k in (1..s.len()).rev() {

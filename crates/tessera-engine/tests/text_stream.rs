@@ -2,9 +2,14 @@
 //! the tokenizer itself, with SmolLM2's real tokenizer: after every id, the
 //! stream's text is the full decode (cut at the first stop string), the
 //! pieces it hands out add up to it, and stopping happens at the id where the
-//! full decode first contains a stop string. Needs
+//! full decode first contains a stop string. The SmolLM2 tests need
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` (scripts/fetch-model.sh; the
-//! README's test command fetches it) and is skipped, with a message, without it.
+//! README's test command fetches it) and are skipped, with a message, without
+//! it; a synthetic SentencePiece tokenizer (byte fallback, a decoder that
+//! strips the text's leading space) is built here.
+
+#[path = "../../tessera-model/src/gguf/test_writer.rs"]
+mod test_writer;
 
 use std::path::PathBuf;
 use tessera_engine::TextStream;
@@ -48,31 +53,46 @@ fn texts() -> Vec<String> {
 /// Feed `ids` one at a time; check every step against the full decode.
 /// Returns the text handed out, whether a stop string ended it, and how many
 /// ids the stream decoded in all.
+///
+/// The stream's text must equal the full decode (cut at the first stop
+/// string) after every id where that decode does not end in U+FFFD (a
+/// character still arriving). The pieces handed out so far must be a prefix of
+/// the text the stream ends with: pieces are never taken back, even where a
+/// full decode changes earlier text (a byte-fallback decoder turns a whole run
+/// of byte tokens into U+FFFDs while the run ends inside a character, also
+/// the characters before it that were complete).
 fn check(tok: &Tokenizer, ids: &[u32], stop: &[&str]) -> (String, bool, u64) {
     let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
-    let mut stream = TextStream::new(stop.clone());
-    let mut pieces = String::new();
-    for n in 1..=ids.len() {
-        let finished = n == ids.len();
-        pieces.push_str(&stream.update(Some(tok), &ids[..n], finished).unwrap());
+    let want_at = |n: usize| {
         let mut want = tok.decode(&ids[..n], true).unwrap();
         let cut = stop.iter().filter_map(|s| want.find(s.as_str())).min();
         if let Some(c) = cut {
             want.truncate(c);
         }
-        assert_eq!(stream.text(), want, "text after {n} of {} ids", ids.len());
-        assert_eq!(stream.stopped(), cut.is_some(), "stopped after {n} ids");
-        assert!(
-            want.starts_with(&pieces),
-            "pieces {pieces:?} are not a prefix of {want:?}"
-        );
-        if stream.stopped() || finished {
-            // Everything is out once it stops or finishes.
-            assert_eq!(pieces, want, "pieces after {n} ids");
-            return (pieces, stream.stopped(), stream.ids_decoded());
+        (want, cut.is_some())
+    };
+    // Where the stream must end: the first id whose text holds a stop string, or the last.
+    let last = (1..=ids.len()).find(|&n| want_at(n).1).unwrap_or(ids.len());
+    let (end_text, end_stopped) = want_at(last);
+    let mut stream = TextStream::new(stop.clone());
+    let mut pieces = String::new();
+    for n in 1..=last {
+        let finished = n == ids.len();
+        pieces.push_str(&stream.update(Some(tok), &ids[..n], finished).unwrap());
+        let (want, stopped) = want_at(n);
+        if !want.ends_with('\u{FFFD}') {
+            assert_eq!(stream.text(), want, "text after {n} of {} ids", ids.len());
         }
+        assert_eq!(stream.stopped(), stopped, "stopped after {n} ids");
+        assert!(
+            end_text.starts_with(&pieces),
+            "pieces {pieces:?} after {n} ids are not a prefix of {end_text:?}"
+        );
     }
-    unreachable!("the last id finishes the stream")
+    // Everything is out once it stops or finishes.
+    assert!(stream.stopped() == end_stopped && (end_stopped || last == ids.len()));
+    assert_eq!(pieces, end_text, "pieces at the end");
+    (pieces, stream.stopped(), stream.ids_decoded())
 }
 
 #[test]
@@ -93,6 +113,33 @@ fn streamed_text_equals_the_full_decode_at_every_step() {
             decoded <= 8 * n,
             "{n} ids took {decoded} decoded ids; the window falls back to full decodes"
         );
+    }
+}
+
+#[test]
+fn streamed_text_equals_the_full_decode_with_a_sentencepiece_tokenizer() {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), test_writer::spm_tokenizer_gguf()).unwrap();
+    let tok = GgufFile::open(f.path())
+        .unwrap()
+        .tokenizer()
+        .unwrap()
+        .expect("the file has a tokenizer");
+    // Leading spaces (stripped by the decoder at the start of a text, so at
+    // the start of every window too), characters outside the vocabulary
+    // (byte-fallback tokens, several per character), special tokens.
+    let text = "hello world  the weather h\u{e9}llo \u{65e5}\u{672c} hi<|eot|>there <tool>x a\nb trailing ";
+    for text in [text.to_string(), format!(" leading{}", text.repeat(4))] {
+        let ids = tok.encode(&text, true).unwrap();
+        assert!(ids.len() > 20);
+        let (out, stopped, decoded) = check(&tok, &ids, &[]);
+        assert!(!stopped);
+        assert_eq!(out, tok.decode(&ids, true).unwrap());
+        let n = ids.len() as u64;
+        assert!(decoded <= 8 * n, "{n} ids took {decoded} decoded ids");
+        let (out, stopped, _) = check(&tok, &ids, &["\u{672c} hi"]);
+        assert!(stopped);
+        assert!(out.ends_with("\u{65e5}"), "{out:?}");
     }
 }
 

@@ -194,3 +194,78 @@ impl Writer {
         out
     }
 }
+
+/// The synthetic SentencePiece vocabulary of `spm_vocab()` in
+/// scripts/gguf-tokenizer-ids.py (tests/gguf.rs checks its ids against
+/// transformers).
+pub fn spm_vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut scores = vec![0.0f32; 3];
+    let mut types = vec![2, 3, 3];
+    for b in 0..256 {
+        tokens.push(format!("<0x{b:02X}>"));
+        scores.push(0.0);
+        types.push(6);
+    }
+    let pieces = [
+        "\u{2581}",
+        "\u{2581}t",
+        "he",
+        "\u{2581}the",
+        "\u{2581}a",
+        "in",
+        "er",
+        "\u{2581}w",
+        "or",
+        "ld",
+        "\u{2581}wor",
+        "\u{2581}world",
+        "\u{2581}h",
+        "el",
+        "lo",
+        "ll",
+        "llo",
+        "\u{2581}hel",
+        "\u{2581}hello",
+        "at",
+        "ea",
+        "\u{2581}we",
+        "ther",
+        "\u{2581}weather",
+        "ing",
+        "\u{2581}lead",
+        "ad",
+        "\u{2581}\u{2581}",
+    ];
+    for (i, p) in pieces.iter().enumerate() {
+        tokens.push(p.to_string());
+        scores.push(-1.0 - i as f32);
+        types.push(1);
+    }
+    for (i, c) in "abcdefghijklmnopqrstuvwxyz!".chars().enumerate() {
+        tokens.push(c.to_string());
+        scores.push(-100.0 - i as f32);
+        types.push(1);
+    }
+    tokens.extend(["<|eot|>".to_string(), "<tool>".to_string()]);
+    scores.extend([0.0, 0.0]);
+    types.extend([3, 4]);
+    (tokens, scores, types)
+}
+
+/// A GGUF file holding only a llama (SentencePiece, byte fallback) tokenizer
+/// over `spm_vocab()`: BOS 1, EOS 2, UNK 0, BOS added.
+pub fn spm_tokenizer_gguf() -> Vec<u8> {
+    let (tokens, scores, types) = spm_vocab();
+    Writer::new()
+        .kv("general.architecture", Val::Str("llama".into()))
+        .kv("tokenizer.ggml.model", Val::Str("llama".into()))
+        .kv("tokenizer.ggml.tokens", Val::StrArr(tokens))
+        .kv("tokenizer.ggml.scores", Val::F32Arr(scores))
+        .kv("tokenizer.ggml.token_type", Val::I32Arr(types))
+        .kv("tokenizer.ggml.bos_token_id", Val::U32(1))
+        .kv("tokenizer.ggml.eos_token_id", Val::U32(2))
+        .kv("tokenizer.ggml.unknown_token_id", Val::U32(0))
+        .kv("tokenizer.ggml.add_bos_token", Val::Bool(true))
+        .build()
+}
