@@ -68,7 +68,7 @@ if [ -x "$DEV/cuda-tests" ]; then
         say "kernel micro-benchmarks"
         timeout 120 "$DEV/cuda-tests" --ignored bench_gemv --test-threads=1 --nocapture >"$OUT/bench.txt" 2>&1
         say "decode-step benchmarks"
-        timeout 120 "$DEV/cuda-tests" --ignored bench_decode --test-threads=1 --nocapture >>"$OUT/bench.txt" 2>&1
+        timeout 180 "$DEV/cuda-tests" --ignored bench_decode --test-threads=1 --nocapture >>"$OUT/bench.txt" 2>&1
         grep -E "^(BENCH|TUNE|BREAKDOWN)|panicked" "$OUT/bench.txt"
     fi
 else

@@ -39,7 +39,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 | grep -E '^BENCH gemv_int8_[0-9x]+_n1_|^TUNE|panicked|skipped' | sed "s/^/$tag /"
         fi
         say "$tag: bench_decode"
-        timeout 120 "$dir/cuda-tests" --ignored bench_decode --test-threads=1 --nocapture 2>&1 \
+        timeout 180 "$dir/cuda-tests" --ignored bench_decode --test-threads=1 --nocapture 2>&1 \
             | grep -E '^BENCH|^BREAKDOWN|panicked|skipped' | sed "s/^/$tag /"
         say "$tag: generate llama2-7b int8"
         timeout 150 "$dir/tessera" generate --model dummy:llama2-7b:1 --device cuda --dtype int8 \

@@ -107,6 +107,9 @@ pub struct CudaBackend {
     att_splits: Option<usize>,
     /// Fewest positions per attention split (`attention.rs`); 1 splits any context.
     att_min_chunk: usize,
+    /// Int8/int4 prefill products in f32 (dequantize + SGEMM) instead of on
+    /// tensor cores in split bf16 (`linear.rs`, `gemm_int8_bf16x3`).
+    int8_prefill_f32: bool,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -226,6 +229,18 @@ impl CudaBackend {
                 })?,
             _ => attention::ATT_MIN_CHUNK,
         };
+        // TESSERA_INT8_PREFILL=f32: int8/int4 prefill products through f32 SGEMM.
+        let int8_prefill_f32 = match std::env::var("TESSERA_INT8_PREFILL") {
+            Ok(v) if v == "f32" => true,
+            Ok(v) if v.is_empty() || v == "bf16x3" => false,
+            Ok(v) => {
+                return Err(BackendError::Unavailable(
+                    "TESSERA_INT8_PREFILL".into(),
+                    format!("{v:?}: expected bf16x3 (the default) or f32"),
+                ))
+            }
+            Err(_) => false,
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -250,6 +265,7 @@ impl CudaBackend {
             att_counters,
             att_splits,
             att_min_chunk,
+            int8_prefill_f32,
         })
     }
 
@@ -286,6 +302,13 @@ impl CudaBackend {
     /// allows). Results differ only in summation order.
     pub fn set_attention_min_chunk(&mut self, positions: usize) {
         self.att_min_chunk = positions.max(1);
+    }
+
+    /// Int8/int4 products of more than GEMV_MAX_ROWS rows (prefill) in f32
+    /// (dequantize, then SGEMM) instead of the default split-bf16 tensor-core
+    /// products; results differ in the last bits.
+    pub fn set_int8_prefill_f32(&mut self, on: bool) {
+        self.int8_prefill_f32 = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

@@ -2,7 +2,9 @@
 //! `BENCH name value` lines; not correctness tests (those assert nothing
 //! about speed).
 
-use crate::support::{backend, host, inv_freq, step, step_tensor, step_token, Weights, LLAMA2_7B};
+use crate::support::{
+    backend, get, host, inv_freq, rows_tensor, step, step_tensor, step_token, Weights, LLAMA2_7B,
+};
 use std::sync::Arc;
 use std::time::Instant;
 use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
@@ -266,6 +268,85 @@ fn bench_decode_breakdown_llama2_7b_shape() {
             );
         }
     }
+}
+
+/// Prefill of a 128-token prompt on the llama2-7b shape (one layer's weights
+/// reused by all 32 layers), backend level: int8 with the split-bf16
+/// tensor-core products (the default), int8 through f32 SGEMM
+/// (`set_int8_prefill_f32`), and bf16; tokens/s, the largest logit
+/// difference of the two int8 paths, and a breakdown of one int8 prefill by
+/// kernel (cuBLAS calls are not in it: the untimed step minus the kernels'
+/// sum is roughly their time).
+#[test]
+#[ignore]
+fn bench_decode_prefill_llama2_7b_shape() {
+    let Some(mut b) = backend("bench_decode_prefill_llama2_7b_shape") else {
+        return;
+    };
+    let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
+    let n = 128;
+    let prefill = |b: &CudaBackend, w: &Weights| {
+        let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, n).unwrap();
+        get(b, &rows_tensor(b, w, s, &mut cache, 0, n, &inv))
+    };
+    let mut int8_logits: Vec<Vec<f32>> = Vec::new();
+    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+        let w = Weights::new(&b, s, dtype);
+        let paths: &[(&str, bool)] = if dtype == WeightDType::Int8 {
+            &[("int8", false), ("int8_f32", true)]
+        } else {
+            &[("bf16", false)]
+        };
+        for &(tag, f32_path) in paths {
+            b.set_int8_prefill_f32(f32_path);
+            prefill(&b, &w); // first use: allocations, GEMV/cuBLAS set-up
+            let runs = 3;
+            let t = Instant::now();
+            let mut l = Vec::new();
+            for _ in 0..runs {
+                l = prefill(&b, &w);
+            }
+            let secs = t.elapsed().as_secs_f64() / runs as f64;
+            println!(
+                "BENCH prefill_7b_{tag}_{n}_tokens_per_s {:.1}",
+                n as f64 / secs
+            );
+            if dtype == WeightDType::Int8 {
+                int8_logits.push(l);
+            }
+        }
+        if dtype == WeightDType::Int8 {
+            b.set_int8_prefill_f32(false);
+            let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, n).unwrap();
+            let t = Instant::now();
+            b.start_timeline().unwrap();
+            get(&b, &rows_tensor(&b, &w, s, &mut cache, 0, n, &inv));
+            let wall = t.elapsed().as_secs_f64() * 1e6;
+            let timeline = b.take_timeline().unwrap();
+            let mut per: Vec<(&str, usize, f64)> = Vec::new();
+            for l in &timeline {
+                match per.iter_mut().find(|p| p.0 == l.op) {
+                    Some(p) => {
+                        p.1 += 1;
+                        p.2 += l.micros;
+                    }
+                    None => per.push((l.op, 1, l.micros)),
+                }
+            }
+            let sum: f64 = timeline.iter().map(|l| l.micros).sum();
+            println!("BENCH prefill_7b_int8_timed_step_us {wall:.1}");
+            println!("BENCH prefill_7b_int8_sum_of_kernels_us {sum:.1}");
+            for (op, count, us) in per {
+                println!("BREAKDOWN prefill int8 {op}: {count} launches, {us:.1} us");
+            }
+        }
+    }
+    let diff = int8_logits[0]
+        .iter()
+        .zip(&int8_logits[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("BENCH prefill_7b_int8_bf16x3_vs_f32_max_logit_diff {diff:.3e}");
 }
 
 /// One decode attention call (one query row, the llama2-7b head layout: 32

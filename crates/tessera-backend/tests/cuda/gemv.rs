@@ -46,7 +46,8 @@ fn gemv_variants_match_reference_and_each_other() {
             let deq = device_values(&w, dtype);
             let wd = b.upload_linear(&w, dtype).unwrap();
             assert_eq!(b.linear_dims(&wd), (m, k));
-            // 20 and 40 rows: the cuBLAS path (bf16: split-activation GEMM).
+            // 20 and 40 rows: the cuBLAS path (split-activation GEMMs on
+            // bf16 tensor cores; int8/int4 also the f32 SGEMM path).
             for n in [1usize, 2, 3, 5, 8, 9, 16, 20, 40] {
                 let x = host(n, k, 100 + n as u64);
                 let dx = b.upload(&x).unwrap();
@@ -74,6 +75,17 @@ fn gemv_variants_match_reference_and_each_other() {
                             ),
                         }
                     }
+                }
+                if n > 16 && dtype != WeightDType::BF16 {
+                    b.set_int8_prefill_f32(true);
+                    let got = get(&b, &b.matmul(&dx, &wd).unwrap());
+                    b.set_int8_prefill_f32(false);
+                    assert_close(
+                        &got,
+                        &want,
+                        tol,
+                        &format!("{dtype} n={n} m={m} k={k} f32 SGEMM"),
+                    );
                 }
             }
             b.set_gemv_variant(None);

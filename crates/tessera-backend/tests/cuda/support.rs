@@ -192,13 +192,28 @@ pub fn step_tensor(
     pos: usize,
     inv: &[f32],
 ) -> CudaTensor {
+    rows_tensor(b, w, s, cache, pos, 1, inv)
+}
+
+/// A forward step over `n` tokens at positions `pos..pos + n` (prefill when
+/// n > 1), in the engine's op order; the last row's logits, on the device.
+pub fn rows_tensor(
+    b: &CudaBackend,
+    w: &Weights,
+    s: Shape,
+    cache: &mut <CudaBackend as Backend>::KvCache,
+    pos: usize,
+    n: usize,
+    inv: &[f32],
+) -> CudaTensor {
     let (hd, nh, nkv) = (s.head_dim, s.heads, s.kv_heads);
     let shape = AttentionShape {
         num_heads: nh,
         num_kv_heads: nkv,
         head_dim: hd,
     };
-    let mut x = b.embedding(&w.embed, &[step_token(s, pos)]).unwrap();
+    let ids: Vec<u32> = (pos..pos + n).map(|p| step_token(s, p)).collect();
+    let mut x = b.embedding(&w.embed, &ids).unwrap();
     for l in 0..s.layers {
         let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
         let t = b.matmul(&hn, &w.qkv).unwrap();
@@ -217,7 +232,7 @@ pub fn step_tensor(
         b.add_assign(&mut x, &b.matmul(&m, &w.down).unwrap())
             .unwrap();
     }
-    let last = b.slice_rows(&x, 0, 1).unwrap();
+    let last = b.slice_rows(&x, n - 1, 1).unwrap();
     let hn = b.rms_norm(&last, &w.norm, 1e-5).unwrap();
     b.matmul(&hn, &w.lm_head).unwrap()
 }

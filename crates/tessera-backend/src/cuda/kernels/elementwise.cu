@@ -165,6 +165,36 @@ extern "C" __global__ void dequantize_i4(const unsigned char* __restrict__ q, co
     out[i] = (float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group];
 }
 
+// Int8 / int4 [m, k] (as dequantize_i8 / _i4) to two bf16 [m, k] matrices,
+// hi = bf16(w) and lo = bf16(w - hi), w = q * scale: hi + lo carries about 16
+// significant bits of w, for prefill products on tensor cores (cuda/linear.rs).
+__device__ __forceinline__ void store_split(float w, long long i, unsigned short* __restrict__ hi,
+                                            unsigned short* __restrict__ lo) {
+    unsigned short h = f32_to_bf16_bits(w);
+    hi[i] = h;
+    lo[i] = f32_to_bf16_bits(__fsub_rn(w, bf16_bits_to_f32(h)));
+}
+
+extern "C" __global__ void dequantize_i8_split(const signed char* __restrict__ q, const float* __restrict__ scales,
+                                               int m, int k, int kp, int gpr, int group,
+                                               unsigned short* __restrict__ hi, unsigned short* __restrict__ lo) {
+    KERNEL_PROLOGUE();
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= (long long)m * k) return;
+    int r = i / k, c = i % k;
+    store_split((float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group], i, hi, lo);
+}
+
+extern "C" __global__ void dequantize_i4_split(const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                               int m, int k, int kp, int gpr, int group,
+                                               unsigned short* __restrict__ hi, unsigned short* __restrict__ lo) {
+    KERNEL_PROLOGUE();
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i >= (long long)m * k) return;
+    int r = i / k, c = i % k;
+    store_split((float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group], i, hi, lo);
+}
+
 // f32 [m, k] -> bf16 [m, kp] (padding stays as allocated: zero).
 extern "C" __global__ void to_bf16(const float* __restrict__ w, int m, int k, int kp, unsigned short* __restrict__ out) {
     KERNEL_PROLOGUE();
