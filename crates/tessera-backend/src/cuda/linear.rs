@@ -376,15 +376,7 @@ impl CudaBackend {
                 // Prefill in f32 (TESSERA_INT8_PREFILL=f32): one pass
                 // dequantizing into scratch, then cuBLAS SGEMM.
                 let scratch = self.alloc::<f32>(m * k)?;
-                let args = Args::new()
-                    .ptr(self.ptr(&wq.q))
-                    .ptr(self.ptr(&wq.scales))
-                    .int(m)
-                    .int(k)
-                    .int(wq.kp)
-                    .int(wq.gpr)
-                    .int(INT8_GROUP)
-                    .ptr(self.ptr(&scratch));
+                let args = self.dequantize_args(wq, k).ptr(self.ptr(&scratch));
                 // SAFETY: scratch holds m*k f32; q is [m, kp] (int8) or [m, kp/2]
                 // bytes (int4), scales [m, gpr].
                 unsafe {
@@ -483,16 +475,7 @@ impl CudaBackend {
         let parts = self.alloc::<u16>(2 * m * k)?;
         let w_hi = self.ptr(&parts);
         let w_lo = w_hi + (m * k * 2) as u64;
-        let args = Args::new()
-            .ptr(self.ptr(&wq.q))
-            .ptr(self.ptr(&wq.scales))
-            .int(m)
-            .int(k)
-            .int(wq.kp)
-            .int(wq.gpr)
-            .int(INT8_GROUP)
-            .ptr(w_hi)
-            .ptr(w_lo);
+        let args = self.dequantize_args(wq, k).ptr(w_hi).ptr(w_lo);
         let f = if wq.bits == 4 {
             &self.k.dequantize_i4_split
         } else {
@@ -512,6 +495,19 @@ impl CudaBackend {
             self.gemm_bf16_raw(w_lo, k, x_hi, n, k, m, 1.0, self.ptr(&prod))?;
         }
         self.add_halves(&prod, n * m, out)
+    }
+
+    /// The arguments the dequantize kernels share (weight, scales, shape),
+    /// before their outputs.
+    fn dequantize_args(&self, wq: &Int8Weight, k: usize) -> Args {
+        Args::new()
+            .ptr(self.ptr(&wq.q))
+            .ptr(self.ptr(&wq.scales))
+            .int(wq.rows)
+            .int(k)
+            .int(wq.kp)
+            .int(wq.gpr)
+            .int(INT8_GROUP)
     }
 
     /// x [n, k] f32 as bf16 `[hi; lo]`, `[2n, k]` (kernels/elementwise.cu).
