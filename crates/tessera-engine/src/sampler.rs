@@ -107,7 +107,7 @@ impl Sampler {
     /// sort of the kept candidates, not of the vocabulary (docs/benchmarks.md,
     /// "Sampling": a full sort cost milliseconds per token at 49k and 128k ids).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = self.params.clone();
+        let p = &self.params;
         let penalized;
         let l: &[f32] = if p.repetition_penalty != 1.0 {
             let mut v = logits.to_vec();
@@ -132,7 +132,7 @@ impl Sampler {
             return argmax(l);
         }
         let r: f64 = self.rng.random();
-        pick(l, &p, r)
+        pick(l, p, r)
     }
 }
 

@@ -18,6 +18,7 @@
 //!   predecessors have finished (`attention.rs`).
 
 mod attention;
+mod gemm;
 mod gemv;
 mod graph;
 mod launch;
@@ -108,7 +109,7 @@ pub struct CudaBackend {
     /// Fewest positions per attention split (`attention.rs`); 1 splits any context.
     att_min_chunk: usize,
     /// Int8/int4 prefill products in f32 (dequantize + SGEMM) instead of on
-    /// tensor cores in split bf16 (`linear.rs`, `gemm_int8_bf16x3`).
+    /// tensor cores in split bf16 (`gemm.rs`, `gemm_int8_bf16x3`).
     int8_prefill_f32: bool,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,

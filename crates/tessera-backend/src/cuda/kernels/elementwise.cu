@@ -145,14 +145,27 @@ extern "C" __global__ void quantize_i8(const float* __restrict__ w, int m, int k
     if (lane == 0) scales[(size_t)r * gpr + g] = scale;
 }
 
+// Element i of an int8 / int4 matrix [m, k] (row stride kp) times its
+// group's scale: the dequantized weight, for the prefill kernels below.
+__device__ __forceinline__ float dq_i8(const signed char* __restrict__ q, const float* __restrict__ scales,
+                                       long long i, int k, int kp, int gpr, int group) {
+    int r = i / k, c = i % k;
+    return (float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group];
+}
+
+__device__ __forceinline__ float dq_i4(const unsigned char* __restrict__ q, const float* __restrict__ scales,
+                                       long long i, int k, int kp, int gpr, int group) {
+    int r = i / k, c = i % k;
+    return (float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group];
+}
+
 // Dequantize to an f32 [m, k] scratch matrix (for cuBLAS when n is large).
 extern "C" __global__ void dequantize_i8(const signed char* __restrict__ q, const float* __restrict__ scales, int m,
                                          int k, int kp, int gpr, int group, float* __restrict__ out) {
     KERNEL_PROLOGUE();
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)m * k) return;
-    int r = i / k, c = i % k;
-    out[i] = (float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group];
+    out[i] = dq_i8(q, scales, i, k, kp, gpr, group);
 }
 
 // Int4 [m, kp / 2 bytes] to f32 [m, k] scratch (prefill, as dequantize_i8).
@@ -161,13 +174,12 @@ extern "C" __global__ void dequantize_i4(const unsigned char* __restrict__ q, co
     KERNEL_PROLOGUE();
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)m * k) return;
-    int r = i / k, c = i % k;
-    out[i] = (float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group];
+    out[i] = dq_i4(q, scales, i, k, kp, gpr, group);
 }
 
 // Int8 / int4 [m, k] (as dequantize_i8 / _i4) to two bf16 [m, k] matrices,
 // hi = bf16(w) and lo = bf16(w - hi), w = q * scale: hi + lo carries about 16
-// significant bits of w, for prefill products on tensor cores (cuda/linear.rs).
+// significant bits of w, for prefill products on tensor cores (cuda/gemm.rs).
 __device__ __forceinline__ void store_split(float w, long long i, unsigned short* __restrict__ hi,
                                             unsigned short* __restrict__ lo) {
     unsigned short h = f32_to_bf16_bits(w);
@@ -181,8 +193,7 @@ extern "C" __global__ void dequantize_i8_split(const signed char* __restrict__ q
     KERNEL_PROLOGUE();
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)m * k) return;
-    int r = i / k, c = i % k;
-    store_split((float)q[(size_t)r * kp + c] * scales[(size_t)r * gpr + c / group], i, hi, lo);
+    store_split(dq_i8(q, scales, i, k, kp, gpr, group), i, hi, lo);
 }
 
 extern "C" __global__ void dequantize_i4_split(const unsigned char* __restrict__ q, const float* __restrict__ scales,
@@ -191,8 +202,7 @@ extern "C" __global__ void dequantize_i4_split(const unsigned char* __restrict__
     KERNEL_PROLOGUE();
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i >= (long long)m * k) return;
-    int r = i / k, c = i % k;
-    store_split((float)q4_at(q + (size_t)r * (kp / 2), c) * scales[(size_t)r * gpr + c / group], i, hi, lo);
+    store_split(dq_i4(q, scales, i, k, kp, gpr, group), i, hi, lo);
 }
 
 // f32 [m, k] -> bf16 [m, kp] (padding stays as allocated: zero).
