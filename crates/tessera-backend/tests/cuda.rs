@@ -7,6 +7,8 @@
 mod bench;
 #[path = "cuda/gemv.rs"]
 mod gemv;
+#[path = "cuda/gemv_v5.rs"]
+mod gemv_v5;
 #[path = "cuda/support.rs"]
 mod support;
 
@@ -43,6 +45,9 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "gemv_v2_i4_n1_r2",
                     "gemv_v4_i8_n1_r4",
                     "gemv_v4_i4_n1_r2",
+                    "gemv_v5_i8_n1_r2",
+                    "gemv_v5_i8_n1_r4",
+                    "dp4a.s32.s32",
                     "embedding_i4",
                     "dequantize_i4",
                     "quantize_i8",

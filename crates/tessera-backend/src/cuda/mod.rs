@@ -111,6 +111,10 @@ pub struct CudaBackend {
     /// Int8/int4 prefill products in f32 (dequantize + SGEMM) instead of on
     /// tensor cores in split bf16 (`gemm.rs`, `gemm_int8_bf16x3`).
     int8_prefill_f32: bool,
+    /// Int8 one-row products may run GEMV v5 (fixed-point activations on
+    /// integer dot products, `gemv.rs`): the per-shape timing then includes
+    /// it. Off by default: v5's results differ from v1-v4 in the last bits.
+    int8_decode_dp4a: bool,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -180,7 +184,7 @@ impl CudaBackend {
         let name = format!("cuda:{ordinal} ({gpu}, sm_{maj}{min}, {mem:.0} GiB)");
         // TESSERA_CUDA_FUSE=0 turns the fusion off, TESSERA_PDL=0 early
         // launches, TESSERA_CUDA_GRAPH=0 recorded decode steps,
-        // TESSERA_GEMV=v1|v2|v3 forces a GEMV variant (A/B timing).
+        // TESSERA_GEMV=v1|v2|v3|v4|v5 forces a GEMV variant (A/B timing).
         let env_on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
         let fuse = env_on("TESSERA_CUDA_FUSE");
         let pdl = env_on("TESSERA_PDL") && maj >= 9;
@@ -242,6 +246,18 @@ impl CudaBackend {
             }
             Err(_) => false,
         };
+        // TESSERA_INT8_DECODE=dp4a: GEMV v5 joins the per-shape timing.
+        let int8_decode_dp4a = match std::env::var("TESSERA_INT8_DECODE") {
+            Ok(v) if v == "dp4a" => true,
+            Ok(v) if v.is_empty() || v == "f32" => false,
+            Ok(v) => {
+                return Err(BackendError::Unavailable(
+                    "TESSERA_INT8_DECODE".into(),
+                    format!("{v:?}: expected f32 (the default) or dp4a"),
+                ))
+            }
+            Err(_) => false,
+        };
         Ok(CudaBackend {
             ctx,
             stream,
@@ -267,6 +283,7 @@ impl CudaBackend {
             att_splits,
             att_min_chunk,
             int8_prefill_f32,
+            int8_decode_dp4a,
         })
     }
 
@@ -310,6 +327,15 @@ impl CudaBackend {
     /// products; results differ in the last bits.
     pub fn set_int8_prefill_f32(&mut self, on: bool) {
         self.int8_prefill_f32 = on;
+    }
+
+    /// Let one-activation-row int8 products run GEMV v5 (activations as
+    /// 22-bit fixed point per 16 elements, integer dot products; see
+    /// `GemvVariant::V5`) when the per-shape timing finds it fastest. Results
+    /// differ from the default path in the last bits. Shapes timed before
+    /// the change keep their choice.
+    pub fn set_int8_decode_dp4a(&mut self, on: bool) {
+        self.int8_decode_dp4a = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2

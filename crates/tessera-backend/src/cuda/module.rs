@@ -189,6 +189,9 @@ pub struct Kernels {
     /// v4 (v2, twice the loads in flight; one activation row) per weight
     /// format (int8, bf16, int4): 4 and 2 weight rows per warp.
     pub gemv_v4: [[CudaFunction; 2]; 3],
+    /// v5 (int8 weights, fixed-point activations, dp4a; one activation
+    /// row): 4 and 2 weight rows per warp.
+    pub gemv_v5: [CudaFunction; 2],
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
@@ -278,6 +281,7 @@ impl Kernels {
             gemv_v2: [v2("i8")?, v2("bf16")?, v2("i4")?],
             gemv_v3: [v3("i8")?, v3("bf16")?],
             gemv_v4: [v4("i8")?, v4("bf16")?, v4("i4")?],
+            gemv_v5: table(named("gemv_v5_i8", &["n1_r4", "n1_r2"])?)?,
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,
             attention_d256: f("attention_d256")?,
@@ -289,6 +293,7 @@ impl Kernels {
             .flatten()
             .chain(k.gemv_v3.iter().flatten())
             .chain(k.gemv_v4.iter().flatten())
+            .chain(k.gemv_v5.iter())
         {
             g.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,

@@ -57,7 +57,7 @@ fn gemv_variants_match_reference_and_each_other() {
                 for v in variants(dtype) {
                     let rows: &[Option<usize>] = match v {
                         GemvVariant::V1 => &[None, Some(1), Some(2), Some(4)],
-                        GemvVariant::V2 | GemvVariant::V4 => &[None, Some(4)],
+                        GemvVariant::V2 | GemvVariant::V4 | GemvVariant::V5 => &[None, Some(4)],
                         GemvVariant::V3 => &[None],
                     };
                     for &r in rows {

@@ -605,6 +605,244 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
 #undef V4_COMPUTE
 }
 
+// ---------------------------------------------------------------- v5: int8 weights x fixed-point activations (dp4a)
+//
+// One activation row, int8 weights only; opt-in (TESSERA_INT8_DECODE=dp4a or
+// TESSERA_GEMV=v5), since its numerics differ from v1-v4 in the last bits.
+// v4's int8 loop spends 3 instructions per weight converting it to f32 and
+// multiplying (PRMT, FADD, FFMA). Here the activations are converted once per
+// block instead: while staging, every 16-element chunk c of x is written as
+//     x[e] ~= s_c * q[e],  q[e] = a0[e] * 2^16 + a1[e] * 2^8 + a2[e],
+// with s_c = 2^(E_c - 21) for the chunk's largest |x| in [2^E_c, 2^(E_c+1))
+// (so |q| <= 2^22 and |x - s_c q| <= |x|max * 2^-22), and a0, a1, a2 signed
+// bytes. A chunk's product with a weight chunk is then three integer dot
+// products of 16 int8 pairs (12 dp4a, exact), combined once in f32:
+//     d = fmaf(float(d0), 65536, float(d1 * 256 + d2)) * s_c,
+//     acc = fmaf(scale, d, acc),
+// about 1.2 instructions per weight. Chunks are summed in v4's order (lane l
+// owns chunks l, l+32, ...), so fusion, recording and the grid never change
+// a bit; only the choice between v5 and the other variants does. Chunks whose
+// largest |x| is below 2^-100 count as zero; a chunk holding a NaN or an
+// infinity makes every output NaN.
+//
+// Shared memory: three planes of kc 16-byte words (a0, a1, a2; chunk c's 16
+// bytes at word c of each plane, element e in byte e), then kc f32 s_c. A lane
+// reads consecutive 16-byte words of each plane: no bank conflicts.
+
+// c + the dot product of the four signed bytes of a and of b.
+__device__ __forceinline__ int dp4a_s8(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+#else
+#pragma unroll
+    for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
+    return c;
+#endif
+}
+
+// One chunk of 16 activations as three limb words (a0, a1, a2 of 4 elements
+// each, element e at byte e % 4 of word e / 4) and the chunk's scale s_c.
+__device__ __forceinline__ void v5_quantize(const float (&v)[16], int4 (&limb)[3], float& s) {
+    float mx = 0.f;
+    bool finite = true; // fmaxf drops NaNs: test every element
+#pragma unroll
+    for (int e = 0; e < 16; e++) {
+        mx = fmaxf(mx, fabsf(v[e]));
+        finite = finite && fabsf(v[e]) <= 3.402823466e38f;
+    }
+    int wd[3][4];
+#pragma unroll
+    for (int p = 0; p < 3; p++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) wd[p][i] = 0;
+    if (!finite) {
+        s = __int_as_float(0x7fc00000); // NaN or infinity in the chunk: NaN out
+    } else if (mx < 7.888609052e-31f) { // 2^-100: counts as zero
+        s = 0.f;
+    } else {
+        const int ex = ((__float_as_int(mx) >> 23) & 0xFF) - 127; // mx in [2^ex, 2^(ex+1))
+        const int sh = 21 - ex; // in [-106, 121]: both powers below are normal floats
+        const float up = __int_as_float((127 + sh) << 23);
+        s = __int_as_float((127 - sh) << 23);
+#pragma unroll
+        for (int e = 0; e < 16; e++) {
+            const int q = (int)rintf(v[e] * up); // exact scaling; |q| <= 2^22
+            const int a2 = (int)(signed char)(q & 0xFF);
+            const int q1 = (q - a2) >> 8;
+            const int a1 = (int)(signed char)(q1 & 0xFF);
+            const int a0 = (q1 - a1) >> 8; // |a0| <= 65
+            const int sb = 8 * (e & 3);
+            wd[0][e >> 2] |= (a0 & 0xFF) << sb;
+            wd[1][e >> 2] |= (a1 & 0xFF) << sb;
+            wd[2][e >> 2] |= (a2 & 0xFF) << sb;
+        }
+    }
+#pragma unroll
+    for (int p = 0; p < 3; p++) limb[p] = make_int4(wd[p][0], wd[p][1], wd[p][2], wd[p][3]);
+}
+
+// Stage the activation row as limb planes and chunk scales (layout above),
+// applying RMSNorm when nw is set (the values stage_x would hold); block 0
+// also writes the normalized row to x_out. Ends with a barrier.
+__device__ __forceinline__ void v5_stage_x(const float* __restrict__ x, int k, int kc,
+                                           const float* __restrict__ nw, float eps, float* __restrict__ x_out,
+                                           int4* planes, float* red) {
+    const bool out = x_out != nullptr && blockIdx.x == 0;
+    const float inv = nw ? block_inv_rms(x, k, eps, red) : 1.f;
+    float* sc = (float*)(planes + 3 * kc);
+    for (int c = threadIdx.x; c < kc; c += BLOCK) {
+        float v[16];
+        if ((k & 3) == 0) {
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                const int i = 4 * c + f; // float4 index; k is a multiple of 4
+                float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (4 * i < k) {
+                    t = ((const float4*)x)[i];
+                    if (nw) {
+                        float4 g = ((const float4*)nw)[i];
+                        t = make_float4(norm_elem(t.x, g.x, inv), norm_elem(t.y, g.y, inv),
+                                        norm_elem(t.z, g.z, inv), norm_elem(t.w, g.w, inv));
+                    }
+                    if (out) ((float4*)x_out)[i] = t;
+                }
+                v[4 * f] = t.x;
+                v[4 * f + 1] = t.y;
+                v[4 * f + 2] = t.z;
+                v[4 * f + 3] = t.w;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                const int i = 16 * c + e;
+                float t = i < k ? (nw ? norm_elem(x[i], nw[i], inv) : x[i]) : 0.f;
+                if (out && i < k) x_out[i] = t;
+                v[e] = t;
+            }
+        }
+        int4 limb[3];
+        float s;
+        v5_quantize(v, limb, s);
+        planes[c] = limb[0];
+        planes[kc + c] = limb[1];
+        planes[2 * kc + c] = limb[2];
+        sc[c] = s;
+    }
+    __syncthreads();
+}
+
+// acc[j] += step s of row j (chunks cb + u*WARP + lane, u ascending).
+// pl: the planes offset by the lane; scl: the chunk scales offset by the lane.
+template <int R, int U, bool FULL>
+__device__ __forceinline__ void v5_compute(const int4 (&wv)[U][R], const float (&sc)[U][R], const int4* pl,
+                                           const float* scl, int kc, int s, int lane, float (&acc)[R][1]) {
+    const int cb = s * WARP * U;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (FULL || cb + u * WARP + lane < kc) {
+            const int c = cb + u * WARP; // warp-uniform; the lane's offset is in pl / scl
+            const int4 a0 = pl[c], a1 = pl[kc + c], a2 = pl[2 * kc + c];
+            const float sx = scl[c];
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                const int4 q = wv[u][j];
+                int d0 = dp4a_s8(q.x, a0.x, 0), d1 = dp4a_s8(q.x, a1.x, 0), d2 = dp4a_s8(q.x, a2.x, 0);
+                d0 = dp4a_s8(q.y, a0.y, d0);
+                d1 = dp4a_s8(q.y, a1.y, d1);
+                d2 = dp4a_s8(q.y, a2.y, d2);
+                d0 = dp4a_s8(q.z, a0.z, d0);
+                d1 = dp4a_s8(q.z, a1.z, d1);
+                d2 = dp4a_s8(q.z, a2.z, d2);
+                d0 = dp4a_s8(q.w, a0.w, d0);
+                d1 = dp4a_s8(q.w, a1.w, d1);
+                d2 = dp4a_s8(q.w, a2.w, d2);
+                // |d1|, |d2| <= 16 * 128 * 127, so d1 * 256 + d2 fits an int.
+                const float d = __fmul_rn(fmaf((float)d0, 65536.f, (float)(d1 * 256 + d2)), sx);
+                acc[j][0] = fmaf(sc[u][j], d, acc[j][0]);
+            }
+        }
+    }
+}
+
+// v4's loop (rows, full and ragged steps, two alternating register buffers,
+// first step loaded before grid_dep_wait) around v5_compute.
+template <int R, int U>
+__device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
+    extern __shared__ __align__(16) int4 v5_xs[];
+    __shared__ float red[BLOCK / WARP];
+    const int lane = threadIdx.x & (WARP - 1);
+    const int rows_out = mode == 2 ? m / 2 : m;
+    const int per = mode == 2 ? R / 2 : R;
+    const int groups = (rows_out + per - 1) / per;
+    const int steps = (kc + WARP * U - 1) / (WARP * U);
+    const int full_steps = kc / (WARP * U);
+    const int gstride = gridDim.x * (BLOCK / WARP);
+    const int lane_sc = (lane * WInt8::E) >> V4_GSHIFT;
+    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
+    int s = 0;
+    const int4* wp[R];
+    const float* sp[R];
+    int4 a[U][R], b[U][R];
+    float as[U][R], bs[U][R];
+    if (g < groups) {
+        v4_rows<WInt8, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
+        if (full_steps > 0)
+            v4_load<WInt8, R, U, true>(wp, sp, 0, kc, lane, a, as);
+        else
+            v4_load<WInt8, R, U, false>(wp, sp, 0, kc, lane, a, as);
+    }
+    if (nw != nullptr) prefetch_l1(nw, k * (int)sizeof(float));
+    grid_dep_wait();
+    v5_stage_x(x, k, kc, nw, eps, x_out, v5_xs, red);
+    grid_dep_launch();
+    if (g >= groups) return;
+    const int4* pl = v5_xs + lane;
+    const float* scl = (const float*)(v5_xs + 3 * kc) + lane;
+    float acc[R][1];
+#pragma unroll
+    for (int j = 0; j < R; j++) acc[j][0] = 0.f;
+#define V5_NEXT_LOAD(BUF, BS)                                                                                \
+    {                                                                                                        \
+        ng = g;                                                                                              \
+        ns = s + 1;                                                                                          \
+        if (ns == steps) {                                                                                   \
+            ns = 0;                                                                                          \
+            ng += gstride;                                                                                   \
+            if (ng < groups) v4_rows<WInt8, R>(w, scales, ng, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
+        }                                                                                                    \
+        if (ns < full_steps) {                                                                               \
+            if (ng < groups) v4_load<WInt8, R, U, true>(wp, sp, ns, kc, lane, BUF, BS);                      \
+        } else if (ng < groups) {                                                                            \
+            v4_load<WInt8, R, U, false>(wp, sp, ns, kc, lane, BUF, BS);                                      \
+        }                                                                                                    \
+    }
+#define V5_COMPUTE(BUF, BS)                                                                                  \
+    {                                                                                                        \
+        if (s < full_steps)                                                                                  \
+            v5_compute<R, U, true>(BUF, BS, pl, scl, kc, s, lane, acc);                                      \
+        else                                                                                                 \
+            v5_compute<R, U, false>(BUF, BS, pl, scl, kc, s, lane, acc);                                     \
+        if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
+    }
+    int ng, ns;
+    for (;;) {
+        V5_NEXT_LOAD(b, bs)
+        V5_COMPUTE(a, as)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+        V5_NEXT_LOAD(a, as)
+        V5_COMPUTE(b, bs)
+        if (ng >= groups) break;
+        g = ng;
+        s = ns;
+    }
+#undef V5_NEXT_LOAD
+#undef V5_COMPUTE
+}
+
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
 #define GEMV_V3_ENTRY(NAME, WT, NB, R, S) \
@@ -643,6 +881,9 @@ GEMV_V4_ENTRY(gemv_v4_bf16_n1_r4, WBf16, 4, 2)
 GEMV_V4_ENTRY(gemv_v4_bf16_n1_r2, WBf16, 2, 4)
 GEMV_V4_ENTRY(gemv_v4_i4_n1_r4, WInt4, 4, 1)
 GEMV_V4_ENTRY(gemv_v4_i4_n1_r2, WInt4, 2, 2)
+// v5 (int8 only, one activation row): 4 x 2 and 2 x 4 rows x chunks per step, as v4.
+extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v5_i8_n1_r4(GEMV_PARAMS) { gemv_v5<4, 2>(GEMV_ARGS); }
+extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v5_i8_n1_r2(GEMV_PARAMS) { gemv_v5<2, 4>(GEMV_ARGS); }
 // v3 ring (module.rs V3_SHAPES must match): 6 stages of 16 rows (48 KiB) up to 8
 // activation rows, which leaves room for two blocks per SM with a 44 KiB x
 // (k = 11008); 4 stages of 32 rows for 16 activation rows.
