@@ -104,6 +104,10 @@ done
 if [ $HAVE_GPU = 1 ]; then
     say "correctness: small on cuda, int8, recorded steps off"
     TESSERA_CUDA_GRAPH=0 gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -eager
+    # GEMV v5 (opt-in: activations as 22-bit fixed point, dp4a) on every
+    # one-row int8 product: products within 2^-22 of the f32 ones.
+    say "correctness: small on cuda, int8, GEMV v5 (TESSERA_GEMV=v5)"
+    TESSERA_GEMV=v5 gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -v5
 fi
 
 # ---------------------------------------------------------------- speed
@@ -121,6 +125,10 @@ if [ $HAVE_GPU = 1 ]; then
     say "speed: llama2-7b int8 on cuda, recorded steps off (TESSERA_CUDA_GRAPH=0)"
     TESSERA_CUDA_GRAPH=0 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -eager
     grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-eager.json" 2>/dev/null
+    # The same int8 run with GEMV v5 (fixed-point activations on dp4a) forced.
+    say "speed: llama2-7b int8 on cuda, GEMV v5 (TESSERA_GEMV=v5)"
+    TESSERA_GEMV=v5 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -v5
+    grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-v5.json" 2>/dev/null
 fi
 
 # ---------------------------------------------------------------- baselines

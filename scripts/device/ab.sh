@@ -47,6 +47,14 @@ for round in $(seq 1 "$ROUNDS"); do
             || echo "$tag generate failed: $(tail -c 300 "$OUT/gen-$side-$round.err")"
         grep -o '"timings":{[^}]*}' "$OUT/gen-$side-$round.json" 2>/dev/null | sed "s/^/$tag /"
         grep "tessera: GEMV" "$OUT/gen-$side-$round.err" 2>/dev/null | sed "s/^/$tag /"
+        # Builds with GEMV v5 carry its kernel source (compiled at run time).
+        if grep -qa gemv_v5_i8_n1_r2 "$dir/tessera"; then
+            say "$tag: generate llama2-7b int8, GEMV v5 (TESSERA_GEMV=v5)"
+            TESSERA_GEMV=v5 timeout 150 "$dir/tessera" generate --model dummy:llama2-7b:1 --device cuda --dtype int8 \
+                --prompt-ids "$LONG" --max-new-tokens 128 --json >"$OUT/gen-$side-v5-$round.json" 2>"$OUT/gen-$side-v5-$round.err" \
+                || echo "$tag v5 generate failed: $(tail -c 300 "$OUT/gen-$side-v5-$round.err")"
+            grep -o '"timings":{[^}]*}' "$OUT/gen-$side-v5-$round.json" 2>/dev/null | sed "s/^/$tag v5 /"
+        fi
     done
 done
 rm -rf "$NCCL_DIR"

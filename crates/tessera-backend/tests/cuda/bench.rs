@@ -3,35 +3,16 @@
 //! about speed).
 
 use crate::support::{
-    backend, get, host, inv_freq, rows_tensor, step, step_tensor, step_token, Weights, LLAMA2_7B,
+    backend, copy_linear, get, host, inv_freq, rows_tensor, step, step_tensor, step_token, Weights,
+    LLAMA2_7B,
 };
-use std::sync::Arc;
 use std::time::Instant;
-use tessera_backend::cuda::{Bf16Weight, CudaBackend, CudaLinear, GemvVariant, Int8Weight};
+use tessera_backend::cuda::{CudaBackend, CudaLinear, GemvVariant};
 use tessera_backend::{AttentionShape, Backend, WeightDType};
 
 /// Device copies of a weight (so consecutive products never hit L2).
 fn copies(w: &CudaLinear, count: usize) -> Vec<CudaLinear> {
-    (0..count)
-        .map(|_| match w {
-            CudaLinear::Int8(q) => CudaLinear::Int8(Arc::new(Int8Weight {
-                bits: q.bits,
-                rows: q.rows,
-                cols: q.cols,
-                kp: q.kp,
-                gpr: q.gpr,
-                q: q.q.try_clone().expect("copy"),
-                scales: q.scales.try_clone().expect("copy"),
-            })),
-            CudaLinear::Bf16(q) => CudaLinear::Bf16(Arc::new(Bf16Weight {
-                rows: q.rows,
-                cols: q.cols,
-                kp: q.kp,
-                w: q.w.try_clone().expect("copy"),
-            })),
-            CudaLinear::F32 { .. } => panic!("f32 weights have no GEMV"),
-        })
-        .collect()
+    (0..count).map(|_| copy_linear(w)).collect()
 }
 
 /// Achieved weight bandwidth of every GEMV variant on the llama2-7b matrices
@@ -62,9 +43,10 @@ fn bench_gemv_variants_and_small_ops() {
             drop(first);
             for n in [1usize, 16] {
                 let x = b.upload(&host(n, k, 2)).unwrap();
-                for v in GemvVariant::ALL {
-                    // v4 takes one activation row (with more it runs v2).
-                    if !v.supports_dtype(dtype) || (v == GemvVariant::V4 && n > 1) {
+                for v in GemvVariant::ALL.into_iter().chain([GemvVariant::V5]) {
+                    // v4 and v5 take one activation row (with more they run v2).
+                    let one_row = matches!(v, GemvVariant::V4 | GemvVariant::V5);
+                    if !v.supports_dtype(dtype) || (one_row && n > 1) {
                         continue;
                     }
                     b.set_gemv_variant(Some(v));
@@ -218,11 +200,61 @@ fn bench_decode_step_llama2_7b_shape() {
         }
         b.set_attention_splits(None);
         b.set_attention_min_chunk(128);
+        // GEMV v5 (opt-in, int8: fixed-point activations on dp4a) for every
+        // one-row product, eager and recorded; its bits differ from v1-v4.
+        let mut v5_logits = Vec::new();
+        if GemvVariant::V5.supports_dtype(dtype) {
+            b.set_gemv_variant(Some(GemvVariant::V5));
+            let (rate, launches, l) = decode_rate(&b, &w, steps);
+            println!("BENCH decode_7b_{dtype}_v5_tokens_per_s {rate:.1}");
+            println!("BENCH decode_7b_{dtype}_v5_launches_per_step {launches:.0}");
+            v5_logits.push(("_v5", l));
+            let (rate, l) = recorded_decode_rate(&b, &w, steps);
+            println!("BENCH decode_7b_{dtype}_graph_v5_tokens_per_s {rate:.1}");
+            v5_logits.push(("_graph_v5", l));
+            b.set_gemv_variant(None);
+        }
+        // Every layer in its own memory, as in a real model: the rates above
+        // share one layer's matrices between the 32 layers. Same values, so
+        // the same bits as the shared recorded step.
+        let w = w.with_distinct_layers(LLAMA2_7B);
+        let (rate, l) = recorded_decode_rate(&b, &w, steps);
+        println!("BENCH decode_7b_{dtype}_graph_distinct_layers_tokens_per_s {rate:.1}");
+        logits.push(("_graph_distinct_layers".into(), l));
+        if GemvVariant::V5.supports_dtype(dtype) {
+            b.set_gemv_variant(Some(GemvVariant::V5));
+            let (rate, l) = recorded_decode_rate(&b, &w, steps);
+            println!("BENCH decode_7b_{dtype}_graph_v5_distinct_layers_tokens_per_s {rate:.1}");
+            v5_logits.push(("_graph_v5_distinct_layers", l));
+            b.set_gemv_variant(None);
+        }
+        drop(w);
         for t in b.gemv_tunings() {
             println!("TUNE {t}");
         }
         for (tag, l) in &logits[1..] {
             assert!(*l == logits[0].1, "{dtype}{tag}: logits differ in bits");
+        }
+        let scale = logits[0].1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (tag, l) in &v5_logits {
+            let diff = l
+                .iter()
+                .zip(&logits[0].1)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            println!("BENCH decode_7b_{dtype}{tag}_max_logit_diff {diff:.3e}");
+            assert!(
+                diff <= 1e-3 * scale.max(1.0),
+                "{dtype}{tag}: logits differ by {diff} (largest |logit| {scale})"
+            );
+        }
+        if let [(_, eager), rest @ ..] = &v5_logits[..] {
+            for (tag, l) in rest {
+                assert!(
+                    l == eager,
+                    "{dtype}{tag}: v5 logits differ in bits from eager v5"
+                );
+            }
         }
     }
 }
@@ -234,10 +266,21 @@ fn bench_decode_step_llama2_7b_shape() {
 #[test]
 #[ignore]
 fn bench_decode_breakdown_llama2_7b_shape() {
-    let Some(b) = backend("bench_decode_breakdown_llama2_7b_shape") else {
+    let Some(mut b) = backend("bench_decode_breakdown_llama2_7b_shape") else {
         return;
     };
-    for dtype in [WeightDType::Int8, WeightDType::BF16] {
+    for (dtype, v5) in [
+        (WeightDType::Int8, false),
+        (WeightDType::Int8, true),
+        (WeightDType::BF16, false),
+    ] {
+        // `int8_v5`: GEMV v5 forced for every one-row product.
+        b.set_gemv_variant(v5.then_some(GemvVariant::V5));
+        let tag = if v5 {
+            format!("{dtype}_v5")
+        } else {
+            dtype.to_string()
+        };
         let w = Weights::new(&b, LLAMA2_7B, dtype);
         let (rate, _, _) = decode_rate(&b, &w, 8);
         let (s, inv) = (LLAMA2_7B, inv_freq(LLAMA2_7B.head_dim));
@@ -258,16 +301,17 @@ fn bench_decode_breakdown_llama2_7b_shape() {
         }
         per.sort_by(|a, b| b.2.total_cmp(&a.2));
         let total: f64 = t.iter().map(|l| l.micros).sum();
-        println!("BENCH breakdown_7b_{dtype}_step_us {:.1}", 1e6 / rate);
-        println!("BENCH breakdown_7b_{dtype}_sum_of_kernels_us {total:.1}");
-        println!("BENCH breakdown_7b_{dtype}_launches {}", t.len());
+        println!("BENCH breakdown_7b_{tag}_step_us {:.1}", 1e6 / rate);
+        println!("BENCH breakdown_7b_{tag}_sum_of_kernels_us {total:.1}");
+        println!("BENCH breakdown_7b_{tag}_launches {}", t.len());
         for (key, n, us) in per {
             println!(
-                "BREAKDOWN {dtype} {key}: {n} launches, {us:.1} us ({:.2} us each)",
+                "BREAKDOWN {tag} {key}: {n} launches, {us:.1} us ({:.2} us each)",
                 us / n as f64
             );
         }
     }
+    b.set_gemv_variant(None);
 }
 
 /// Prefill of a 128-token prompt on the llama2-7b shape (one layer's weights

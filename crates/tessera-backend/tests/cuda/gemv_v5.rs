@@ -54,7 +54,8 @@ fn spread_activations(n: usize, k: usize, seed: u64) -> HostTensor {
 
 #[test]
 fn gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants() {
-    let Some(mut b) = backend("gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants") else {
+    let Some(mut b) = backend("gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants")
+    else {
         return;
     };
     for (m, k) in [
@@ -79,7 +80,12 @@ fn gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants() {
             // activation is within 2^-22 of its 16-element chunk's largest.
             let terms = matmul_f64(&abs_x, 1, k, &abs_w, m);
             let chunk_max: Vec<f32> = (0..k)
-                .map(|j| abs_x[j / 16 * 16..((j / 16 + 1) * 16).min(k)].iter().cloned().fold(0f32, f32::max))
+                .map(|j| {
+                    abs_x[j / 16 * 16..((j / 16 + 1) * 16).min(k)]
+                        .iter()
+                        .cloned()
+                        .fold(0f32, f32::max)
+                })
                 .collect();
             let bound = matmul_f64(&chunk_max, 1, k, &abs_w, m);
             let dx = b.upload(&x).unwrap();
@@ -118,7 +124,10 @@ fn gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants() {
         let dx2 = b.upload(&x2).unwrap();
         let v5_two = get(&b, &b.matmul(&dx2, &wd).unwrap());
         b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(v5_two == get(&b, &b.matmul(&dx2, &wd).unwrap()), "{m}x{k}: two rows under v5");
+        assert!(
+            v5_two == get(&b, &b.matmul(&dx2, &wd).unwrap()),
+            "{m}x{k}: two rows under v5"
+        );
     }
     // bf16 and int4 weights never run v5.
     b.set_gemv_variant(Some(GemvVariant::V5));
@@ -127,12 +136,17 @@ fn gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants() {
         let dx = b.upload(&host(1, 256, 2)).unwrap();
         let got = get(&b, &b.matmul(&dx, &w).unwrap());
         b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(got == get(&b, &b.matmul(&dx, &w).unwrap()), "{dtype} under v5");
+        assert!(
+            got == get(&b, &b.matmul(&dx, &w).unwrap()),
+            "{dtype} under v5"
+        );
         b.set_gemv_variant(Some(GemvVariant::V5));
     }
     // A NaN or an infinity in the activations makes the products NaN, not a
     // finite guess.
-    let w = b.upload_linear(&host(20, 100, 4), WeightDType::Int8).unwrap();
+    let w = b
+        .upload_linear(&host(20, 100, 4), WeightDType::Int8)
+        .unwrap();
     for bad in [f32::NAN, f32::INFINITY] {
         let mut x = host(1, 100, 5);
         x.data[50] = bad;
@@ -165,7 +179,10 @@ fn gemv_v5_fused_epilogues_and_norm_match_unfused() {
             let dx = b.upload(&x).unwrap();
             let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
             let m = get(&b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
-            let want = reference::swiglu(&reference::matmul_f32(&xn, 1, k, &dgu, 2 * inter), 2 * inter);
+            let want = reference::swiglu(
+                &reference::matmul_f32(&xn, 1, k, &dgu, 2 * inter),
+                2 * inter,
+            );
             assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
             let hn_vals = get(&b, &hn);
             assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
@@ -178,7 +195,10 @@ fn gemv_v5_fused_epilogues_and_norm_match_unfused() {
             assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
             results.push((m, hn_vals, got));
         }
-        assert!(results[0] == results[1], "k={k}: fused and unfused v5 differ in bits");
+        assert!(
+            results[0] == results[1],
+            "k={k}: fused and unfused v5 differ in bits"
+        );
     }
     b.set_fusion(true);
     b.set_gemv_variant(None);
@@ -206,12 +226,13 @@ fn gemv_v5_decode_steps_are_identical_eager_fused_and_recorded() {
     let inv = inv_freq(s.head_dim);
     let steps = 7;
     let w = Weights::new(&b, s, WeightDType::Int8);
-    let run = |b: &tessera_backend::cuda::CudaBackend| {
+    let run_with = |b: &tessera_backend::cuda::CudaBackend, w: &Weights| {
         let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
         (0..steps)
-            .map(|pos| step(b, &w, s, &mut cache, pos, &inv))
+            .map(|pos| step(b, w, s, &mut cache, pos, &inv))
             .collect::<Vec<_>>()
     };
+    let run = |b: &tessera_backend::cuda::CudaBackend| run_with(b, &w);
     b.set_gemv_variant(Some(GemvVariant::V4));
     let f32_path = run(&b);
     b.set_gemv_variant(Some(GemvVariant::V5));
@@ -223,19 +244,39 @@ fn gemv_v5_decode_steps_are_identical_eager_fused_and_recorded() {
     for (fused, pdl) in [(false, false), (true, false)] {
         b.set_fusion(fused);
         b.set_pdl(pdl);
-        assert!(run(&b) == eager, "v5 fused={fused} pdl={pdl} differs in bits");
+        assert!(
+            run(&b) == eager,
+            "v5 fused={fused} pdl={pdl} differs in bits"
+        );
     }
     b.set_fusion(true);
     b.set_pdl(true);
+    // Each layer in its own memory (as the decode benchmarks also run):
+    // same values, so the same bits.
+    let copies = Weights::new(&b, s, WeightDType::Int8).with_distinct_layers(s);
+    assert_eq!(copies.copies.len(), s.layers - 1);
+    assert!(
+        run_with(&b, &copies) == eager,
+        "v5 with distinct layer copies"
+    );
     let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, 16).unwrap();
     let mut got = vec![step(&b, &w, s, &mut cache, 0, &inv)];
     assert!(b.begin_step_graph(1, step_token(s, 1), s.vocab).unwrap());
     let logits = step_tensor(&b, &w, s, &mut cache, 1, &inv);
-    let graph = b.end_step_graph(logits).expect("recording a v5 decode step");
+    let graph = b
+        .end_step_graph(logits)
+        .expect("recording a v5 decode step");
     for pos in 1..steps {
-        got.push(b.replay_step_graph(&graph, pos, step_token(s, pos)).unwrap().data);
+        got.push(
+            b.replay_step_graph(&graph, pos, step_token(s, pos))
+                .unwrap()
+                .data,
+        );
     }
-    assert!(got == eager, "replayed v5 steps differ in bits from eager ones");
+    assert!(
+        got == eager,
+        "replayed v5 steps differ in bits from eager ones"
+    );
     b.set_gemv_variant(None);
 }
 
@@ -251,11 +292,20 @@ fn autotune_includes_v5_when_opted_in() {
     b.set_int8_decode_dp4a(true);
     let w = host(300, 768, 5);
     let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
-    let auto = get(&b, &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wd).unwrap());
+    let auto = get(
+        &b,
+        &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wd).unwrap(),
+    );
     // Products are deferred until read.
     let wb = b.upload_linear(&w, WeightDType::BF16).unwrap();
-    get(&b, &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wb).unwrap());
-    get(&b, &b.matmul(&b.upload(&host(3, 768, 6)).unwrap(), &wd).unwrap());
+    get(
+        &b,
+        &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wb).unwrap(),
+    );
+    get(
+        &b,
+        &b.matmul(&b.upload(&host(3, 768, 6)).unwrap(), &wd).unwrap(),
+    );
     let t = b.gemv_tunings();
     assert_eq!(t.len(), 3, "{t:?}");
     let variants = |i: usize| t[i].micros.iter().map(|(v, _)| *v).collect::<Vec<_>>();
@@ -266,7 +316,10 @@ fn autotune_includes_v5_when_opted_in() {
     b.set_gemv_variant(Some(t[0].chosen));
     assert_eq!(
         auto,
-        get(&b, &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wd).unwrap()),
+        get(
+            &b,
+            &b.matmul(&b.upload(&host(1, 768, 6)).unwrap(), &wd).unwrap()
+        ),
         "auto ran its choice {}",
         t[0].chosen
     );

@@ -114,7 +114,10 @@ pub const LLAMA2_7B: Shape = Shape {
 
 /// One layer's weights (reused for every layer: each layer's matrices are
 /// still streamed from memory, as a 7B layer is far larger than L2) plus the
-/// LM head, an f32 embedding and one norm weight.
+/// LM head, an f32 embedding and one norm weight. `with_distinct_layers`
+/// gives every layer its own copy (same values, other memory), as a real
+/// model has: with one shared copy, part of a layer's matrices may still sit
+/// in L2 when the next layer reads them.
 pub struct Weights {
     pub qkv: CudaLinear,
     pub o: CudaLinear,
@@ -123,9 +126,58 @@ pub struct Weights {
     pub lm_head: CudaLinear,
     pub embed: CudaLinear,
     pub norm: CudaTensor,
+    /// Layers 1.. own copies of [qkv, o, gate_up, down] (empty: shared).
+    pub copies: Vec<[CudaLinear; 4]>,
+}
+
+/// A device copy of a quantized or bf16 weight (same values, its own memory).
+pub fn copy_linear(w: &CudaLinear) -> CudaLinear {
+    use std::sync::Arc;
+    use tessera_backend::cuda::{Bf16Weight, Int8Weight};
+    match w {
+        CudaLinear::Int8(q) => CudaLinear::Int8(Arc::new(Int8Weight {
+            bits: q.bits,
+            rows: q.rows,
+            cols: q.cols,
+            kp: q.kp,
+            gpr: q.gpr,
+            q: q.q.try_clone().expect("copy"),
+            scales: q.scales.try_clone().expect("copy"),
+        })),
+        CudaLinear::Bf16(q) => CudaLinear::Bf16(Arc::new(Bf16Weight {
+            rows: q.rows,
+            cols: q.cols,
+            kp: q.kp,
+            w: q.w.try_clone().expect("copy"),
+        })),
+        CudaLinear::F32 { .. } => panic!("copy_linear: f32 weights are not copied"),
+    }
 }
 
 impl Weights {
+    /// Give every layer after the first its own copy of the layer matrices.
+    pub fn with_distinct_layers(mut self, s: Shape) -> Weights {
+        self.copies = (1..s.layers)
+            .map(|_| {
+                [
+                    copy_linear(&self.qkv),
+                    copy_linear(&self.o),
+                    copy_linear(&self.gate_up),
+                    copy_linear(&self.down),
+                ]
+            })
+            .collect();
+        self
+    }
+
+    /// Layer l's [qkv, o, gate_up, down].
+    pub fn layer(&self, l: usize) -> [&CudaLinear; 4] {
+        match l.checked_sub(1).and_then(|i| self.copies.get(i)) {
+            Some([q, o, g, d]) => [q, o, g, d],
+            None => [&self.qkv, &self.o, &self.gate_up, &self.down],
+        }
+    }
+
     pub fn new(b: &CudaBackend, s: Shape, dtype: WeightDType) -> Weights {
         let up = |m: usize, k: usize, seed: u64| {
             // Scaled like a real model, so activations stay O(1) over the layers.
@@ -148,6 +200,7 @@ impl Weights {
             norm: b
                 .upload(&HostTensor::new(vec![h], vec![1.0; h]))
                 .expect("upload"),
+            copies: Vec::new(),
         }
     }
 
@@ -215,8 +268,9 @@ pub fn rows_tensor(
     let ids: Vec<u32> = (pos..pos + n).map(|p| step_token(s, p)).collect();
     let mut x = b.embedding(&w.embed, &ids).unwrap();
     for l in 0..s.layers {
+        let [wqkv, wo, wgu, wdown] = w.layer(l);
         let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
-        let t = b.matmul(&hn, &w.qkv).unwrap();
+        let t = b.matmul(&hn, wqkv).unwrap();
         let mut p = b
             .split_cols(&t, &[nh * hd, nkv * hd, nkv * hd])
             .unwrap()
@@ -226,11 +280,10 @@ pub fn rows_tensor(
         b.rope(&mut k, nkv, hd, pos, inv).unwrap();
         b.kv_store(cache, l, pos, &k, &v).unwrap();
         let a = b.attention(&q, cache, l, pos, shape).unwrap();
-        b.add_assign(&mut x, &b.matmul(&a, &w.o).unwrap()).unwrap();
+        b.add_assign(&mut x, &b.matmul(&a, wo).unwrap()).unwrap();
         let hn = b.rms_norm(&x, &w.norm, 1e-5).unwrap();
-        let m = b.swiglu(&b.matmul(&hn, &w.gate_up).unwrap()).unwrap();
-        b.add_assign(&mut x, &b.matmul(&m, &w.down).unwrap())
-            .unwrap();
+        let m = b.swiglu(&b.matmul(&hn, wgu).unwrap()).unwrap();
+        b.add_assign(&mut x, &b.matmul(&m, wdown).unwrap()).unwrap();
     }
     let last = b.slice_rows(&x, n - 1, 1).unwrap();
     let hn = b.rms_norm(&last, &w.norm, 1e-5).unwrap();
