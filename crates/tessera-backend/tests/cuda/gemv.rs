@@ -169,7 +169,7 @@ fn fused_epilogues_and_norm_match_unfused_and_reference() {
 }
 
 /// A small Llama-shaped model for whole decode steps (GQA, 3 layers).
-const SMALL: Shape = Shape {
+pub const SMALL: Shape = Shape {
     hidden: 256,
     heads: 4,
     kv_heads: 2,

@@ -4,9 +4,9 @@
 //! the f32 variants; and, like them, fusion, recording and PDL must not
 //! change a bit of its results.
 
+use crate::gemv::SMALL;
 use crate::support::{
-    assert_close, backend, dequant_i8, get, host, inv_freq, step, step_tensor, step_token, Shape,
-    Weights,
+    assert_close, backend, dequant_i8, get, host, inv_freq, step, step_tensor, step_token, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -203,17 +203,6 @@ fn gemv_v5_fused_epilogues_and_norm_match_unfused() {
     b.set_fusion(true);
     b.set_gemv_variant(None);
 }
-
-/// A small Llama-shaped model (GQA, 3 layers).
-const SMALL: Shape = Shape {
-    hidden: 256,
-    heads: 4,
-    kv_heads: 2,
-    head_dim: 64,
-    inter: 352,
-    vocab: 1000,
-    layers: 3,
-};
 
 /// Whole decode steps under v5: eager with and without fusion and PDL, and
 /// replayed from a recording, all bit-identical; and within 1e-4 of v4's.

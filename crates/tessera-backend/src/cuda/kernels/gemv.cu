@@ -521,51 +521,11 @@ __device__ __forceinline__ void v4_compute(const int4 (&wv)[U][R], const float (
     }
 }
 
-template <class WT, int R, int U>
-__device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
-    extern __shared__ __align__(16) float v4_xs[];
-    __shared__ float red[BLOCK / WARP];
-    constexpr int E = WT::E;
-    constexpr int F = E / 4;
-    constexpr int KX = E < 16 ? 16 : E;
-    const int lane = threadIdx.x & (WARP - 1);
-    const int rows_out = mode == 2 ? m / 2 : m;
-    const int per = mode == 2 ? R / 2 : R;
-    const int groups = (rows_out + per - 1) / per;
-    const int steps = (kc + WARP * U - 1) / (WARP * U);
-    const int full_steps = kc / (WARP * U); // steps < full_steps have every chunk
-    const int gstride = gridDim.x * (BLOCK / WARP);
-    const int lane_sc = (lane * E) >> V4_GSHIFT;
-    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
-    int s = 0;
-    const int4* wp[R];
-    const float* sp[R];
-    int4 a[U][R], b[U][R];
-    float as[U][R], bs[U][R];
-    if (g < groups) {
-        v4_rows<WT, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
-        if (full_steps > 0)
-            v4_load<WT, R, U, true>(wp, sp, 0, kc, lane, a, as);
-        else
-            v4_load<WT, R, U, false>(wp, sp, 0, kc, lane, a, as);
-    }
-    if (nw != nullptr) prefetch_l1(nw, k * (int)sizeof(float));
-    grid_dep_wait();
-    const int kx = (k + KX - 1) & ~(KX - 1);
-    stage_x(x, 1, k, kx, nw, eps, x_out, v4_xs, red);
-    grid_dep_launch();
-    if (g >= groups) return;
-    const float4* xs4 = (const float4*)v4_xs;
-    int xo[F];
-#pragma unroll
-    for (int f = 0; f < F; f++) xo[f] = swz4(F * lane + f);
-    float acc[R][1];
-#pragma unroll
-    for (int j = 0; j < R; j++) acc[j][0] = 0.f;
-    // Advance (g, s) to the next item (ng, ns) and load it into the buffer
-    // given, with the next group's pointers when the group changes (the step
-    // still to compute needs only its buffer). ng >= groups: no next item.
-#define V4_NEXT_LOAD(BUF, BS)                                                                                \
+// Advance (g, s) to the next item (ng, ns) and load it into the buffer given,
+// with the next group's pointers when the group changes (the step still to
+// compute needs only its buffer). ng >= groups: no next item. Used by the
+// loops of v4 and v5 (GEMV_V4_LOOP), over their locals.
+#define V4_NEXT_LOAD(WT, BUF, BS)                                                                            \
     {                                                                                                        \
         ng = g;                                                                                              \
         ns = s + 1;                                                                                          \
@@ -580,6 +540,69 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
             v4_load<WT, R, U, false>(wp, sp, ns, kc, lane, BUF, BS);                                         \
         }                                                                                                    \
     }
+// The locals of v4's and v5's loops (GEMV_V4_LOOP) and the first step's
+// loads into buffer a, issued before grid_dep_wait: weights never change
+// during a run.
+#define GEMV_V4_SETUP(WT)                                                                                    \
+    const int lane = threadIdx.x & (WARP - 1);                                                               \
+    const int rows_out = mode == 2 ? m / 2 : m;                                                              \
+    const int per = mode == 2 ? R / 2 : R;                                                                   \
+    const int groups = (rows_out + per - 1) / per;                                                           \
+    const int steps = (kc + WARP * U - 1) / (WARP * U);                                                      \
+    const int full_steps = kc / (WARP * U); /* steps < full_steps have every chunk */                        \
+    const int gstride = gridDim.x * (BLOCK / WARP);                                                          \
+    const int lane_sc = (lane * WT::E) >> V4_GSHIFT;                                                         \
+    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;                                                \
+    int s = 0;                                                                                               \
+    const int4* wp[R];                                                                                       \
+    const float* sp[R];                                                                                      \
+    int4 a[U][R], b[U][R];                                                                                   \
+    float as[U][R], bs[U][R];                                                                                \
+    if (g < groups) {                                                                                        \
+        v4_rows<WT, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);                   \
+        if (full_steps > 0)                                                                                  \
+            v4_load<WT, R, U, true>(wp, sp, 0, kc, lane, a, as);                                             \
+        else                                                                                                 \
+            v4_load<WT, R, U, false>(wp, sp, 0, kc, lane, a, as);                                            \
+    }
+// The two register buffers a and b alternate: load the next item into one
+// while the other is computed (COMPUTE(BUF, BS) also finishes a group).
+#define GEMV_V4_LOOP(WT, COMPUTE)                                                                            \
+    int ng, ns;                                                                                              \
+    for (;;) {                                                                                               \
+        V4_NEXT_LOAD(WT, b, bs)                                                                              \
+        COMPUTE(a, as)                                                                                       \
+        if (ng >= groups) break;                                                                             \
+        g = ng;                                                                                              \
+        s = ns;                                                                                              \
+        V4_NEXT_LOAD(WT, a, as)                                                                              \
+        COMPUTE(b, bs)                                                                                       \
+        if (ng >= groups) break;                                                                             \
+        g = ng;                                                                                              \
+        s = ns;                                                                                              \
+    }
+
+template <class WT, int R, int U>
+__device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
+    extern __shared__ __align__(16) float v4_xs[];
+    __shared__ float red[BLOCK / WARP];
+    constexpr int E = WT::E;
+    constexpr int F = E / 4;
+    constexpr int KX = E < 16 ? 16 : E;
+    GEMV_V4_SETUP(WT)
+    if (nw != nullptr) prefetch_l1(nw, k * (int)sizeof(float));
+    grid_dep_wait();
+    const int kx = (k + KX - 1) & ~(KX - 1);
+    stage_x(x, 1, k, kx, nw, eps, x_out, v4_xs, red);
+    grid_dep_launch();
+    if (g >= groups) return;
+    const float4* xs4 = (const float4*)v4_xs;
+    int xo[F];
+#pragma unroll
+    for (int f = 0; f < F; f++) xo[f] = swz4(F * lane + f);
+    float acc[R][1];
+#pragma unroll
+    for (int j = 0; j < R; j++) acc[j][0] = 0.f;
 #define V4_COMPUTE(BUF, BS)                                                                                  \
     {                                                                                                        \
         if (s < full_steps)                                                                                  \
@@ -588,20 +611,7 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
             v4_compute<WT, R, U, false>(BUF, BS, xs4, xo, s, kc, lane, acc);                                 \
         if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
     }
-    int ng, ns;
-    for (;;) {
-        V4_NEXT_LOAD(b, bs)
-        V4_COMPUTE(a, as)
-        if (ng >= groups) break;
-        g = ng;
-        s = ns;
-        V4_NEXT_LOAD(a, as)
-        V4_COMPUTE(b, bs)
-        if (ng >= groups) break;
-        g = ng;
-        s = ns;
-    }
-#undef V4_NEXT_LOAD
+    GEMV_V4_LOOP(WT, V4_COMPUTE)
 #undef V4_COMPUTE
 }
 
@@ -772,27 +782,7 @@ template <int R, int U>
 __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
     extern __shared__ __align__(16) int4 v5_xs[];
     __shared__ float red[BLOCK / WARP];
-    const int lane = threadIdx.x & (WARP - 1);
-    const int rows_out = mode == 2 ? m / 2 : m;
-    const int per = mode == 2 ? R / 2 : R;
-    const int groups = (rows_out + per - 1) / per;
-    const int steps = (kc + WARP * U - 1) / (WARP * U);
-    const int full_steps = kc / (WARP * U);
-    const int gstride = gridDim.x * (BLOCK / WARP);
-    const int lane_sc = (lane * WInt8::E) >> V4_GSHIFT;
-    int g = blockIdx.x * (BLOCK / WARP) + threadIdx.x / WARP;
-    int s = 0;
-    const int4* wp[R];
-    const float* sp[R];
-    int4 a[U][R], b[U][R];
-    float as[U][R], bs[U][R];
-    if (g < groups) {
-        v4_rows<WInt8, R>(w, scales, g, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp);
-        if (full_steps > 0)
-            v4_load<WInt8, R, U, true>(wp, sp, 0, kc, lane, a, as);
-        else
-            v4_load<WInt8, R, U, false>(wp, sp, 0, kc, lane, a, as);
-    }
+    GEMV_V4_SETUP(WInt8)
     if (nw != nullptr) prefetch_l1(nw, k * (int)sizeof(float));
     grid_dep_wait();
     v5_stage_x(x, k, kc, nw, eps, x_out, v5_xs, red);
@@ -803,21 +793,6 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
     float acc[R][1];
 #pragma unroll
     for (int j = 0; j < R; j++) acc[j][0] = 0.f;
-#define V5_NEXT_LOAD(BUF, BS)                                                                                \
-    {                                                                                                        \
-        ng = g;                                                                                              \
-        ns = s + 1;                                                                                          \
-        if (ns == steps) {                                                                                   \
-            ns = 0;                                                                                          \
-            ng += gstride;                                                                                   \
-            if (ng < groups) v4_rows<WInt8, R>(w, scales, ng, per, rows_out, mode, kc, gpr, lane_sc, lane, wp, sp); \
-        }                                                                                                    \
-        if (ns < full_steps) {                                                                               \
-            if (ng < groups) v4_load<WInt8, R, U, true>(wp, sp, ns, kc, lane, BUF, BS);                      \
-        } else if (ng < groups) {                                                                            \
-            v4_load<WInt8, R, U, false>(wp, sp, ns, kc, lane, BUF, BS);                                      \
-        }                                                                                                    \
-    }
 #define V5_COMPUTE(BUF, BS)                                                                                  \
     {                                                                                                        \
         if (s < full_steps)                                                                                  \
@@ -826,20 +801,7 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
             v5_compute<R, U, false>(BUF, BS, pl, scl, kc, s, lane, acc);                                     \
         if (s == steps - 1) gemv_finish<1, R>(acc, y, g * per, rows_out, m, 1, mode, lane); /* zeroes acc */ \
     }
-    int ng, ns;
-    for (;;) {
-        V5_NEXT_LOAD(b, bs)
-        V5_COMPUTE(a, as)
-        if (ng >= groups) break;
-        g = ng;
-        s = ns;
-        V5_NEXT_LOAD(a, as)
-        V5_COMPUTE(b, bs)
-        if (ng >= groups) break;
-        g = ng;
-        s = ns;
-    }
-#undef V5_NEXT_LOAD
+    GEMV_V4_LOOP(WInt8, V5_COMPUTE)
 #undef V5_COMPUTE
 }
 
