@@ -622,12 +622,13 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
 // v4's int8 loop spends 3 instructions per weight converting it to f32 and
 // multiplying (PRMT, FADD, FFMA). Here the activations are converted once per
 // block instead: while staging, every 16-element chunk c of x is written as
-//     x[e] ~= s_c * q[e],  q[e] = a0[e] * 2^16 + a1[e] * 2^8 + a2[e],
+//     x[e] ~= s_c * q[e],  q[e] = hi[e] * 2^16 + mid[e] * 2^8 + lo[e],
 // with s_c = 2^(E_c - 21) for the chunk's largest |x| in [2^E_c, 2^(E_c+1))
-// (so |q| <= 2^22 and |x - s_c q| <= |x|max * 2^-22), and a0, a1, a2 signed
-// bytes. A chunk's product with a weight chunk is then three integer dot
-// products of 16 int8 pairs (12 dp4a, exact), combined once in f32:
-//     d = fmaf(float(d0), 65536, float(d1 * 256 + d2)) * s_c,
+// (so |q| <= 2^22 and |x - s_c q| <= |x|max * 2^-22): lo and mid are bytes 0
+// and 1 of q (unsigned), hi its byte 2 (signed). A chunk's product with a
+// weight chunk is then three integer dot products of 16 byte pairs (12 dp4a,
+// exact), combined once in f32:
+//     d = fmaf(float(dh), 65536, float(dm * 256 + dl)) * s_c,
 //     acc = fmaf(scale, d, acc),
 // about 1.2 instructions per weight. Chunks are summed in v4's order (lane l
 // owns chunks l, l+32, ...), so fusion, recording and the grid never change
@@ -635,12 +636,13 @@ __device__ __forceinline__ void gemv_v4(GEMV_PARAMS) {
 // largest |x| is below 2^-100 count as zero; a chunk holding a NaN or an
 // infinity makes every output NaN.
 //
-// Shared memory: three planes of kc 16-byte words (a0, a1, a2; chunk c's 16
+// Shared memory: three planes of kc 16-byte words (lo, mid, hi; chunk c's 16
 // bytes at word c of each plane, element e in byte e), then kc f32 s_c. A lane
 // reads consecutive 16-byte words of each plane: no bank conflicts.
 
-// c + the dot product of the four signed bytes of a and of b.
-__device__ __forceinline__ int dp4a_s8(int a, int b, int c) {
+// c + the dot product of the four bytes of a and of b: signed x signed
+// (dp4a_ss) or signed x unsigned (dp4a_su).
+__device__ __forceinline__ int dp4a_ss(int a, int b, int c) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
     int d;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -651,46 +653,63 @@ __device__ __forceinline__ int dp4a_s8(int a, int b, int c) {
     return c;
 #endif
 }
+__device__ __forceinline__ int dp4a_su(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    int d;
+    asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+#else
+#pragma unroll
+    for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(unsigned char)(b >> (8 * i));
+    return c;
+#endif
+}
 
-// One chunk of 16 activations as three limb words (a0, a1, a2 of 4 elements
-// each, element e at byte e % 4 of word e / 4) and the chunk's scale s_c.
+// One chunk of 16 activations as its three limb words (lo, mid, hi: bytes 0,
+// 1 and 2 of each element's q, element e at byte e % 4 of word e / 4) and
+// the chunk's scale s_c. q is the two's complement integer, so
+// q = hi * 2^16 + mid * 2^8 + lo with lo, mid unsigned and hi signed
+// (|hi| <= 64). About 6 instructions per element.
 __device__ __forceinline__ void v5_quantize(const float (&v)[16], int4 (&limb)[3], float& s) {
-    float mx = 0.f;
-    bool finite = true; // fmaxf drops NaNs: test every element
+    // The largest |x| as bits: integer order is float order for |x|, and a
+    // NaN (above every infinity) cannot hide, as it would from fmaxf.
+    int mb = 0;
+#pragma unroll
+    for (int e = 0; e < 16; e++) mb = max(mb, __float_as_int(v[e]) & 0x7FFFFFFF);
+    if (mb >= 0x7F800000) { // a NaN or an infinity in the chunk: NaN out
+        s = __int_as_float(0x7fc00000);
+        limb[0] = limb[1] = limb[2] = make_int4(0, 0, 0, 0);
+        return;
+    }
+    if (mb < 0x0D800000) { // below 2^-100: counts as zero
+        s = 0.f;
+        limb[0] = limb[1] = limb[2] = make_int4(0, 0, 0, 0);
+        return;
+    }
+    const int sh = 21 - ((mb >> 23) - 127); // largest |x| in [2^(21-sh), 2^(22-sh)); sh in [-106, 121]
+    const float up = __int_as_float((127 + sh) << 23);
+    s = __int_as_float((127 - sh) << 23);
+    int q[16];
 #pragma unroll
     for (int e = 0; e < 16; e++) {
-        mx = fmaxf(mx, fabsf(v[e]));
-        finite = finite && fabsf(v[e]) <= 3.402823466e38f;
+        // |x * up| < 2^22: adding 1.5 * 2^23 rounds it to an integer (to
+        // nearest even) held in the low mantissa bits: bits = 0x4B400000 + q.
+        q[e] = __float_as_int(fmaf(v[e], up, 12582912.0f)) - 0x4B400000;
     }
-    int wd[3][4];
+    int w[3][4];
 #pragma unroll
-    for (int p = 0; p < 3; p++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) wd[p][i] = 0;
-    if (!finite) {
-        s = __int_as_float(0x7fc00000); // NaN or infinity in the chunk: NaN out
-    } else if (mx < 7.888609052e-31f) { // 2^-100: counts as zero
-        s = 0.f;
-    } else {
-        const int ex = ((__float_as_int(mx) >> 23) & 0xFF) - 127; // mx in [2^ex, 2^(ex+1))
-        const int sh = 21 - ex; // in [-106, 121]: both powers below are normal floats
-        const float up = __int_as_float((127 + sh) << 23);
-        s = __int_as_float((127 - sh) << 23);
-#pragma unroll
-        for (int e = 0; e < 16; e++) {
-            const int q = (int)rintf(v[e] * up); // exact scaling; |q| <= 2^22
-            const int a2 = (int)(signed char)(q & 0xFF);
-            const int q1 = (q - a2) >> 8;
-            const int a1 = (int)(signed char)(q1 & 0xFF);
-            const int a0 = (q1 - a1) >> 8; // |a0| <= 65
-            const int sb = 8 * (e & 3);
-            wd[0][e >> 2] |= (a0 & 0xFF) << sb;
-            wd[1][e >> 2] |= (a1 & 0xFF) << sb;
-            wd[2][e >> 2] |= (a2 & 0xFF) << sb;
-        }
+    for (int i = 0; i < 4; i++) {
+        // Transpose the bytes of q[4i .. 4i+3].
+        const unsigned lo01 = __byte_perm(q[4 * i], q[4 * i + 1], 0x5140);     // q0.b0 q1.b0 q0.b1 q1.b1
+        const unsigned hi01 = __byte_perm(q[4 * i], q[4 * i + 1], 0x7362);     // q0.b2 q1.b2 q0.b3 q1.b3
+        const unsigned lo23 = __byte_perm(q[4 * i + 2], q[4 * i + 3], 0x5140);
+        const unsigned hi23 = __byte_perm(q[4 * i + 2], q[4 * i + 3], 0x7362);
+        w[0][i] = (int)__byte_perm(lo01, lo23, 0x5410); // byte 0 of q0..q3
+        w[1][i] = (int)__byte_perm(lo01, lo23, 0x7632); // byte 1
+        w[2][i] = (int)__byte_perm(hi01, hi23, 0x5410); // byte 2
     }
 #pragma unroll
-    for (int p = 0; p < 3; p++) limb[p] = make_int4(wd[p][0], wd[p][1], wd[p][2], wd[p][3]);
+    for (int p = 0; p < 3; p++) limb[p] = make_int4(w[p][0], w[p][1], w[p][2], w[p][3]);
 }
 
 // Stage the activation row as limb planes and chunk scales (layout above),
@@ -753,23 +772,23 @@ __device__ __forceinline__ void v5_compute(const int4 (&wv)[U][R], const float (
     for (int u = 0; u < U; u++) {
         if (FULL || cb + u * WARP + lane < kc) {
             const int c = cb + u * WARP; // warp-uniform; the lane's offset is in pl / scl
-            const int4 a0 = pl[c], a1 = pl[kc + c], a2 = pl[2 * kc + c];
+            const int4 lo = pl[c], mid = pl[kc + c], hi = pl[2 * kc + c];
             const float sx = scl[c];
 #pragma unroll
             for (int j = 0; j < R; j++) {
                 const int4 q = wv[u][j];
-                int d0 = dp4a_s8(q.x, a0.x, 0), d1 = dp4a_s8(q.x, a1.x, 0), d2 = dp4a_s8(q.x, a2.x, 0);
-                d0 = dp4a_s8(q.y, a0.y, d0);
-                d1 = dp4a_s8(q.y, a1.y, d1);
-                d2 = dp4a_s8(q.y, a2.y, d2);
-                d0 = dp4a_s8(q.z, a0.z, d0);
-                d1 = dp4a_s8(q.z, a1.z, d1);
-                d2 = dp4a_s8(q.z, a2.z, d2);
-                d0 = dp4a_s8(q.w, a0.w, d0);
-                d1 = dp4a_s8(q.w, a1.w, d1);
-                d2 = dp4a_s8(q.w, a2.w, d2);
-                // |d1|, |d2| <= 16 * 128 * 127, so d1 * 256 + d2 fits an int.
-                const float d = __fmul_rn(fmaf((float)d0, 65536.f, (float)(d1 * 256 + d2)), sx);
+                int dl = dp4a_su(q.x, lo.x, 0), dm = dp4a_su(q.x, mid.x, 0), dh = dp4a_ss(q.x, hi.x, 0);
+                dl = dp4a_su(q.y, lo.y, dl);
+                dm = dp4a_su(q.y, mid.y, dm);
+                dh = dp4a_ss(q.y, hi.y, dh);
+                dl = dp4a_su(q.z, lo.z, dl);
+                dm = dp4a_su(q.z, mid.z, dm);
+                dh = dp4a_ss(q.z, hi.z, dh);
+                dl = dp4a_su(q.w, lo.w, dl);
+                dm = dp4a_su(q.w, mid.w, dm);
+                dh = dp4a_ss(q.w, hi.w, dh);
+                // |dm|, |dl| <= 16 * 128 * 255, so dm * 256 + dl fits an int.
+                const float d = __fmul_rn(fmaf((float)dh, 65536.f, (float)(dm * 256 + dl)), sx);
                 acc[j][0] = fmaf(sc[u][j], d, acc[j][0]);
             }
         }
