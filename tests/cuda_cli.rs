@@ -404,3 +404,80 @@ fn a_bad_int8_decode_setting_is_refused_by_name() {
         "the error should name the setting and its values: {err}"
     );
 }
+
+/// Greedy generation runs its decode steps in groups on the device
+/// (`Model::decode_greedy`, `GREEDY_AHEAD` per call) once the step is
+/// recorded: the tokens equal those of one step at a time with the host's
+/// argmax (`TESSERA_GREEDY_AHEAD=0`) and of the CPU backend, and an EOS in the
+/// middle of a group ends the text there, as it does one step at a time.
+#[test]
+fn greedy_steps_on_the_device_give_the_host_argmax_tokens() {
+    if !cuda_present("greedy_steps_on_the_device_give_the_host_argmax_tokens") {
+        return;
+    }
+    use tessera_backend::WeightDType;
+    use tessera_engine::{generate, FinishReason, GenerateRequest, GREEDY_AHEAD};
+    let ckpt = tessera_model::dummy::open("tiny", 8).unwrap();
+    let load = |dtype| {
+        let b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
+        tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {}).unwrap()
+    };
+    let cpu = tessera_engine::Model::load(
+        tessera_backend::cpu::CpuBackend::new(1).unwrap(),
+        &ckpt.spec,
+        ckpt.source.as_ref(),
+        WeightDType::F32,
+        |_, _| {},
+    )
+    .unwrap();
+    let new = 3 + 2 * GREEDY_AHEAD + 3; // eager, recorded, two full groups, a short one
+    let req = |eos: Vec<u32>| GenerateRequest {
+        prompt_ids: vec![1, 15, 300, 7, 99],
+        max_new_tokens: new,
+        sampling: Default::default(),
+        stop: Vec::new(),
+        eos_ids: eos,
+    };
+    let want = generate(&cpu, None, &req(Vec::new()), |_| {}).unwrap();
+    for dtype in [WeightDType::F32, WeightDType::Int8] {
+        let model = load(dtype);
+        let before = model.recording_stats();
+        let got = generate(&model, None, &req(Vec::new()), |_| {}).unwrap();
+        assert_eq!(got.generated_ids, want.generated_ids, "{dtype}: vs cpu f32");
+        // Every step after the eager first one is a replay; all but the
+        // recorded one (the first replay) ran in groups: 8, 8 and 3.
+        let after = model.recording_stats();
+        assert_eq!(after.replayed - before.replayed, new as u64 - 2);
+        assert_eq!(after.greedy_steps - before.greedy_steps, new as u64 - 3);
+        assert_eq!(after.greedy_groups - before.greedy_groups, 3, "{after:?}");
+        // An EOS inside the first group (its first occurrence decides).
+        let at = 2 + GREEDY_AHEAD / 2;
+        let eos = got.generated_ids[at];
+        let first = got.generated_ids.iter().position(|&t| t == eos).unwrap();
+        let stopped = generate(&model, None, &req(vec![eos]), |_| {}).unwrap();
+        assert_eq!(stopped.finish_reason, FinishReason::Eos, "{dtype}");
+        assert_eq!(
+            stopped.generated_ids,
+            got.generated_ids[..=first],
+            "{dtype}: EOS"
+        );
+        // One step at a time gives the same.
+        std::env::set_var("TESSERA_GREEDY_AHEAD", "0");
+        let single = generate(&model, None, &req(Vec::new()), |_| {}).unwrap();
+        let single_eos = generate(&model, None, &req(vec![eos]), |_| {}).unwrap();
+        std::env::remove_var("TESSERA_GREEDY_AHEAD");
+        let last = model.recording_stats();
+        // Tokens from index 3 on come from groups: the EOS run made one if
+        // its EOS came that late; the runs one step at a time made none.
+        let groups = u64::from(first >= 3);
+        assert_eq!(last.greedy_groups, after.greedy_groups + groups, "{last:?}");
+        assert_eq!(
+            single.generated_ids, got.generated_ids,
+            "{dtype}: one step at a time"
+        );
+        assert_eq!(single_eos.generated_ids, stopped.generated_ids, "{dtype}");
+        println!(
+            "{dtype}: {new} greedy tokens in groups of {GREEDY_AHEAD} = one at a time = cpu f32"
+        );
+    }
+}

@@ -142,5 +142,10 @@ impl LoadTimes {
 /// recording last failed, as the `step_graphs` field of JSON reports.
 pub fn step_graphs_json<B: Backend>(model: &Model<B>) -> serde_json::Value {
     let s = model.recording_stats();
-    serde_json::json!({ "replayed": s.replayed, "last_failure": s.last_failure })
+    serde_json::json!({
+        "replayed": s.replayed,
+        "last_failure": s.last_failure,
+        "greedy_steps": s.greedy_steps,
+        "greedy_groups": s.greedy_groups,
+    })
 }

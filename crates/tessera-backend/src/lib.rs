@@ -212,6 +212,23 @@ pub trait Backend: Send + Sync {
         ))
     }
 
+    /// Run `n` greedy steps from a recorded step without the host in
+    /// between: step i runs the recording at `pos + i`, step 0 for `token`
+    /// and every later one for the previous step's choice, each choosing
+    /// the id of its largest logit (ties to the lowest id; a NaN never wins
+    /// except at id 0, as `tessera_engine::sampler::argmax`). Returns the n
+    /// choices, or `Ok(None)`, the default, when the backend cannot.
+    fn replay_step_graph_greedy(
+        &self,
+        graph: &Self::StepGraph,
+        pos: usize,
+        token: u32,
+        n: usize,
+    ) -> Result<Option<Vec<u32>>> {
+        let _ = (graph, pos, token, n);
+        Ok(None)
+    }
+
     // ---- weight streaming (tessera-offload; see `stream`) ----
     /// The bytes `w` occupies on the device (its image). Writing the image back
     /// into a weight of the same shape restores it bit for bit.

@@ -55,6 +55,7 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "split_bf16",
                     "gather_cols",
                     "l2_flush",
+                    "argmax_step",
                     "embedding_bf16",
                     "cp.async.cg.shared.global",
                 ];
@@ -561,4 +562,48 @@ fn fused_qkv_views_match_unfused_and_reference() {
         results.push(outs);
     }
     assert_eq!(results[0], results[1], "fusion must not change a bit");
+}
+
+/// The greedy choice recorded steps end with (`argmax_step`, also behind
+/// `CudaBackend::argmax_row`) picks as the engine's host sampler does: the
+/// largest value, the lowest id on ties, never a NaN unless at id 0.
+#[test]
+fn device_argmax_picks_as_the_host_sampler() {
+    let Some(b) = backend("device_argmax_picks_as_the_host_sampler") else {
+        return;
+    };
+    // The host rule (tessera_engine::sampler::argmax), written out.
+    let host_rule = |v: &[f32]| -> u32 {
+        if v[0].is_nan() {
+            return 0;
+        }
+        let top = v.iter().fold(v[0], |m, &x| if x > m { x } else { m });
+        v.iter().position(|&x| x == top).unwrap() as u32
+    };
+    let mut cases: Vec<(&str, Vec<f32>)> = vec![
+        ("one value", vec![-3.0]),
+        ("tie, lowest id wins", vec![1.0, 5.0, 2.0, 5.0, 5.0]),
+        ("NaN never wins", vec![1.0, f32::NAN, 0.5, f32::NAN]),
+        ("NaN at id 0", vec![f32::NAN, 3.0, 9.0]),
+        ("all -inf", vec![f32::NEG_INFINITY; 300]),
+        ("-0 ties +0", vec![-1.0, -0.0, 0.0, -2.0]),
+        ("+inf late", vec![1.0, 2.0, f32::INFINITY, 3.0]),
+    ];
+    let mut last = vec![0.25f32; 32000];
+    last[31999] = 0.5;
+    cases.push(("largest at the end", last));
+    let mut spread = host(1, 32000 + 77, 9).data;
+    spread[12345] = 7.0;
+    spread[30001] = 7.0; // tie across threads and warps
+    spread[5] = f32::NAN;
+    cases.push(("tie across blocks of the stride", spread));
+    cases.push(("random", host(1, 49152, 3).data));
+    for (what, v) in &cases {
+        let x = b
+            .upload(&HostTensor::new(vec![1, v.len()], v.clone()))
+            .unwrap();
+        let got = b.argmax_row(&x).unwrap();
+        assert_eq!(got, host_rule(v), "{what}");
+    }
+    assert!(b.argmax_row(&b.upload(&host(2, 8, 1)).unwrap()).is_err());
 }

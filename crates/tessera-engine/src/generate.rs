@@ -2,6 +2,7 @@
 //! text, stop on EOS, a stop string or the token limit.
 
 use crate::{EngineError, Model, Result, Sampler, SamplingParams};
+use std::collections::VecDeque;
 use std::time::Instant;
 use tessera_backend::Backend;
 use tessera_model::Tokenizer;
@@ -250,13 +251,40 @@ pub fn generate<B: Backend>(
         });
     }
     let mut seq = model.new_sequence(req.prompt_ids.len() + req.max_new_tokens)?;
-    generate_with(
-        |ids: &[u32]| Ok(model.forward(&mut seq, ids, false)?.data),
+    // TESSERA_GREEDY_AHEAD=0 steps greedy generations one token at a time (A/B).
+    let ahead_on = std::env::var("TESSERA_GREEDY_AHEAD").map_or(true, |v| v != "0");
+    generate_loop(
+        |ids: &[u32], ahead: usize| {
+            if ahead > 0 && ahead_on {
+                if let Some(t) = model.decode_greedy(&mut seq, ids[0], ahead)? {
+                    if !t.is_empty() {
+                        return Ok(StepOut::Tokens(t));
+                    }
+                }
+            }
+            Ok(StepOut::Logits(model.forward(&mut seq, ids, false)?.data))
+        },
         context,
         tokenizer,
         req,
         on_text,
     )
+}
+
+/// Tokens decoded per call when greedy steps run on the device
+/// (`Model::decode_greedy`): one host round trip per this many tokens instead
+/// of per token; when the text ends early, at most this many minus one steps
+/// were wasted, and streamed text arrives in bursts of up to this many tokens.
+pub const GREEDY_AHEAD: usize = 8;
+
+/// What a step of `generate_loop` returns.
+enum StepOut {
+    /// The logits of the appended token's position.
+    Logits(Vec<f32>),
+    /// Greedy choices made on the device (asked for with `ahead > 0`): the
+    /// token after the appended one, then the token after that, ...; the
+    /// sequence already holds every one of them but the last.
+    Tokens(Vec<u32>),
 }
 
 /// The generation loop over any forward step: `step(ids)` appends `ids` to
@@ -265,6 +293,25 @@ pub fn generate<B: Backend>(
 /// through the workers samples, stops and streams exactly like `generate`.
 pub fn generate_with<E: From<EngineError>>(
     mut step: impl FnMut(&[u32]) -> std::result::Result<Vec<f32>, E>,
+    context: usize,
+    tokenizer: Option<&Tokenizer>,
+    req: &GenerateRequest,
+    on_text: impl FnMut(&str),
+) -> std::result::Result<Generation, E> {
+    generate_loop(
+        |ids: &[u32], _ahead: usize| step(ids).map(StepOut::Logits),
+        context,
+        tokenizer,
+        req,
+        on_text,
+    )
+}
+
+/// The loop of `generate_with`, whose step may also answer a greedy request
+/// (`ahead > 0`: up to that many tokens, chosen by the argmax the sampler
+/// would take) with the tokens themselves.
+fn generate_loop<E: From<EngineError>>(
+    mut step: impl FnMut(&[u32], usize) -> std::result::Result<StepOut, E>,
     context: usize,
     tokenizer: Option<&Tokenizer>,
     req: &GenerateRequest,
@@ -285,8 +332,17 @@ pub fn generate_with<E: From<EngineError>>(
     let mut stream = TextStream::new(req.stop.clone());
 
     let t0 = Instant::now();
-    let prompt_logits = step(&req.prompt_ids)?;
+    let prompt_logits = match step(&req.prompt_ids, 0)? {
+        StepOut::Logits(l) => l,
+        StepOut::Tokens(_) => {
+            return Err(EngineError::Backend(tessera_backend::BackendError::Device(
+                "internal: the prompt step returned tokens, not logits".into(),
+            ))
+            .into())
+        }
+    };
     let prefill_secs = t0.elapsed().as_secs_f64();
+    let greedy = req.sampling.is_greedy();
 
     let mut history = req.prompt_ids.clone();
     let mut generated: Vec<u32> = Vec::new();
@@ -294,8 +350,13 @@ pub fn generate_with<E: From<EngineError>>(
     let t1 = Instant::now();
     let mut decode_step_secs = 0.0;
     let mut logits = prompt_logits.clone();
+    // Greedy choices the device made ahead (already in the sequence but the last).
+    let mut ahead: VecDeque<u32> = VecDeque::new();
     while generated.len() < req.max_new_tokens {
-        let next = sampler.sample(&logits, &history);
+        let next = match ahead.pop_front() {
+            Some(t) => t,
+            None => sampler.sample(&logits, &history),
+        };
         generated.push(next);
         history.push(next);
         let is_eos = req.eos_ids.contains(&next);
@@ -316,8 +377,19 @@ pub fn generate_with<E: From<EngineError>>(
         if generated.len() == req.max_new_tokens {
             break;
         }
+        if !ahead.is_empty() {
+            continue; // `next` is in the sequence already
+        }
         let t = Instant::now();
-        logits = step(&[next])?;
+        let want = if greedy {
+            (req.max_new_tokens - generated.len()).min(GREEDY_AHEAD)
+        } else {
+            0
+        };
+        match step(&[next], want)? {
+            StepOut::Logits(l) => logits = l,
+            StepOut::Tokens(t) => ahead.extend(t.into_iter().take(want.max(1))),
+        }
         decode_step_secs += t.elapsed().as_secs_f64();
     }
     let decode_secs = t1.elapsed().as_secs_f64();

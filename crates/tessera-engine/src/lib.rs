@@ -12,6 +12,7 @@ pub mod weights;
 pub use error::{EngineError, Result};
 pub use generate::{
     generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation, TextStream,
+    GREEDY_AHEAD,
 };
 pub use model::{BatchEntry, Model, RecordingStats, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

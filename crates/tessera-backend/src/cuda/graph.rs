@@ -23,7 +23,15 @@
 //! model's weights: it belongs to one sequence of one loaded model (the
 //! engine keeps it with the sequence and checks the model). Turned off with
 //! `TESSERA_CUDA_GRAPH=0` (A/B timing).
+//!
+//! Greedy steps without the host: a recording ends with `argmax_step`, which
+//! writes the step's greedy choice into `desc[1]` (the next step's token),
+//! advances `desc[0]` and appends the choice to `tokens`. So
+//! `replay_step_graph_greedy` launches n replays back to back and reads the n
+//! tokens once, instead of a logits copy, a host argmax and a launch per
+//! token. Plain replays (any other sampling) rewrite `desc` every time.
 
+use super::launch::{Args, Dims};
 use super::{dev, CudaBackend, CudaTensor};
 use crate::{BackendError, Result};
 use cudarc::driver::{result, sys, CudaGraph, CudaSlice, PinnedHostSlice};
@@ -31,12 +39,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use tessera_model::HostTensor;
 
+/// Greedy tokens one `replay_step_graph_greedy` call may produce.
+pub const GREEDY_STEPS_MAX: usize = 64;
+
 /// A recording in progress.
 pub(crate) struct Capture {
-    /// `[position, token]` read by the recorded kernels.
+    /// `[position, token, greedy count]`: the recorded kernels read the first
+    /// two; the recorded argmax updates all three.
     desc: CudaSlice<i32>,
     /// Where the recorded step leaves its logits.
     out: CudaSlice<f32>,
+    /// Where the recorded argmax appends its choices.
+    tokens: CudaSlice<i32>,
     /// The position the step was recorded at; ops pass positions relative to it.
     base: usize,
     /// This recording's id (work deferred while recording belongs to it).
@@ -48,10 +62,18 @@ pub struct CudaStepGraph {
     graph: CudaGraph,
     desc: CudaSlice<i32>,
     out: CudaSlice<f32>,
-    /// Page-locked host copies of `desc` and `out`, so each replay's two
-    /// copies are plain DMA (a pageable 128 KB logits copy is staged by the
-    /// driver, tens of microseconds per token).
-    host: Mutex<(PinnedHostSlice<i32>, PinnedHostSlice<f32>)>,
+    /// The greedy choices of the replays since `desc[2]` was last zeroed.
+    tokens: CudaSlice<i32>,
+    /// Page-locked host copies of `desc`, `out` and `tokens`, so each
+    /// replay's copies are plain DMA (a pageable 128 KB logits copy is staged
+    /// by the driver, tens of microseconds per token).
+    host: Mutex<StepHost>,
+}
+
+struct StepHost {
+    desc: PinnedHostSlice<i32>,
+    out: PinnedHostSlice<f32>,
+    tokens: PinnedHostSlice<i32>,
 }
 
 // SAFETY: the graph handles are plain driver objects; the engine uses a
@@ -116,15 +138,17 @@ impl CudaBackend {
         // Allocated (and written) before capture: they outlive every replay.
         let desc = self
             .stream
-            .clone_htod(&[pos_i, token as i32])
+            .clone_htod(&[pos_i, token as i32, 0])
             .map_err(dev("record step"))?;
         let out = self.alloc::<f32>(cols)?;
+        let tokens = self.alloc::<i32>(GREEDY_STEPS_MAX)?;
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(dev("begin recording a step"))?;
         *g = Some(Capture {
             desc,
             out,
+            tokens,
             base: pos,
             serial: self.capture_serial.fetch_add(1, Ordering::Relaxed),
         });
@@ -153,6 +177,28 @@ impl CudaBackend {
                     .map_err(dev("record step"))
             })
         };
+        // The greedy choice, feeding the next replay (module doc).
+        let chose = match &copied {
+            Ok(()) => {
+                let args = Args::new()
+                    .ptr(self.ptr(&cap.out))
+                    .int(n)
+                    .ptr(self.ptr(&cap.desc))
+                    .ptr(self.ptr(&cap.tokens))
+                    .int(GREEDY_STEPS_MAX);
+                // SAFETY: out holds n floats, desc three ints, tokens
+                // GREEDY_STEPS_MAX ints (the kernel writes at most that many).
+                unsafe {
+                    self.launch(
+                        "record step (argmax)",
+                        &self.k.argmax_step,
+                        Dims::blocks(1, 256),
+                        args,
+                    )
+                }
+            }
+            Err(_) => Ok(()),
+        };
         // Freed inside the graph: nothing allocated while recording outlives it.
         drop(logits);
         // Frees that failed against an invalidated capture leave an error in
@@ -167,26 +213,26 @@ impl CudaBackend {
             .map_err(dev("finish recording a step"));
         let stale = stale.and(self.ctx.check_err());
         copied?;
+        chose?;
         let graph = ended?
             .ok_or_else(|| BackendError::Device("recording a step produced no graph".into()))?;
         stale.map_err(dev("record step"))?;
         graph.upload().map_err(dev("upload a recorded step"))?;
         // Plain page-locked memory (not write-combined: the host reads the logits).
-        // SAFETY: both are written before they are read (replay_step_graph_impl).
-        let host = unsafe {
-            (
-                self.ctx.alloc_pinned_with_flags::<i32>(2, 0),
-                self.ctx.alloc_pinned_with_flags::<f32>(cap.out.len(), 0),
-            )
-        };
-        let host = match host {
-            (Ok(d), Ok(o)) => (d, o),
-            (Err(e), _) | (_, Err(e)) => return Err(dev("cuMemHostAlloc (recorded step)")(e)),
+        // SAFETY: each is written before it is read (the replays below).
+        let pinned = |n: usize| unsafe { self.ctx.alloc_pinned_with_flags::<i32>(n, 0) };
+        let out_h = unsafe { self.ctx.alloc_pinned_with_flags::<f32>(cap.out.len(), 0) };
+        let host = match (pinned(3), out_h, pinned(GREEDY_STEPS_MAX)) {
+            (Ok(desc), Ok(out), Ok(tokens)) => StepHost { desc, out, tokens },
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Err(dev("cuMemHostAlloc (recorded step)")(e))
+            }
         };
         Ok(CudaStepGraph {
             graph,
             desc: cap.desc,
             out: cap.out,
+            tokens: cap.tokens,
             host: Mutex::new(host),
         })
     }
@@ -215,33 +261,113 @@ impl CudaBackend {
         drop(cap);
     }
 
+    /// Write `[pos, token, 0]` into the graph's `desc` (ordered before what
+    /// is launched next on the stream). The caller holds the host buffers.
+    fn set_step(
+        &self,
+        g: &CudaStepGraph,
+        host: &mut StepHost,
+        pos: usize,
+        token: u32,
+    ) -> Result<()> {
+        let pos_i = i32::try_from(pos).map_err(|_| {
+            BackendError::Device(format!("position {pos} does not fit a recorded step"))
+        })?;
+        self.ctx.bind_to_thread().map_err(dev("replay step"))?;
+        // Every replay ends synchronised, so the previous copy out of this
+        // buffer is done.
+        let vals = host.desc.as_mut_slice().map_err(dev("replay step"))?;
+        vals.copy_from_slice(&[pos_i, token as i32, 0]);
+        // SAFETY: desc holds three i32; the copy is ordered before the launch
+        // on the same stream, and its page-locked source is not written again
+        // before this replay has synchronised.
+        unsafe { result::memcpy_htod_async(self.ptr(&g.desc), &vals[..], self.stream.cu_stream()) }
+            .map_err(dev("replay step"))
+    }
+
     pub(crate) fn replay_step_graph_impl(
         &self,
         g: &CudaStepGraph,
         pos: usize,
         token: u32,
     ) -> Result<HostTensor> {
-        let pos_i = i32::try_from(pos).map_err(|_| {
-            BackendError::Device(format!("position {pos} does not fit a recorded step"))
-        })?;
-        self.ctx.bind_to_thread().map_err(dev("replay step"))?;
         let mut host = g.host.lock().map_err(|_| poisoned())?;
-        let (desc_h, out_h) = &mut *host;
-        // Waits for the previous replay's copy out of desc_h (done: every
-        // replay ends synchronised).
-        let vals = desc_h.as_mut_slice().map_err(dev("replay step"))?;
-        vals.copy_from_slice(&[pos_i, token as i32]);
-        // SAFETY: desc holds two i32; the copy is ordered before the launch on
-        // the same stream, and its page-locked source is not written again
-        // before this replay has synchronised below.
-        unsafe { result::memcpy_htod_async(self.ptr(&g.desc), &vals[..], self.stream.cu_stream()) }
-            .map_err(dev("replay step"))?;
+        self.set_step(g, &mut host, pos, token)?;
         g.graph.launch().map_err(dev("replay step"))?;
         self.stream
-            .memcpy_dtoh(&g.out, out_h)
+            .memcpy_dtoh(&g.out, &mut host.out)
             .map_err(dev("replay step"))?;
         self.synchronize()?;
-        let data = out_h.as_slice().map_err(dev("replay step"))?.to_vec();
+        let data = host.out.as_slice().map_err(dev("replay step"))?.to_vec();
         Ok(HostTensor::new(vec![1, data.len()], data))
+    }
+
+    /// The greedy choice of a `[1, n]` row by the kernel recorded steps end
+    /// with (`argmax_step`): the id of the largest value, ties to the lowest
+    /// id, a NaN never winning except at id 0.
+    pub fn argmax_row(&self, x: &CudaTensor) -> Result<u32> {
+        if x.rows != 1 || x.cols == 0 || i32::try_from(x.cols).is_err() {
+            return Err(BackendError::Device(format!(
+                "argmax of a [{}, {}] tensor: expected one non-empty row",
+                x.rows, x.cols
+            )));
+        }
+        let src = self.buf(x)?;
+        let desc = self
+            .stream
+            .clone_htod(&[0i32, 0, 0])
+            .map_err(dev("argmax"))?;
+        let tokens = self.alloc::<i32>(1)?;
+        let args = Args::new()
+            .ptr(self.ptr(src))
+            .int(x.cols)
+            .ptr(self.ptr(&desc))
+            .ptr(self.ptr(&tokens))
+            .int(1);
+        // SAFETY: src holds cols floats, desc three ints, tokens one int.
+        unsafe { self.launch("argmax", &self.k.argmax_step, Dims::blocks(1, 256), args) }?;
+        let got = self.stream.clone_dtoh(&tokens).map_err(dev("argmax"))?;
+        Ok(got[0] as u32)
+    }
+
+    /// `n` greedy steps from `pos` for `token`: n replays back to back, each
+    /// fed the previous one's choice on the device; the n choices.
+    pub(crate) fn replay_step_graph_greedy_impl(
+        &self,
+        g: &CudaStepGraph,
+        pos: usize,
+        token: u32,
+        n: usize,
+    ) -> Result<Vec<u32>> {
+        if n == 0 || n > GREEDY_STEPS_MAX {
+            return Err(BackendError::Device(format!(
+                "{n} greedy steps in one call (1..={GREEDY_STEPS_MAX})"
+            )));
+        }
+        if pos
+            .checked_add(n)
+            .is_none_or(|end| i32::try_from(end).is_err())
+        {
+            return Err(BackendError::Device(format!(
+                "positions {pos}+{n} do not fit a recorded step"
+            )));
+        }
+        let mut host = g.host.lock().map_err(|_| poisoned())?;
+        self.set_step(g, &mut host, pos, token)?;
+        for _ in 0..n {
+            g.graph.launch().map_err(dev("replay greedy steps"))?;
+        }
+        self.stream
+            .memcpy_dtoh(
+                &g.tokens.slice(..n),
+                &mut host
+                    .tokens
+                    .as_mut_slice()
+                    .map_err(dev("replay greedy steps"))?[..n],
+            )
+            .map_err(dev("replay greedy steps"))?;
+        self.synchronize()?;
+        let got = host.tokens.as_slice().map_err(dev("replay greedy steps"))?;
+        Ok(got[..n].iter().map(|&t| t as u32).collect())
     }
 }

@@ -100,6 +100,17 @@ impl Backend for CudaBackend {
         self.replay_step_graph_impl(graph, pos, token)
     }
 
+    fn replay_step_graph_greedy(
+        &self,
+        graph: &Self::StepGraph,
+        pos: usize,
+        token: u32,
+        n: usize,
+    ) -> Result<Option<Vec<u32>>> {
+        self.replay_step_graph_greedy_impl(graph, pos, token, n)
+            .map(Some)
+    }
+
     fn slice_rows(&self, x: &CudaTensor, start: usize, count: usize) -> Result<CudaTensor> {
         if start + count > x.rows {
             let detail = format!("rows {start}..{} of {}", start + count, x.rows);

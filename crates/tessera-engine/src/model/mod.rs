@@ -48,6 +48,9 @@ pub struct Model<B: Backend> {
     id: u64,
     /// Decode steps replayed from a recording, and why recording last failed.
     replayed: AtomicU64,
+    /// Of those, steps run in device-side greedy groups, and the groups.
+    greedy_steps: AtomicU64,
+    greedy_groups: AtomicU64,
     recording_failure: Mutex<Option<String>>,
 }
 
@@ -325,6 +328,8 @@ impl<B: Backend + 'static> Model<B> {
             comm: Mutex::new(comm),
             id: recording::next_model_id(),
             replayed: AtomicU64::new(0),
+            greedy_steps: AtomicU64::new(0),
+            greedy_groups: AtomicU64::new(0),
             recording_failure: Mutex::new(None),
         })
     }

@@ -2,7 +2,7 @@
 //! backend's part is `Backend::begin_step_graph` and its siblings
 //! (`tessera-backend`'s cuda/graph.rs).
 
-use super::{BatchEntry, Model};
+use super::{BatchEntry, Model, Sequence};
 use crate::{EngineError, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tessera_backend::Backend;
@@ -38,6 +38,10 @@ pub struct RecordingStats {
     pub replayed: u64,
     /// Why the last attempt to record a step failed (the step then ran eagerly).
     pub last_failure: Option<String>,
+    /// Of `replayed`, the steps run in groups on the device with their
+    /// greedy choice made there (`Model::decode_greedy`), and the groups.
+    pub greedy_steps: u64,
+    pub greedy_groups: u64,
 }
 
 impl<B: Backend> Model<B> {
@@ -45,6 +49,8 @@ impl<B: Backend> Model<B> {
     pub fn recording_stats(&self) -> RecordingStats {
         RecordingStats {
             replayed: self.replayed.load(Ordering::Relaxed),
+            greedy_steps: self.greedy_steps.load(Ordering::Relaxed),
+            greedy_groups: self.greedy_groups.load(Ordering::Relaxed),
             last_failure: self
                 .recording_failure
                 .lock()
@@ -130,5 +136,57 @@ impl<B: Backend> Model<B> {
         self.weights.end_step();
         e.seq.len += 1;
         self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Up to `n` greedy decode steps of a lone sequence from its recording,
+    /// run back to back on the device (`Backend::replay_step_graph_greedy`):
+    /// the first step appends `token`, each later one the previous step's
+    /// choice; returns the n choices. `Ok(None)` when they cannot run that
+    /// way (no recording yet, another backend, tensor parallelism): then
+    /// step one token at a time. The sequence grows by n positions.
+    pub fn decode_greedy(
+        &self,
+        seq: &mut Sequence<B>,
+        token: u32,
+        n: usize,
+    ) -> Result<Option<Vec<u32>>> {
+        if n == 0 || self.plan.world() != 1 || !self.weights.recordable() {
+            return Ok(None);
+        }
+        if seq.len + n > seq.capacity {
+            return Err(EngineError::ContextExceeded {
+                prompt: seq.len,
+                new: n,
+                context: seq.capacity,
+            });
+        }
+        if token as usize >= self.spec.vocab_size {
+            return Err(EngineError::TokenOutOfRange {
+                id: token,
+                vocab: self.spec.vocab_size,
+            });
+        }
+        let StepRecording::Recorded { model, graph } = &seq.graph else {
+            return Ok(None);
+        };
+        if *model != self.id {
+            return Ok(None);
+        }
+        let Some(tokens) = self
+            .backend
+            .replay_step_graph_greedy(graph, seq.len, token, n)?
+        else {
+            return Ok(None);
+        };
+        for _ in 0..n {
+            self.weights.end_step();
+        }
+        seq.len += n;
+        self.replayed.fetch_add(n as u64, Ordering::Relaxed);
+        self.greedy_steps.fetch_add(n as u64, Ordering::Relaxed);
+        self.greedy_groups.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(tokens))
     }
 }

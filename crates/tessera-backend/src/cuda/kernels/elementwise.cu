@@ -247,3 +247,60 @@ extern "C" __global__ void l2_flush(const int4* __restrict__ buf, long long n, i
     }
     if (acc == 0x7fffffff) sink[0] = acc;
 }
+
+// ---------------------------------------------------------------- greedy token choice
+
+// The id of the largest of the n logits, as the engine's host sampler
+// (tessera_engine::sampler::argmax) picks it: ties go to the lowest id, a NaN
+// never wins, and a NaN at id 0 makes the answer 0. One block of BLOCK
+// threads. The choice is written to desc[1] (the next step's token) with
+// desc[0] (its position) advanced by one, and appended to tokens[desc[2]++]
+// (at most cap of them): a recorded decode step that ends with this kernel
+// feeds itself, so replays can follow each other without the host.
+extern "C" __global__ void __launch_bounds__(BLOCK) argmax_step(const float* __restrict__ logits, int n,
+                                                                 int* __restrict__ desc, int* __restrict__ tokens,
+                                                                 int cap) {
+    KERNEL_PROLOGUE();
+    __shared__ float sv[BLOCK / WARP];
+    __shared__ int si[BLOCK / WARP];
+    const float first = logits[0];
+    // Each thread's best over its stride; start from id 0 so "first largest"
+    // holds, and `>` never takes a NaN.
+    float bv = first;
+    int bi = 0;
+    for (int i = threadIdx.x; i < n; i += BLOCK) {
+        const float v = logits[i];
+        if (v > bv) {
+            bv = v;
+            bi = i;
+        }
+    }
+    // Warp and block: the larger value wins, the lower id on equal values.
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    if ((threadIdx.x & (WARP - 1)) == 0) {
+        sv[threadIdx.x / WARP] = bv;
+        si[threadIdx.x / WARP] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < BLOCK / WARP; w++)
+            if (sv[w] > bv || (sv[w] == bv && si[w] < bi)) {
+                bv = sv[w];
+                bi = si[w];
+            }
+        if (first != first) bi = 0; // NaN at id 0
+        desc[0] += 1;
+        desc[1] = bi;
+        const int c = desc[2];
+        if (c < cap) tokens[c] = bi;
+        desc[2] = c + 1;
+    }
+}
