@@ -4,7 +4,8 @@
 # Rounds alternate base and new; each side runs the GEMV micro-benchmarks
 # (int8, one activation row), the 7B-shape decode-step benchmarks (backend
 # level, with the per-kernel breakdown) and `tessera generate` on the 7B shape
-# in int8 (a 128-token prompt, 128 new tokens). Every line it keeps is
+# in int8 (a 128-token prompt, 128 new tokens; on builds that have them, also
+# with GEMV v5 forced and with greedy steps one at a time). Every line it keeps is
 # prefixed with its side and round, so the two builds read side by side.
 #
 # Usage:  scripts/device/ab.sh OUTDIR [ROUNDS]   (default 1 round; ~1 min per side on an H200)
@@ -54,6 +55,14 @@ for round in $(seq 1 "$ROUNDS"); do
                 --prompt-ids "$LONG" --max-new-tokens 128 --json >"$OUT/gen-$side-v5-$round.json" 2>"$OUT/gen-$side-v5-$round.err" \
                 || echo "$tag v5 generate failed: $(tail -c 300 "$OUT/gen-$side-v5-$round.err")"
             grep -o '"timings":{[^}]*}' "$OUT/gen-$side-v5-$round.json" 2>/dev/null | sed "s/^/$tag v5 /"
+        fi
+        # Builds that decode greedy steps in groups on the device: the same run one step at a time.
+        if grep -qa TESSERA_GREEDY_AHEAD "$dir/tessera"; then
+            say "$tag: generate llama2-7b int8, one greedy step at a time (TESSERA_GREEDY_AHEAD=0)"
+            TESSERA_GREEDY_AHEAD=0 timeout 150 "$dir/tessera" generate --model dummy:llama2-7b:1 --device cuda --dtype int8 \
+                --prompt-ids "$LONG" --max-new-tokens 128 --json >"$OUT/gen-$side-single-$round.json" 2>"$OUT/gen-$side-single-$round.err" \
+                || echo "$tag single-step generate failed: $(tail -c 300 "$OUT/gen-$side-single-$round.err")"
+            grep -o '"timings":{[^}]*}' "$OUT/gen-$side-single-$round.json" 2>/dev/null | sed "s/^/$tag single /"
         fi
     done
 done
