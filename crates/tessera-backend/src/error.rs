@@ -19,6 +19,9 @@ pub enum BackendError {
     Collective(#[from] tessera_comm::CommError),
     #[error("{0} is not available: {1}")]
     Unavailable(String, String),
+    /// A setting (an environment variable) with a value the backend does not take.
+    #[error("{0}={1:?} is not a valid setting: {2}")]
+    Setting(&'static str, String, String),
 }
 
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;

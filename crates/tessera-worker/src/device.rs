@@ -46,6 +46,9 @@ pub fn run_on<J: BackendJob>(device: Device, threads: usize, job: J) -> Result<J
                     "device cuda:{n}: {what} is not available: {why}. Use device cpu, \
                      or see docs/gpu.md for the libraries a GPU machine needs"
                 )),
+                BackendError::Setting(..) => {
+                    WorkerError::BadRequest(format!("device cuda:{n}: {e}"))
+                }
                 other => WorkerError::BadRequest(format!(
                     "device cuda:{n}: starting the CUDA backend failed: {other}"
                 )),

@@ -192,7 +192,7 @@ impl CudaBackend {
         let gemv_select = match std::env::var("TESSERA_GEMV") {
             Ok(v) if !v.is_empty() && v != "auto" => Some(
                 v.parse()
-                    .map_err(|e: String| BackendError::Unavailable("TESSERA_GEMV".into(), e))?,
+                    .map_err(|e: String| BackendError::Setting("TESSERA_GEMV", v.clone(), e))?,
             ),
             _ => None,
         };
@@ -212,9 +212,10 @@ impl CudaBackend {
                     .ok()
                     .filter(|&n| (1..=attention::ATT_MAX_SPLITS).contains(&n))
                     .ok_or_else(|| {
-                        BackendError::Unavailable(
-                            "TESSERA_ATT_SPLITS".into(),
-                            format!("{v:?}: expected auto or 1..={}", attention::ATT_MAX_SPLITS),
+                        BackendError::Setting(
+                            "TESSERA_ATT_SPLITS",
+                            v.clone(),
+                            format!("expected auto or 1..={}", attention::ATT_MAX_SPLITS),
                         )
                     })?,
             ),
@@ -227,9 +228,10 @@ impl CudaBackend {
                 .ok()
                 .filter(|&n| (1..=1 << 20).contains(&n))
                 .ok_or_else(|| {
-                    BackendError::Unavailable(
-                        "TESSERA_ATT_MIN_CHUNK".into(),
-                        format!("{v:?}: expected a number of positions, 1..=1048576"),
+                    BackendError::Setting(
+                        "TESSERA_ATT_MIN_CHUNK",
+                        v.clone(),
+                        "expected a number of positions, 1..=1048576".into(),
                     )
                 })?,
             _ => attention::ATT_MIN_CHUNK,
@@ -239,9 +241,10 @@ impl CudaBackend {
             Ok(v) if v == "f32" => true,
             Ok(v) if v.is_empty() || v == "bf16x3" => false,
             Ok(v) => {
-                return Err(BackendError::Unavailable(
-                    "TESSERA_INT8_PREFILL".into(),
-                    format!("{v:?}: expected bf16x3 (the default) or f32"),
+                return Err(BackendError::Setting(
+                    "TESSERA_INT8_PREFILL",
+                    v,
+                    "expected bf16x3 (the default) or f32".into(),
                 ))
             }
             Err(_) => false,
@@ -251,9 +254,10 @@ impl CudaBackend {
             Ok(v) if v == "dp4a" => true,
             Ok(v) if v.is_empty() || v == "f32" => false,
             Ok(v) => {
-                return Err(BackendError::Unavailable(
-                    "TESSERA_INT8_DECODE".into(),
-                    format!("{v:?}: expected f32 (the default) or dp4a"),
+                return Err(BackendError::Setting(
+                    "TESSERA_INT8_DECODE",
+                    v,
+                    "expected f32 (the default) or dp4a".into(),
                 ))
             }
             Err(_) => false,
