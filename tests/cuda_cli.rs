@@ -223,6 +223,24 @@ fn launched_cuda_worker_with_offload_matches_generate() {
     );
 }
 
+/// `ckpt` loaded in this process on GPU 0 with `dtype` weights.
+fn cuda_model(
+    ckpt: &tessera_model::Checkpoint,
+    dtype: tessera_backend::WeightDType,
+) -> tessera_engine::Model<tessera_backend::cuda::CudaBackend> {
+    let b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
+    tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {}).unwrap()
+}
+
+/// `ckpt` loaded on the CPU backend with f32 weights (the reference).
+fn cpu_f32_model(
+    ckpt: &tessera_model::Checkpoint,
+) -> tessera_engine::Model<tessera_backend::cpu::CpuBackend> {
+    let b = tessera_backend::cpu::CpuBackend::new(1).unwrap();
+    let f32 = tessera_backend::WeightDType::F32;
+    tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), f32, |_, _| {}).unwrap()
+}
+
 /// Greedy decode of several sequences stepped together (`forward_batch`, as
 /// the server's continuous batching does): every sequence's tokens equal its
 /// lone run on the same backend (which records and replays its steps), and the
@@ -302,22 +320,10 @@ fn cuda_batched_decode_matches_lone_sequences_and_the_cpu() {
         (0..20).map(|i| (i * 37 + 11) % 1024).collect(),
     ];
     let ckpt = tessera_model::dummy::open("tiny", 6).unwrap();
-    let load_cuda = |dtype| {
-        let b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
-        tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {}).unwrap()
-    };
-    let cpu = tessera_engine::Model::load(
-        tessera_backend::cpu::CpuBackend::new(1).unwrap(),
-        &ckpt.spec,
-        ckpt.source.as_ref(),
-        WeightDType::F32,
-        |_, _| {},
-    )
-    .unwrap();
-    let want = batched_vs_lone(&cpu, &prompts, 6);
+    let want = batched_vs_lone(&cpu_f32_model(&ckpt), &prompts, 6);
     // int8 (W8A16) computes the CPU f32 function on these weights (on the int8 grid).
     for dtype in [WeightDType::F32, WeightDType::Int8] {
-        let got = batched_vs_lone(&load_cuda(dtype), &prompts, 6);
+        let got = batched_vs_lone(&cuda_model(&ckpt, dtype), &prompts, 6);
         assert_eq!(got, want, "cuda {dtype} vs cpu f32");
     }
 }
@@ -422,18 +428,7 @@ fn greedy_steps_on_the_device_give_the_host_argmax_tokens() {
     use tessera_backend::WeightDType;
     use tessera_engine::{generate, FinishReason, GenerateRequest, GREEDY_AHEAD};
     let ckpt = tessera_model::dummy::open("tiny", 8).unwrap();
-    let load = |dtype| {
-        let b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
-        tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), dtype, |_, _| {}).unwrap()
-    };
-    let cpu = tessera_engine::Model::load(
-        tessera_backend::cpu::CpuBackend::new(1).unwrap(),
-        &ckpt.spec,
-        ckpt.source.as_ref(),
-        WeightDType::F32,
-        |_, _| {},
-    )
-    .unwrap();
+    let cpu = cpu_f32_model(&ckpt);
     let new = 3 + 2 * GREEDY_AHEAD + 3; // eager, recorded, two full groups, a short one
     let req = |eos: Vec<u32>| GenerateRequest {
         prompt_ids: vec![1, 15, 300, 7, 99],
@@ -444,7 +439,7 @@ fn greedy_steps_on_the_device_give_the_host_argmax_tokens() {
     };
     let want = generate(&cpu, None, &req(Vec::new()), |_| {}).unwrap();
     for dtype in [WeightDType::F32, WeightDType::Int8] {
-        let model = load(dtype);
+        let model = cuda_model(&ckpt, dtype);
         let before = model.recording_stats();
         let got = generate(&model, None, &req(Vec::new()), |_| {}).unwrap();
         assert_eq!(got.generated_ids, want.generated_ids, "{dtype}: vs cpu f32");

@@ -388,7 +388,7 @@ fn generate_loop<E: From<EngineError>>(
         };
         match step(&[next], want)? {
             StepOut::Logits(l) => logits = l,
-            StepOut::Tokens(t) => ahead.extend(t.into_iter().take(want.max(1))),
+            StepOut::Tokens(t) => ahead.extend(t),
         }
         decode_step_secs += t.elapsed().as_secs_f64();
     }

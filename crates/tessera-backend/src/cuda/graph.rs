@@ -179,24 +179,7 @@ impl CudaBackend {
         };
         // The greedy choice, feeding the next replay (module doc).
         let chose = match &copied {
-            Ok(()) => {
-                let args = Args::new()
-                    .ptr(self.ptr(&cap.out))
-                    .int(n)
-                    .ptr(self.ptr(&cap.desc))
-                    .ptr(self.ptr(&cap.tokens))
-                    .int(GREEDY_STEPS_MAX);
-                // SAFETY: out holds n floats, desc three ints, tokens
-                // GREEDY_STEPS_MAX ints (the kernel writes at most that many).
-                unsafe {
-                    self.launch(
-                        "record step (argmax)",
-                        &self.k.argmax_step,
-                        Dims::blocks(1, 256),
-                        args,
-                    )
-                }
-            }
+            Ok(()) => self.launch_argmax(&cap.out, n, &cap.desc, &cap.tokens),
             Err(_) => Ok(()),
         };
         // Freed inside the graph: nothing allocated while recording outlives it.
@@ -302,6 +285,31 @@ impl CudaBackend {
         Ok(HostTensor::new(vec![1, data.len()], data))
     }
 
+    /// Launch `argmax_step` over the first `n` values of `src`: the choice
+    /// goes to `desc` (`[position, token, count]`) and `tokens[count]`.
+    fn launch_argmax(
+        &self,
+        src: &CudaSlice<f32>,
+        n: usize,
+        desc: &CudaSlice<i32>,
+        tokens: &CudaSlice<i32>,
+    ) -> Result<()> {
+        if n > src.len() || desc.len() < 3 || tokens.is_empty() {
+            return Err(BackendError::Device(
+                "internal: argmax buffers too small".into(),
+            ));
+        }
+        let args = Args::new()
+            .ptr(self.ptr(src))
+            .int(n)
+            .ptr(self.ptr(desc))
+            .ptr(self.ptr(tokens))
+            .int(tokens.len());
+        // SAFETY: src holds at least n floats, desc three ints, and the
+        // kernel writes at most tokens.len() tokens (checked above).
+        unsafe { self.launch("argmax", &self.k.argmax_step, Dims::blocks(1, 256), args) }
+    }
+
     /// The greedy choice of a `[1, n]` row by the kernel recorded steps end
     /// with (`argmax_step`): the id of the largest value, ties to the lowest
     /// id, a NaN never winning except at id 0.
@@ -318,14 +326,7 @@ impl CudaBackend {
             .clone_htod(&[0i32, 0, 0])
             .map_err(dev("argmax"))?;
         let tokens = self.alloc::<i32>(1)?;
-        let args = Args::new()
-            .ptr(self.ptr(src))
-            .int(x.cols)
-            .ptr(self.ptr(&desc))
-            .ptr(self.ptr(&tokens))
-            .int(1);
-        // SAFETY: src holds cols floats, desc three ints, tokens one int.
-        unsafe { self.launch("argmax", &self.k.argmax_step, Dims::blocks(1, 256), args) }?;
+        self.launch_argmax(src, x.cols, &desc, &tokens)?;
         let got = self.stream.clone_dtoh(&tokens).map_err(dev("argmax"))?;
         Ok(got[0] as u32)
     }

@@ -119,6 +119,21 @@ pub struct CudaBackend {
     timing: AtomicBool,
 }
 
+/// A two-way setting: unset, empty or `default` is false, `on` is true,
+/// anything else a `BackendError::Setting` naming both values.
+fn env_switch(var: &'static str, default: &str, on: &str) -> Result<bool> {
+    match std::env::var(var) {
+        Err(_) => Ok(false),
+        Ok(v) if v.is_empty() || v == default => Ok(false),
+        Ok(v) if v == on => Ok(true),
+        Ok(v) => Err(BackendError::Setting(
+            var,
+            v,
+            format!("expected {default} (the default) or {on}"),
+        )),
+    }
+}
+
 /// Map a driver error to a `BackendError` naming the op.
 pub(crate) fn dev(op: &'static str) -> impl Fn(DriverError) -> BackendError {
     move |e| BackendError::Device(format!("{op}: {e}"))
@@ -237,31 +252,9 @@ impl CudaBackend {
             _ => attention::ATT_MIN_CHUNK,
         };
         // TESSERA_INT8_PREFILL=f32: int8/int4 prefill products through f32 SGEMM.
-        let int8_prefill_f32 = match std::env::var("TESSERA_INT8_PREFILL") {
-            Ok(v) if v == "f32" => true,
-            Ok(v) if v.is_empty() || v == "bf16x3" => false,
-            Ok(v) => {
-                return Err(BackendError::Setting(
-                    "TESSERA_INT8_PREFILL",
-                    v,
-                    "expected bf16x3 (the default) or f32".into(),
-                ))
-            }
-            Err(_) => false,
-        };
+        let int8_prefill_f32 = env_switch("TESSERA_INT8_PREFILL", "bf16x3", "f32")?;
         // TESSERA_INT8_DECODE=dp4a: GEMV v5 joins the per-shape timing.
-        let int8_decode_dp4a = match std::env::var("TESSERA_INT8_DECODE") {
-            Ok(v) if v == "dp4a" => true,
-            Ok(v) if v.is_empty() || v == "f32" => false,
-            Ok(v) => {
-                return Err(BackendError::Setting(
-                    "TESSERA_INT8_DECODE",
-                    v,
-                    "expected f32 (the default) or dp4a".into(),
-                ))
-            }
-            Err(_) => false,
-        };
+        let int8_decode_dp4a = env_switch("TESSERA_INT8_DECODE", "f32", "dp4a")?;
         Ok(CudaBackend {
             ctx,
             stream,
