@@ -56,9 +56,13 @@ struct __attribute__((aligned(16))) float4 {
 struct __attribute__((aligned(8))) float2 {
     float x, y;
 };
+struct __attribute__((aligned(8))) int2 {
+    int x, y;
+};
 inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline int2 make_int2(int x, int y) { return int2{x, y}; }
 
 template <class To, class From>
 inline To emu_bit_cast(From v) {

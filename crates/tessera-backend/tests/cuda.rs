@@ -9,6 +9,8 @@ mod bench;
 mod gemv;
 #[path = "cuda/gemv_v5.rs"]
 mod gemv_v5;
+#[path = "cuda/gemv_v6.rs"]
+mod gemv_v6;
 #[path = "cuda/support.rs"]
 mod support;
 
@@ -47,6 +49,9 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "gemv_v4_i4_n1_r2",
                     "gemv_v5_i8_n1_r2",
                     "gemv_v5_i8_n1_r4",
+                    "gemv_v6_quantize",
+                    "gemv_v6_i8_t2",
+                    "mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32",
                     "dp4a.s32.s32",
                     "embedding_i4",
                     "dequantize_i4",

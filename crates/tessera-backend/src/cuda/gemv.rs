@@ -3,11 +3,12 @@
 //!
 //! Variants v1-v4 follow one summation order (see `kernels/gemv.cu`), so the
 //! choice among them changes speed only, never a bit of the result. v5 (int8,
-//! one activation row) computes with fixed-point activations and differs in
-//! the last bits, so it is opt-in: `TESSERA_INT8_DECODE=dp4a`
-//! (`set_int8_decode_dp4a`) adds it to the timing, `TESSERA_GEMV=v5` forces
-//! it. The choice is, in order: `CudaBackend::set_gemv_variant`,
-//! `TESSERA_GEMV=v1|v2|v3|v4|v5`, or (the default, `auto`) a one-time timing
+//! one activation row) and v6 (int8, 2..16 rows, tensor cores) compute with
+//! fixed-point activations and differ in the last bits, so they are opt-in:
+//! `TESSERA_INT8_DECODE=dp4a` (`set_int8_decode_dp4a`) adds them to the
+//! timing, `TESSERA_GEMV=v5` or `v6` forces one. The choice is, in order:
+//! `CudaBackend::set_gemv_variant`, `TESSERA_GEMV=v1|v2|v3|v4|v5|v6`, or
+//! (the default, `auto`) a one-time timing
 //! of every variant on the first product of each shape, with the weight
 //! evicted from L2 before each run; a variant whose output disagrees with the
 //! baseline's is never chosen.
@@ -48,6 +49,14 @@ pub enum GemvVariant {
     /// v1-v4 (|x - x~| <= max|x of its 16| * 2^-22); with activations too
     /// long to stage, v2 runs.
     V5,
+    /// Int8 weights and 2..16 activation rows (batched decode), opt-in with
+    /// v5: the activations quantized once per product as 22-bit fixed point
+    /// per 32 elements (a small kernel, RMSNorm fused), then 16 weight rows
+    /// x 8 activation rows x 32 inputs at a time as three exact integer
+    /// tensor-core products (`mma` m16n8k32, s8 x u8/s8), split over the
+    /// inputs when the rows alone would not fill the GPU. Not bit-identical
+    /// to v1-v5; with one row, v2 runs.
+    V6,
 }
 
 impl GemvVariant {
@@ -65,15 +74,22 @@ impl GemvVariant {
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
             crate::WeightDType::Int4 => matches!(self, GemvVariant::V2 | GemvVariant::V4),
-            crate::WeightDType::BF16 => !matches!(self, GemvVariant::V1 | GemvVariant::V5),
+            crate::WeightDType::BF16 => {
+                !matches!(self, GemvVariant::V1 | GemvVariant::V5 | GemvVariant::V6)
+            }
             _ => true,
         }
     }
 
-    /// Whether the variant runs this product (v4 and v5 take one activation row).
+    /// Whether the variant runs this product (v4 and v5 take one activation
+    /// row, v6 two or more).
     fn runs(self, w: &GemvWeight, n: usize) -> bool {
         self.supports_dtype(w.dtype())
-            && (!matches!(self, GemvVariant::V4 | GemvVariant::V5) || n == 1)
+            && match self {
+                GemvVariant::V4 | GemvVariant::V5 => n == 1,
+                GemvVariant::V6 => n >= 2,
+                _ => true,
+            }
     }
 }
 
@@ -86,8 +102,9 @@ impl std::str::FromStr for GemvVariant {
             "v3" => Ok(GemvVariant::V3),
             "v4" => Ok(GemvVariant::V4),
             "v5" => Ok(GemvVariant::V5),
+            "v6" => Ok(GemvVariant::V6),
             other => Err(format!(
-                "unknown GEMV variant `{other}` (expected v1, v2, v3, v4, v5 or auto)"
+                "unknown GEMV variant `{other}` (expected v1, v2, v3, v4, v5, v6 or auto)"
             )),
         }
     }
@@ -101,6 +118,7 @@ impl std::fmt::Display for GemvVariant {
             GemvVariant::V3 => "v3",
             GemvVariant::V4 => "v4",
             GemvVariant::V5 => "v5",
+            GemvVariant::V6 => "v6",
         })
     }
 }
@@ -214,6 +232,7 @@ impl CudaBackend {
         };
         match v {
             GemvVariant::V1 => self.launch_v1(&p.w, x, n, y, mode),
+            GemvVariant::V6 if n >= 2 => self.launch_v6(&p.w, x, norm, n, y, mode),
             _ => self.launch_v23(v, &p.w, x, norm, n, y, mode),
         }
     }
@@ -268,10 +287,14 @@ impl CudaBackend {
         n: usize,
         norm: Option<&NormSrc>,
     ) -> Result<GemvTuning> {
-        let opt_in = self.int8_decode_dp4a.then_some(GemvVariant::V5);
+        let opt_in: &[GemvVariant] = if self.int8_decode_dp4a {
+            &[GemvVariant::V5, GemvVariant::V6]
+        } else {
+            &[]
+        };
         let cands: Vec<GemvVariant> = GemvVariant::ALL
             .into_iter()
-            .chain(opt_in)
+            .chain(opt_in.iter().copied())
             .filter(|v| v.runs(&p.w, n))
             .collect();
         let rows_out = if key.swiglu { key.m / 2 } else { key.m };
@@ -367,7 +390,12 @@ impl CudaBackend {
     /// Whether variant `v` stages the activations in shared memory (and so
     /// can fuse RMSNorm) for `n` rows of this weight.
     fn fuses_norm(&self, v: GemvVariant, w: &GemvWeight, n: usize) -> bool {
-        v != GemvVariant::V1 && self.v23_smem(v, w, n).1
+        match v {
+            GemvVariant::V1 => false,
+            // Its quantizer normalizes (when v6 runs; with one row v2 does).
+            GemvVariant::V6 if n >= 2 => true,
+            _ => self.v23_smem(v, w, n).1,
+        }
     }
 
     /// Dynamic shared memory of a v2/v3 launch and whether x is staged in it.
@@ -571,6 +599,101 @@ impl CudaBackend {
         unsafe { self.launch("gemv", f, dims, args) }
     }
 
+    /// v6: quantize the activations (RMSNorm fused when `norm` is set; then
+    /// `x` is where the normalized input is written), then the tensor-core
+    /// product, split over the inputs when its row tiles alone would leave
+    /// SMs idle (kernels/gemv.cu, v6).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_v6(
+        &self,
+        w: &GemvWeight,
+        x: u64,
+        norm: Option<&NormSrc>,
+        n: usize,
+        y: u64,
+        mode: GemvMode,
+    ) -> Result<()> {
+        let GemvWeight::Int8(q) = w else {
+            return Err(BackendError::Device(
+                "internal: GEMV v6 called with a bf16 weight".into(),
+            ));
+        };
+        if q.bits != 8 || !(1..=GEMV_MAX_ROWS).contains(&n) {
+            return Err(BackendError::Device(format!(
+                "internal: GEMV v6 called with {} bits and {n} rows",
+                q.bits
+            )));
+        }
+        let (m, k) = (q.rows, q.cols);
+        let rows_out = if mode == GemvMode::SwiGlu { m / 2 } else { m };
+        let tiles = if n > 8 { 2 } else { 1 };
+        let nb = 8 * tiles;
+        let groups = k.div_ceil(V6_GROUP);
+        let plan = v6_plan(rows_out, mode, groups, nb, 2 * self.sm_count)?;
+        let smem = plan.smem;
+        if smem > self.k.max_dyn_smem {
+            return Err(BackendError::Device(format!(
+                "GEMV v6 needs {smem} bytes of shared memory; this GPU allows {}",
+                self.k.max_dyn_smem
+            )));
+        }
+        // Limb planes (3 x 32 bytes) and a scale (4 bytes) per group and slot.
+        let xq = self.alloc::<u8>(groups * nb * (3 * V6_GROUP + 4))?;
+        let qargs = Args::new()
+            .ptr(norm.map(|s| self.ptr(&s.x)).unwrap_or(x))
+            .ptr(norm.map(|s| self.ptr(&s.w)).unwrap_or(0))
+            .f32(norm.map(|s| s.eps).unwrap_or(0.0))
+            .ptr(if norm.is_some() { x } else { 0 })
+            .int(k)
+            .int(n)
+            .int(nb)
+            .int(groups);
+        let qargs = qargs.ptr(self.ptr(&xq));
+        let qdims = Dims {
+            grid: (groups.div_ceil(256) as u32, nb as u32, 1),
+            block: 256,
+            smem: 0,
+        };
+        // SAFETY: x (and the norm source and weight) hold n rows of k f32;
+        // xq holds groups * nb * 100 bytes, the layout the kernel writes.
+        unsafe { self.launch("gemv v6 quantize", &self.k.gemv_v6[0], qdims, qargs) }?;
+        let part = if plan.splits > 1 {
+            Some(self.alloc::<f32>(plan.splits * n * plan.row_tiles * 128)?)
+        } else {
+            None
+        };
+        let args = Args::new()
+            .ptr(self.ptr(&q.q))
+            .ptr(self.ptr(&q.scales))
+            .ptr(self.ptr(&xq))
+            .ptr(y)
+            .ptr(part.as_ref().map(|p| self.ptr(p)).unwrap_or(0))
+            .ptr(self.ptr(&self.gemv_counters))
+            .int(m)
+            .int(q.row_bytes())
+            .int(q.gpr)
+            .int(groups)
+            .int(plan.gps)
+            .int(n)
+            .int(mode as usize);
+        let dims = Dims {
+            grid: (plan.row_tiles as u32, plan.splits as u32, 1),
+            block: 256,
+            smem: smem as u32,
+        };
+        // SAFETY: q is [m, row_bytes] int8 (row_bytes a multiple of 16, so
+        // every 16-byte half of a group exists), scales [m, gpr] with gpr >=
+        // groups; xq as written above; y holds n rows of the mode's output
+        // width; with splits > 1 part holds splits * n * row_tiles * 128 f32
+        // and the counters row_tiles <= V6_COUNTERS u32, all zero (every
+        // launch leaves them zero).
+        unsafe { self.launch("gemv v6", &self.k.gemv_v6[tiles], dims, args) }?;
+        // Freed in stream order, after the kernels.
+        drop(part);
+        drop(xq);
+        Ok(())
+    }
+
     /// Resident 256-thread blocks per SM of `f` with `smem` dynamic bytes.
     fn occupancy(&self, f: &CudaFunction, smem: usize) -> Result<usize> {
         let key = (f.cu_function() as usize, smem);
@@ -604,6 +727,64 @@ impl CudaBackend {
     pub fn gemv_tunings(&self) -> Vec<GemvTuning> {
         self.gemv_log.lock().map(|l| l.clone()).unwrap_or_default()
     }
+}
+
+/// Inputs per v6 group: the int8 scale group (kernels/gemv.cu, V6_GROUP).
+const V6_GROUP: usize = 32;
+/// Most groups of one v6 split: bounds the staged activations to 96 KiB
+/// (16 slots), so two blocks fit an SM.
+const V6_MAX_GROUPS_PER_SPLIT: usize = 64;
+/// Arrival counters for split v6 launches: the most row tiles of one launch
+/// (128 weight rows each, so 2M rows).
+pub(crate) const V6_COUNTERS: usize = 16384;
+
+/// How one v6 launch is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct V6Plan {
+    /// Blocks along the rows: 128 weight rows (SwiGLU: 64 gate and 64 up rows) each.
+    row_tiles: usize,
+    /// Slices of the input groups (split-K), `gps` groups each.
+    splits: usize,
+    gps: usize,
+    /// Dynamic shared memory per block.
+    smem: usize,
+}
+
+/// Cut a v6 product of `rows_out` outputs over `groups` input groups with
+/// `nb` activation slots into about `target` blocks (two per SM): as many
+/// input slices as the row tiles leave room for, at most
+/// V6_MAX_GROUPS_PER_SPLIT groups each, no empty slice. Depends on the shape
+/// and the SM count only, so every launch of a shape adds its slices alike.
+fn v6_plan(
+    rows_out: usize,
+    mode: GemvMode,
+    groups: usize,
+    nb: usize,
+    target: usize,
+) -> Result<V6Plan> {
+    let per = if mode == GemvMode::SwiGlu { 64 } else { 128 };
+    let row_tiles = rows_out.div_ceil(per).max(1);
+    let groups = groups.max(1);
+    let want = target.div_ceil(row_tiles).max(1);
+    let splits = want
+        .max(groups.div_ceil(V6_MAX_GROUPS_PER_SPLIT))
+        .min(groups);
+    let gps = groups.div_ceil(splits);
+    let splits = groups.div_ceil(gps);
+    if splits > 1 && row_tiles > V6_COUNTERS {
+        return Err(shape_err(
+            "matmul",
+            format!("GEMV v6: {rows_out} output rows need more than {V6_COUNTERS} row tiles"),
+        ));
+    }
+    // Limb planes and scales of gps groups, then the [nb][128] results.
+    let smem = gps * nb * (3 * V6_GROUP + 4) + nb * 128 * 4;
+    Ok(V6Plan {
+        row_tiles,
+        splits,
+        gps,
+        smem,
+    })
 }
 
 /// Weight rows per warp and ring stages of the v3 kernel for `n` activation

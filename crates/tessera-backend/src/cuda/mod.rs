@@ -104,6 +104,9 @@ pub struct CudaBackend {
     /// Split-position attention: one arrival counter per (query row, head),
     /// zero between launches (`attention.rs`, kernels/attention.cu).
     att_counters: CudaSlice<u32>,
+    /// Arrival counters of split-K GEMV v6 launches, one per row tile (all
+    /// zero between launches).
+    gemv_counters: CudaSlice<u32>,
     /// Forced number of position splits for attention; `None` = by shape.
     att_splits: Option<usize>,
     /// Fewest positions per attention split (`attention.rs`); 1 splits any context.
@@ -220,6 +223,9 @@ impl CudaBackend {
         let att_counters = stream
             .alloc_zeros::<u32>(attention::ATT_COUNTERS)
             .map_err(dev("attention counters"))?;
+        let gemv_counters = stream
+            .alloc_zeros::<u32>(gemv::V6_COUNTERS)
+            .map_err(dev("GEMV counters"))?;
         // TESSERA_ATT_SPLITS=N forces N position splits (1 = one block per row and head).
         let att_splits = match std::env::var("TESSERA_ATT_SPLITS") {
             Ok(v) if !v.is_empty() && v != "auto" => Some(
@@ -277,6 +283,7 @@ impl CudaBackend {
             timeline: Mutex::new(None),
             timing: AtomicBool::new(false),
             att_counters,
+            gemv_counters,
             att_splits,
             att_min_chunk,
             int8_prefill_f32,
@@ -326,11 +333,12 @@ impl CudaBackend {
         self.int8_prefill_f32 = on;
     }
 
-    /// Let one-activation-row int8 products run GEMV v5 (activations as
-    /// 22-bit fixed point per 16 elements, integer dot products; see
-    /// `GemvVariant::V5`) when the per-shape timing finds it fastest. Results
-    /// differ from the default path in the last bits. Shapes timed before
-    /// the change keep their choice.
+    /// Let int8 products run on fixed-point activations when the per-shape
+    /// timing finds it fastest: GEMV v5 for one activation row (22-bit fixed
+    /// point per 16 elements, integer dot products; see `GemvVariant::V5`),
+    /// v6 for 2..16 rows (per 32 elements, integer tensor cores; see
+    /// `GemvVariant::V6`). Results differ from the default path in the last
+    /// bits. Shapes timed before the change keep their choice.
     pub fn set_int8_decode_dp4a(&mut self, on: bool) {
         self.int8_decode_dp4a = on;
     }

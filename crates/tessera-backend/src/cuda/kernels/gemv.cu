@@ -665,40 +665,37 @@ __device__ __forceinline__ int dp4a_su(int a, int b, int c) {
 #endif
 }
 
-// One chunk of 16 activations as its three limb words (lo, mid, hi: bytes 0,
-// 1 and 2 of each element's q, element e at byte e % 4 of word e / 4) and
-// the chunk's scale s_c. q is the two's complement integer, so
-// q = hi * 2^16 + mid * 2^8 + lo with lo, mid unsigned and hi signed
-// (|hi| <= 64). About 6 instructions per element.
-__device__ __forceinline__ void v5_quantize(const float (&v)[16], int4 (&limb)[3], float& s) {
+// N activations (16 for v5's chunks, 32 for v6's groups) as three limb
+// planes of N/4 words each (lo, mid, hi: bytes 0, 1 and 2 of each element's
+// q, element e at byte e % 4 of word e / 4) and their scale s. q is the
+// two's complement integer, so q = hi * 2^16 + mid * 2^8 + lo with lo, mid
+// unsigned and hi signed (|hi| <= 64). About 6 instructions per element.
+template <int N>
+__device__ __forceinline__ void fx_quantize(const float (&v)[N], int (&w)[3][N / 4], float& s) {
     // The largest |x| as bits: integer order is float order for |x|, and a
     // NaN (above every infinity) cannot hide, as it would from fmaxf.
     int mb = 0;
 #pragma unroll
-    for (int e = 0; e < 16; e++) mb = max(mb, __float_as_int(v[e]) & 0x7FFFFFFF);
-    if (mb >= 0x7F800000) { // a NaN or an infinity in the chunk: NaN out
-        s = __int_as_float(0x7fc00000);
-        limb[0] = limb[1] = limb[2] = make_int4(0, 0, 0, 0);
-        return;
-    }
-    if (mb < 0x0D800000) { // below 2^-100: counts as zero
-        s = 0.f;
-        limb[0] = limb[1] = limb[2] = make_int4(0, 0, 0, 0);
+    for (int e = 0; e < N; e++) mb = max(mb, __float_as_int(v[e]) & 0x7FFFFFFF);
+    if (mb >= 0x7F800000 || mb < 0x0D800000) {
+        // A NaN or an infinity: NaN out. Below 2^-100: counts as zero.
+        s = mb >= 0x7F800000 ? __int_as_float(0x7fc00000) : 0.f;
+#pragma unroll
+        for (int i = 0; i < N / 4; i++) w[0][i] = w[1][i] = w[2][i] = 0;
         return;
     }
     const int sh = 21 - ((mb >> 23) - 127); // largest |x| in [2^(21-sh), 2^(22-sh)); sh in [-106, 121]
     const float up = __int_as_float((127 + sh) << 23);
     s = __int_as_float((127 - sh) << 23);
-    int q[16];
+    int q[N];
 #pragma unroll
-    for (int e = 0; e < 16; e++) {
+    for (int e = 0; e < N; e++) {
         // |x * up| < 2^22: adding 1.5 * 2^23 rounds it to an integer (to
         // nearest even) held in the low mantissa bits: bits = 0x4B400000 + q.
         q[e] = __float_as_int(fmaf(v[e], up, 12582912.0f)) - 0x4B400000;
     }
-    int w[3][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < N / 4; i++) {
         // Transpose the bytes of q[4i .. 4i+3].
         const unsigned lo01 = __byte_perm(q[4 * i], q[4 * i + 1], 0x5140);     // q0.b0 q1.b0 q0.b1 q1.b1
         const unsigned hi01 = __byte_perm(q[4 * i], q[4 * i + 1], 0x7362);     // q0.b2 q1.b2 q0.b3 q1.b3
@@ -708,6 +705,12 @@ __device__ __forceinline__ void v5_quantize(const float (&v)[16], int4 (&limb)[3
         w[1][i] = (int)__byte_perm(lo01, lo23, 0x7632); // byte 1
         w[2][i] = (int)__byte_perm(hi01, hi23, 0x5410); // byte 2
     }
+}
+
+// One chunk of 16 activations as its three limb words and the chunk's scale.
+__device__ __forceinline__ void v5_quantize(const float (&v)[16], int4 (&limb)[3], float& s) {
+    int w[3][4];
+    fx_quantize<16>(v, w, s);
 #pragma unroll
     for (int p = 0; p < 3; p++) limb[p] = make_int4(w[p][0], w[p][1], w[p][2], w[p][3]);
 }
@@ -822,6 +825,300 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
     }
     GEMV_V4_LOOP(WInt8, V5_COMPUTE)
 #undef V5_COMPUTE
+}
+
+// ---------------------------------------------------------------- v6: int8 weights x fixed-point activations on tensor cores (2-16 rows)
+//
+// Int8 weights, up to 16 activation rows (decode of a batch); opt-in with v5
+// (TESSERA_INT8_DECODE=dp4a adds it to the timing of 2..16-row shapes,
+// TESSERA_GEMV=v6 forces it). The f32 variants run 16 rows at 6-7% of the
+// copy rate (H200, run 7): every weight is converted and multiplied once per
+// activation row on CUDA cores, with the activations re-read from shared
+// memory for every weight row. Here:
+// 1. gemv_v6_quantize writes each activation row (RMSNorm fused) as 22-bit
+//    fixed point per 32-input group G, the weights' scale group:
+//    x[e] ~= s_G * q[e], q as three byte planes (fx_quantize, as v5 but over
+//    32 inputs), into a scratch buffer `xq`.
+// 2. One warp multiplies 16 weight rows by one group of 8 activation rows
+//    as three integer tensor-core products (mma m16n8k32: s8 weights x u8
+//    lo / u8 mid / s8 hi limbs, exact s32 sums) and combines them once per
+//    group in f32:
+//        d = fmaf(dh, 65536, fmaf(dm, 256, dl)),  acc = fmaf(scale * s_G, d, acc).
+//    The products start from the bit pattern of 1.5 * 2^23, so each s32
+//    result read as f32 is 1.5 * 2^23 + its dot product exactly (|dot| <=
+//    32 * 128 * 255 < 2^22): no integer-to-float conversions.
+// The weights are read straight from global memory, 8 bytes per lane, and
+// used as they are.
+//
+// Fragments of mma.m16n8k32 with 8-bit types (PTX ISA; g = lane / 4, t = lane % 4):
+//   A (16 x 32, row): a0 = A[g][4t..4t+3], a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]
+//   B (32 x 8, col):  b0 = B[4t..4t+3][g], b1 = B[16+4t..][g]
+//   C (16 x 8):       c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+// An integer dot product does not depend on the order of its terms, so
+// logical k = 4t+j is fed from input 8t+j of the group and k = 16+4t+j from
+// 8t+4+j: lane (g, t) takes a0/a2 from one 8-byte load at byte 8t of weight
+// row g's group, and b0/b1 from one 8-byte load at the same offset of
+// activation row g's limb plane. A quad reads one whole 32-byte sector.
+//
+// Work split: a block is 8 warps = 8 tiles of 16 weight rows (SwiGLU: 4
+// tiles of gate rows and the 4 matching tiles of up rows), and blockIdx.y one
+// of S slices of `gps` groups (split-K, so that a 4096-row product still
+// fills the GPU). The block stages its slice of xq in shared memory. With
+// S > 1 each block writes its sums to `part`, and the last of a row tile's S
+// blocks (arrival counter, left at zero) adds them in slice order and applies
+// the epilogue. The result depends on S, which the host derives from the
+// shape and the SM count only, so recorded and eager steps agree; it is not
+// bit-identical to v1-v5.
+//
+// xq layout for NB activation slots (8 or 16; slots >= n are zero): group G,
+// plane p (lo, mid, hi), slot b: 32 bytes at ((G * 3 + p) * NB + b) * 32
+// (element e at byte e); then the f32 scales s_G of slot b at [G * NB + b].
+#define V6_GROUP 32
+
+// Quantize n activation rows (RMSNorm fused when nw is set; the normalized
+// rows also go to x_out) into xq. Grid (ceil(groups / BLOCK), nb), one thread
+// per (group, slot).
+extern "C" __global__ void __launch_bounds__(BLOCK)
+    gemv_v6_quantize(const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                     float* __restrict__ x_out, int k, int n, int nb, int groups, int4* __restrict__ xq) {
+    __shared__ float red[BLOCK / WARP];
+    KERNEL_PROLOGUE();
+    const int b = blockIdx.y;
+    const float* xr = x + (size_t)b * k;
+    const float inv = (nw != nullptr && b < n) ? block_inv_rms(xr, k, eps, red) : 1.f;
+    const int G = blockIdx.x * BLOCK + threadIdx.x;
+    if (G >= groups) return;
+    float v[V6_GROUP];
+#pragma unroll
+    for (int e = 0; e < V6_GROUP; e++) {
+        const int i = G * V6_GROUP + e;
+        float t = 0.f;
+        if (b < n && i < k) {
+            t = nw != nullptr ? norm_elem(xr[i], nw[i], inv) : xr[i];
+            if (x_out != nullptr) x_out[(size_t)b * k + i] = t;
+        }
+        v[e] = t;
+    }
+    int w[3][V6_GROUP / 4];
+    float s;
+    fx_quantize<V6_GROUP>(v, w, s);
+#pragma unroll
+    for (int p = 0; p < 3; p++) {
+        int4* dst = xq + ((size_t)(G * 3 + p) * nb + b) * 2;
+        dst[0] = make_int4(w[p][0], w[p][1], w[p][2], w[p][3]);
+        dst[1] = make_int4(w[p][4], w[p][5], w[p][6], w[p][7]);
+    }
+    ((float*)(xq + (size_t)groups * 3 * nb * 2))[(size_t)G * nb + b] = s;
+}
+
+// d = A (16 x 32, s8) x B (32 x 8; u8, or s8 when SIGNED_B) + 1.5 * 2^23 as
+// s32, in the fragments above. Off the GPU (the CPU emulator) and before
+// sm_80, the same function from shuffles.
+template <bool SIGNED_B>
+__device__ __forceinline__ void v6_mma(int (&d)[4], const int (&a)[4], int b0, int b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (SIGNED_B)
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%10, %10, %10, %10};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0x4B400000));
+    else
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%10, %10, %10, %10};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0x4B400000));
+#else
+    const int lane = threadIdx.x & (WARP - 1), g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; i++) d[i] = 0x4B400000;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        // Row g's k = 4q.. and 16+4q.. (a0, a2 of lane 4g+q), row g+8's (a1, a3).
+        const int r0a = __shfl_sync(0xffffffffu, a[0], 4 * g + q), r0b = __shfl_sync(0xffffffffu, a[2], 4 * g + q);
+        const int r1a = __shfl_sync(0xffffffffu, a[1], 4 * g + q), r1b = __shfl_sync(0xffffffffu, a[3], 4 * g + q);
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            // Column 2t+j's k = 4q.. and 16+4q.. (b0, b1 of lane 4(2t+j)+q).
+            const int ca = __shfl_sync(0xffffffffu, b0, 4 * (2 * t + j) + q);
+            const int cb = __shfl_sync(0xffffffffu, b1, 4 * (2 * t + j) + q);
+            if (SIGNED_B) {
+                d[j] = dp4a_ss(r0b, cb, dp4a_ss(r0a, ca, d[j]));
+                d[2 + j] = dp4a_ss(r1b, cb, dp4a_ss(r1a, ca, d[2 + j]));
+            } else {
+                d[j] = dp4a_su(r0b, cb, dp4a_su(r0a, ca, d[j]));
+                d[2 + j] = dp4a_su(r1b, cb, dp4a_su(r1a, ca, d[2 + j]));
+            }
+        }
+    }
+#endif
+}
+
+// 8 bytes of weights, not kept in L1 (each is read once).
+__device__ __forceinline__ int2 ld_stream8(const signed char* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    int2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.s32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+#else
+    return __ldg((const int2*)p);
+#endif
+}
+
+#define V6_U 4 // groups whose weights are loaded ahead
+
+template <int NT>
+__device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const float* __restrict__ scales,
+                                        const int4* __restrict__ xq, float* __restrict__ y,
+                                        float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,
+                                        int gpr, int groups, int gps, int n, int mode) {
+    constexpr int NB = 8 * NT;
+    extern __shared__ __align__(16) int4 v6_xs[];
+    __shared__ unsigned v6_last;
+    const int lane = threadIdx.x & (WARP - 1), warp = threadIdx.x / WARP, g = lane >> 2, t = lane & 3;
+    const int rows_out = mode == 2 ? m / 2 : m;
+    const int o0 = blockIdx.x * (mode == 2 ? 64 : 128);
+    const int S = gridDim.y, sl = blockIdx.y;
+    const int G0 = sl * gps, G1 = min(groups, G0 + gps);
+    // Weight row of block slot rl (0..127), or -1 past the end.
+    auto wrow = [&](int rl) {
+        if (mode == 2) {
+            const int o = o0 + (rl & 63);
+            return o < rows_out ? (rl < 64 ? o : rows_out + o) : -1;
+        }
+        return o0 + rl < m ? o0 + rl : -1;
+    };
+    const int rl0 = 16 * warp + g, rl1 = rl0 + 8;
+    // Rows past the end read row 0 (valid memory) and are dropped.
+    const int r0 = max(wrow(rl0), 0), r1 = max(wrow(rl1), 0);
+    const signed char* w0 = w + (size_t)r0 * kp + 8 * t;
+    const signed char* w1 = w + (size_t)r1 * kp + 8 * t;
+    const float* s0 = scales + (size_t)r0 * gpr;
+    const float* s1 = scales + (size_t)r1 * gpr;
+    int2 a0[V6_U], a1[V6_U];
+    float ws0[V6_U], ws1[V6_U];
+    // Groups Gb .. Gb+V6_U-1 into the registers given; a row's last group
+    // may hold only 16 bytes (rows are padded to 16).
+    auto load = [&](int Gb, int2 (&x0)[V6_U], int2 (&x1)[V6_U], float (&v0)[V6_U], float (&v1)[V6_U]) {
+#pragma unroll
+        for (int u = 0; u < V6_U; u++) {
+            const int G = Gb + u;
+            const bool in = G < G1 && V6_GROUP * G + 8 * t < kp;
+            x0[u] = in ? ld_stream8(w0 + V6_GROUP * G) : make_int2(0, 0);
+            x1[u] = in ? ld_stream8(w1 + V6_GROUP * G) : make_int2(0, 0);
+            v0[u] = G < G1 ? __ldg(s0 + G) : 0.f;
+            v1[u] = G < G1 ? __ldg(s1 + G) : 0.f;
+        }
+    };
+    load(G0, a0, a1, ws0, ws1); // weights never change: before grid_dep_wait
+    grid_dep_wait();
+    const int ng = G1 - G0;
+    const int planes = ng * 3 * NB * 2; // int4s of the slice's limb planes
+    const int4* src = xq + (size_t)G0 * 3 * NB * 2;
+    for (int i = threadIdx.x; i < planes; i += BLOCK) v6_xs[i] = src[i];
+    float* sxs = (float*)(v6_xs + (size_t)gps * 3 * NB * 2);
+    const float* sxg = (const float*)(xq + (size_t)groups * 3 * NB * 2) + (size_t)G0 * NB;
+    for (int i = threadIdx.x; i < ng * NB; i += BLOCK) sxs[i] = sxg[i];
+    float* res = sxs + gps * NB; // [NB][128] results of the block's slots
+    __syncthreads();
+    grid_dep_launch();
+    const char* xs = (const char*)v6_xs;
+    float acc[NT][4];
+#pragma unroll
+    for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[tt][i] = 0.f;
+    for (int Gb = G0; Gb < G1; Gb += V6_U) {
+        int2 n0[V6_U], n1[V6_U];
+        float nv0[V6_U], nv1[V6_U];
+        load(Gb + V6_U, n0, n1, nv0, nv1);
+#pragma unroll
+        for (int u = 0; u < V6_U; u++) {
+            if (Gb + u < G1) {
+                const int lg = Gb + u - G0;
+                const int a[4] = {a0[u].x, a1[u].x, a0[u].y, a1[u].y};
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) {
+                    int d[3][4];
+                    const char* bp = xs + ((size_t)lg * 3 * NB + 8 * tt + g) * 32 + 8 * t;
+                    const int2 lo = *(const int2*)bp;
+                    const int2 mid = *(const int2*)(bp + NB * 32);
+                    const int2 hi = *(const int2*)(bp + 2 * NB * 32);
+                    v6_mma<false>(d[0], a, lo.x, lo.y);
+                    v6_mma<false>(d[1], a, mid.x, mid.y);
+                    v6_mma<true>(d[2], a, hi.x, hi.y);
+                    const float2 sx = *(const float2*)(sxs + lg * NB + 8 * tt + 2 * t);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float dl = __int_as_float(d[0][i]) - 12582912.0f;
+                        const float dm = __int_as_float(d[1][i]) - 12582912.0f;
+                        const float dh = __int_as_float(d[2][i]) - 12582912.0f;
+                        const float dd = fmaf(dh, 65536.f, fmaf(dm, 256.f, dl));
+                        const float sc = __fmul_rn(i < 2 ? ws0[u] : ws1[u], (i & 1) ? sx.y : sx.x);
+                        acc[tt][i] = fmaf(sc, dd, acc[tt][i]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < V6_U; u++) {
+            a0[u] = n0[u];
+            a1[u] = n1[u];
+            ws0[u] = nv0[u];
+            ws1[u] = nv1[u];
+        }
+    }
+#pragma unroll
+    for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) res[(8 * tt + 2 * t + (i & 1)) * 128 + (i < 2 ? rl0 : rl1)] = acc[tt][i];
+    __syncthreads();
+    if (S > 1) {
+        // Publish this slice's sums; the last block of the row tile adds all S.
+        const size_t mp = (size_t)gridDim.x * 128;
+        float* pb = part + (size_t)blockIdx.x * 128;
+        for (int i = threadIdx.x; i < n * 128; i += BLOCK)
+            pb[((size_t)sl * n + i / 128) * mp + i % 128] = res[i];
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) v6_last = atomicAdd(&counters[blockIdx.x], 1u) == (unsigned)(S - 1);
+        __syncthreads();
+        if (!v6_last) return;
+        __threadfence();
+        for (int i = threadIdx.x; i < n * 128; i += BLOCK) {
+            float v = 0.f;
+            for (int s2 = 0; s2 < S; s2++) v += __ldcg(pb + ((size_t)s2 * n + i / 128) * mp + i % 128);
+            res[i] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) counters[blockIdx.x] = 0;
+    }
+    if (mode == 2) {
+        for (int i = threadIdx.x; i < n * 64; i += BLOCK) {
+            const int b = i / 64, j = i % 64;
+            if (o0 + j < rows_out)
+                y[(size_t)b * rows_out + o0 + j] = silu_mul(res[b * 128 + j], res[b * 128 + 64 + j]);
+        }
+    } else {
+        for (int i = threadIdx.x; i < n * 128; i += BLOCK) {
+            const int b = i / 128, j = i % 128;
+            if (o0 + j < m) {
+                const size_t yi = (size_t)b * m + o0 + j;
+                y[yi] = mode == 1 ? y[yi] + res[i] : res[i];
+            }
+        }
+    }
+}
+
+#define GEMV_V6_PARAMS                                                                                        \
+    const signed char *__restrict__ w, const float *__restrict__ scales, const int4 *__restrict__ xq,          \
+        float *__restrict__ y, float *__restrict__ part, unsigned *__restrict__ counters, int m, int kp, int gpr, \
+        int groups, int gps, int n, int mode
+// 1..8 and 9..16 activation rows (one or two 8-column tiles).
+extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v6_i8_t1(GEMV_V6_PARAMS) {
+    gemv_v6<1>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, n, mode);
+}
+extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v6_i8_t2(GEMV_V6_PARAMS) {
+    gemv_v6<2>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, n, mode);
 }
 
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
