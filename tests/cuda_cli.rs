@@ -326,6 +326,21 @@ fn cuda_batched_decode_matches_lone_sequences_and_the_cpu() {
         let got = batched_vs_lone(&cuda_model(&ckpt, dtype), &prompts, 6);
         assert_eq!(got, want, "cuda {dtype} vs cpu f32");
     }
+    // GEMV v6 forced: the batched steps' int8 products (2..16 rows) run on
+    // fixed-point activations and integer tensor cores, the lone runs' one-row
+    // products on the f32 path; same tokens, logits within 1e-4.
+    let mut b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
+    b.set_gemv_variant(Some(tessera_backend::cuda::GemvVariant::V6));
+    let model = tessera_engine::Model::load(
+        b,
+        &ckpt.spec,
+        ckpt.source.as_ref(),
+        WeightDType::Int8,
+        |_, _| {},
+    )
+    .unwrap();
+    let got = batched_vs_lone(&model, &prompts, 6);
+    assert_eq!(got, want, "cuda int8 with GEMV v6 vs cpu f32");
 }
 
 /// `tensor_parallel: 2` on two GPUs with NCCL (`configs/gpu-tp2.yaml` on a

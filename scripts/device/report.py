@@ -231,14 +231,20 @@ def main():
         except OSError:
             pass
         rep["speed"][name] = e
-    b16 = load_json(os.path.join(out, "b16.json"))
-    if b16:
-        rep["decode_batch16"] = {
-            "decode_b1_tokens_per_s": b16["decode"]["tokens_per_s"]["median"],
-            "decode_b16_tokens_per_s": (b16.get("decode_batch") or {}).get("tokens_per_s", {}).get("median"),
-            "prefill_16_tokens_per_s": b16["prefill"][0]["tokens_per_s"]["median"] if b16.get("prefill") else None,
-            "prefill_b16_tokens_per_s": (b16.get("prefill_batch") or {}).get("tokens_per_s", {}).get("median"),
-        }
+    for key, fname in (("decode_batch16", "b16"), ("decode_batch16_dp4a", "b16_dp4a")):
+        b16 = load_json(os.path.join(out, fname + ".json"))
+        if b16:
+            rep[key] = {
+                "decode_b1_tokens_per_s": b16["decode"]["tokens_per_s"]["median"],
+                "decode_b16_tokens_per_s": (b16.get("decode_batch") or {}).get("tokens_per_s", {}).get("median"),
+                "prefill_16_tokens_per_s": b16["prefill"][0]["tokens_per_s"]["median"] if b16.get("prefill") else None,
+                "prefill_b16_tokens_per_s": (b16.get("prefill_batch") or {}).get("tokens_per_s", {}).get("median"),
+            }
+            try:
+                with open(os.path.join(out, fname + ".err")) as f:
+                    rep[key]["gemv_tuning"] = [l.split("tessera: ", 1)[1].strip() for l in f if "tessera: GEMV" in l]
+            except OSError:
+                pass
     try:
         with open(os.path.join(out, "nccl.txt")) as f:
             txt = f.read()
@@ -523,6 +529,11 @@ def markdown(rep):
                   f"(all sequences together)",
                   f"- prefill of 16-token prompts: batch 1 {fmt(b['prefill_16_tokens_per_s'])} tok/s; "
                   f"batch 16 {fmt(b.get('prefill_b16_tokens_per_s'))} tok/s (16 prompts in one step)"]
+        d = rep.get("decode_batch16_dp4a")
+        if d:
+            lines += [f"- `TESSERA_INT8_DECODE=dp4a` (GEMV v5 at one row, v6 on integer tensor cores at 2..16 rows): "
+                      f"batch 1: {fmt(d['decode_b1_tokens_per_s'])} tok/s; batch 16: {fmt(d['decode_b16_tokens_per_s'])} tok/s"]
+            lines += [f"  - {l}" for l in d.get("gemv_tuning", []) if "n=16" in l]
     else:
         lines += ["", "Batch 16 in the engine: not measured in this run (see log)."]
     n = rep.get("nccl")

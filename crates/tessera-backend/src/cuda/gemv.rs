@@ -796,3 +796,44 @@ fn v3_shape(n: usize) -> (usize, usize) {
         (2, 6)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v6_plans_fill_the_gpu_and_bound_shared_memory() {
+        // The llama2-7b decode products on an H100 (132 SMs, 264 blocks wanted), 16 rows.
+        let plan =
+            |rows_out, mode, k: usize| v6_plan(rows_out, mode, k.div_ceil(32), 16, 264).unwrap();
+        let store = GemvMode::Store;
+        // o_proj: 32 row tiles, 9 slices of 15 groups (the last of 8).
+        let o = plan(4096, store, 4096);
+        assert_eq!((o.row_tiles, o.splits, o.gps), (32, 9, 15));
+        // down: 344 groups, at most 64 per slice, as many as fill the GPU.
+        let down = plan(4096, GemvMode::Accumulate, 11008);
+        assert_eq!((down.row_tiles, down.splits, down.gps), (32, 9, 39));
+        // gate/up with SwiGLU: 64 outputs (128 weight rows) per block.
+        let gu = plan(11008, GemvMode::SwiGlu, 4096);
+        assert_eq!((gu.row_tiles, gu.splits, gu.gps), (172, 2, 64));
+        // The LM head: slices bounded by the 64-group limit.
+        let head = plan(32000, store, 4096);
+        assert_eq!((head.row_tiles, head.splits, head.gps), (250, 2, 64));
+        for p in [o, down, gu, head] {
+            // Every group in exactly one non-empty slice.
+            assert!(p.gps <= V6_MAX_GROUPS_PER_SPLIT);
+            // Two blocks fit the 227 KiB an H100 SM offers.
+            assert!(2 * (p.smem + 1024) <= 227 * 1024, "{p:?}");
+        }
+        assert_eq!(down.splits * down.gps - 344, 7);
+        // Enough rows for the GPU: one slice, no partial sums.
+        let one = v6_plan(40000, store, 64, 8, 264).unwrap();
+        assert_eq!((one.splits, one.gps), (1, 64));
+        // A single group never splits; a tiny product gets at least one tile.
+        let tiny = v6_plan(3, store, 1, 8, 264).unwrap();
+        assert_eq!((tiny.row_tiles, tiny.splits, tiny.gps), (1, 1, 1));
+        // Too many row tiles for the counters when split: refused by name.
+        let err = v6_plan(V6_COUNTERS * 128 + 1, store, 4096 / 32, 16, 264 * 1000).unwrap_err();
+        assert!(err.to_string().contains("row tiles"), "{err}");
+    }
+}

@@ -41,12 +41,18 @@ fn bench_gemv_variants_and_small_ops() {
             let bytes = first.bytes();
             let ws = copies(&first, (256usize << 20).div_ceil(bytes).max(2));
             drop(first);
-            for n in [1usize, 16] {
+            for n in [1usize, 8, 16] {
                 let x = b.upload(&host(n, k, 2)).unwrap();
-                for v in GemvVariant::ALL.into_iter().chain([GemvVariant::V5]) {
-                    // v4 and v5 take one activation row (with more they run v2).
+                let opt_in = [GemvVariant::V5, GemvVariant::V6];
+                for v in GemvVariant::ALL.into_iter().chain(opt_in) {
+                    // v4 and v5 take one activation row (with more they run
+                    // v2), v6 two or more; 8 rows: v2 (the f32 baseline) and v6.
                     let one_row = matches!(v, GemvVariant::V4 | GemvVariant::V5);
-                    if !v.supports_dtype(dtype) || (one_row && n > 1) {
+                    if !v.supports_dtype(dtype)
+                        || (one_row && n > 1)
+                        || (v == GemvVariant::V6 && n == 1)
+                        || (n == 8 && !matches!(v, GemvVariant::V2 | GemvVariant::V6))
+                    {
                         continue;
                     }
                     b.set_gemv_variant(Some(v));

@@ -162,10 +162,23 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
         let mut x = host(3, 100, 5);
         x.data[100 + 50] = bad;
         let got = get(&b, &b.matmul(&b.upload(&x).unwrap(), &wd).unwrap());
-        assert!(got[20..40].iter().all(|v| v.is_nan()), "{bad} in row 1: {got:?}");
+        assert!(
+            got[20..40].iter().all(|v| v.is_nan()),
+            "{bad} in row 1: {got:?}"
+        );
         let want = reference::matmul_f32(&x.data, 3, 100, &deq, 20);
-        assert_close(&got[..20], &want[..20], 1e-5, &format!("row 0 beside {bad}"));
-        assert_close(&got[40..], &want[40..], 1e-5, &format!("row 2 beside {bad}"));
+        assert_close(
+            &got[..20],
+            &want[..20],
+            1e-5,
+            &format!("row 0 beside {bad}"),
+        );
+        assert_close(
+            &got[40..],
+            &want[40..],
+            1e-5,
+            &format!("row 2 beside {bad}"),
+        );
     }
     b.set_gemv_variant(None);
 }
