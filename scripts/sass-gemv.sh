@@ -3,7 +3,7 @@
 # to PTX by the real NVRTC (as the CUDA backend does at run time), assembled
 # for sm_90 by ptxas, disassembled by cuobjdump. Prints, per kernel, the
 # registers (which set the blocks per SM) and, per basic block that computes
-# a step (PRMT-, FFMA- or IDP-heavy) or loads one (LDG), its instruction count. The tools
+# a step (PRMT-, FFMA-, IDP- or IMMA-heavy) or loads one (LDG), its instruction count. The tools
 # come from their PyPI wheels into target/sass-tools/ (~45 MB, once).
 #
 #   bash scripts/sass-gemv.sh [KERNEL...]    # default: the int8 v4 kernels
