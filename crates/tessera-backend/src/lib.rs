@@ -66,6 +66,42 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
+/// [`Backend::attention_batch`] one sequence at a time with the single-sequence
+/// ops (slice the row, RoPE, KV store, attention, then stack the rows): the
+/// default, and the fallback of backends whose one-launch path cannot take a
+/// call.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_per_sequence<B: Backend + ?Sized>(
+    b: &B,
+    q: &B::Tensor,
+    k: &B::Tensor,
+    v: &B::Tensor,
+    caches: &mut [&mut B::KvCache],
+    layer: usize,
+    starts: &[usize],
+    inv_freq: &[f32],
+    shape: AttentionShape,
+) -> Result<B::Tensor> {
+    if caches.len() != starts.len() {
+        return Err(error::shape_err(
+            "attention_batch",
+            format!("{} caches for {} positions", caches.len(), starts.len()),
+        ));
+    }
+    let (nh, nkv, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
+    let mut outs = Vec::with_capacity(caches.len());
+    for (i, (cache, &start)) in caches.iter_mut().zip(starts).enumerate() {
+        let mut qi = b.slice_rows(q, i, 1)?;
+        let mut ki = b.slice_rows(k, i, 1)?;
+        let vi = b.slice_rows(v, i, 1)?;
+        b.rope(&mut qi, nh, hd, start, inv_freq)?;
+        b.rope(&mut ki, nkv, hd, start, inv_freq)?;
+        b.kv_store(cache, layer, start, &ki, &vi)?;
+        outs.push(b.attention(&qi, cache, layer, start, shape)?);
+    }
+    b.concat_rows(&outs.iter().collect::<Vec<_>>())
+}
+
 /// A compute device. Activations are 2-D `[rows, cols]` f32-semantics tensors
 /// (one row per token); weights are `[out, in]` matrices in the chosen dtype.
 pub trait Backend: Send + Sync {
@@ -149,6 +185,29 @@ pub trait Backend: Send + Sync {
         start_pos: usize,
         shape: AttentionShape,
     ) -> Result<Self::Tensor>;
+
+    /// One decode step of attention for several sequences, one query row
+    /// each (the server's batched decode): row `i` of `q`, `k`, `v`
+    /// (`[n, heads*head_dim]`, `[n, kv_heads*head_dim]` twice, without RoPE)
+    /// is the token of the sequence whose cache is `caches[i]`, at position
+    /// `starts[i]`. RoPE is applied to `q` and `k`, `k` and `v` are stored
+    /// into `caches[i]` at `starts[i]`, and row `i` of the result attends over
+    /// that cache's positions `0..=starts[i]`. The default runs those ops one
+    /// sequence at a time; a backend may do it in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_batch(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        caches: &mut [&mut Self::KvCache],
+        layer: usize,
+        starts: &[usize],
+        inv_freq: &[f32],
+        shape: AttentionShape,
+    ) -> Result<Self::Tensor> {
+        attention_per_sequence(self, q, k, v, caches, layer, starts, inv_freq, shape)
+    }
 
     // ---- tensor parallelism ----
     /// Sum `x` element-wise over the ranks of `comm`, in place: the all-reduce

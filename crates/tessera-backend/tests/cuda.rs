@@ -612,3 +612,89 @@ fn device_argmax_picks_as_the_host_sampler() {
     }
     assert!(b.argmax_row(&b.upload(&host(2, 8, 1)).unwrap()).is_err());
 }
+
+/// `attention_batch` (several sequences' RoPE, KV store and attention in one
+/// launch) against the single-sequence ops one sequence at a time: caches
+/// of different capacities, contexts from 1 to 300 positions, GQA, forced
+/// position splits (so both paths cut every context alike: identical bits),
+/// and a later single-sequence step reading what the batched call stored.
+#[test]
+fn batched_decode_attention_matches_one_sequence_at_a_time() {
+    let Some(mut b) = backend("batched_decode_attention_matches_one_sequence_at_a_time") else {
+        return;
+    };
+    let (layers, heads, kvh, hd) = (2usize, 8usize, 2usize, 64usize);
+    let shape = AttentionShape {
+        num_heads: heads,
+        num_kv_heads: kvh,
+        head_dim: hd,
+    };
+    let inv = support::inv_freq(hd);
+    // (capacity, position of the new token) per sequence.
+    let seqs = [(16usize, 0usize), (320, 300), (40, 7), (130, 129), (64, 33)];
+    let n = seqs.len();
+    for (splits, min_chunk) in [(Some(4), 1), (Some(1), 1)] {
+        b.set_attention_splits(splits);
+        b.set_attention_min_chunk(min_chunk);
+        let mut runs = Vec::new();
+        for batched in [true, false] {
+            // Caches filled with the same history either way.
+            let mut caches: Vec<_> = seqs
+                .iter()
+                .map(|&(cap, _)| b.kv_cache(layers, kvh, hd, cap).unwrap())
+                .collect();
+            for (i, (c, &(_, pos))) in caches.iter_mut().zip(&seqs).enumerate() {
+                for layer in 0..layers {
+                    if pos > 0 {
+                        let kh = b.upload(&host(pos, kvh * hd, 50 + i as u64)).unwrap();
+                        let vh = b.upload(&host(pos, kvh * hd, 60 + i as u64)).unwrap();
+                        b.kv_store(c, layer, 0, &kh, &vh).unwrap();
+                    }
+                }
+            }
+            let mut outs = Vec::new();
+            for layer in 0..layers {
+                // One QKV product row per sequence, split into column views.
+                let qkv = b
+                    .upload(&host(n, (heads + 2 * kvh) * hd, 70 + layer as u64))
+                    .unwrap();
+                let parts = b
+                    .split_cols(&qkv, &[heads * hd, kvh * hd, kvh * hd])
+                    .unwrap();
+                let starts: Vec<usize> = seqs.iter().map(|s| s.1).collect();
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                let out = if batched {
+                    b.attention_batch(
+                        &parts[0], &parts[1], &parts[2], &mut refs, layer, &starts, &inv, shape,
+                    )
+                } else {
+                    tessera_backend::attention_per_sequence(
+                        &b, &parts[0], &parts[1], &parts[2], &mut refs, layer, &starts, &inv, shape,
+                    )
+                }
+                .unwrap();
+                outs.push(get(&b, &out));
+            }
+            // A later step of each sequence alone reads what was stored.
+            for (c, &(_, pos)) in caches.iter_mut().zip(&seqs) {
+                let q = b.upload(&host(1, heads * hd, 90)).unwrap();
+                outs.push(get(&b, &b.attention(&q, c, 1, pos, shape).unwrap()));
+            }
+            runs.push(outs);
+        }
+        assert!(
+            runs[0] == runs[1],
+            "splits {splits:?}: batched attention differs from one sequence at a time"
+        );
+    }
+    b.set_attention_splits(None);
+    b.set_attention_min_chunk(128);
+    // Mismatched inputs are refused by name.
+    let mut c = b.kv_cache(1, kvh, hd, 8).unwrap();
+    let q = b.upload(&host(2, heads * hd, 1)).unwrap();
+    let k = b.upload(&host(2, kvh * hd, 2)).unwrap();
+    let Err(err) = b.attention_batch(&q, &k, &k, &mut [&mut c], 0, &[0], &inv, shape) else {
+        panic!("two rows for one cache accepted");
+    };
+    assert!(err.to_string().contains("attention_batch"), "{err}");
+}

@@ -162,7 +162,9 @@ impl CudaBackend {
             .int(k_rope.map(|r| r.start).unwrap_or(0))
             .ptr(self.ptr(&cache.k) + layer_off)
             .ptr(self.ptr(&cache.v) + layer_off)
-            .int(self.att_min_chunk);
+            .int(self.att_min_chunk)
+            .ptr(0)
+            .int(0);
         let dims = Dims {
             grid: (q.rows as u32, num_heads as u32, splits as u32),
             block: 256,
@@ -181,6 +183,161 @@ impl CudaBackend {
         drop(part);
         drop(fused);
         Ok(CudaTensor::ready(q.rows, q.cols, out))
+    }
+}
+
+impl CudaBackend {
+    /// `Backend::attention_batch`: RoPE, the KV store and attention of every
+    /// sequence in one launch (kernels/attention.cu, `seqs`); the
+    /// per-sequence ops when that launch cannot take the call (fusion off,
+    /// inside a recording, q or k with RoPE already pending, head_dim > 256,
+    /// more rows x heads than the split counters).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn attention_batch_impl(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        caches: &mut [&mut CudaKvCache],
+        layer: usize,
+        starts: &[usize],
+        inv_freq: &[f32],
+        shape: AttentionShape,
+    ) -> Result<CudaTensor> {
+        let AttentionShape {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = shape;
+        let n = caches.len();
+        if starts.len() != n || q.rows != n || k.rows != n || v.rows != n {
+            let detail = format!(
+                "{n} caches, {} positions, q/k/v rows {}/{}/{}",
+                starts.len(),
+                q.rows,
+                k.rows,
+                v.rows
+            );
+            return Err(shape_err("attention_batch", detail));
+        }
+        let kv_cols = num_kv_heads * head_dim;
+        for (cache, &start) in caches.iter().zip(starts) {
+            let g = cache.geometry();
+            checks::kv_store(&g, layer, start, (1, k.cols), (1, v.cols))?;
+            checks::attention(&g, layer, start, (1, q.cols), shape)?;
+        }
+        if k.cols != kv_cols {
+            let detail = format!("k has {} columns, expected {kv_cols}", k.cols);
+            return Err(shape_err("attention_batch", detail));
+        }
+        let qs = self.strided(q, Some(head_dim))?;
+        let (ks, kbuf) = self.strided_kept(k, Some(head_dim))?;
+        let (vs, vbuf) = self.strided_kept(v, None)?;
+        if !self.fuse
+            || n == 0
+            || self.capture_id()?.is_some()
+            || head_dim > 256
+            || qs.rope.is_some()
+            || ks.rope.is_some()
+            || n * num_heads > ATT_COUNTERS
+        {
+            return crate::attention_per_sequence(
+                self, q, k, v, caches, layer, starts, inv_freq, shape,
+            );
+        }
+        // Stores deferred on these caches by earlier calls run first.
+        for cache in caches.iter_mut() {
+            let earlier = cache.pending.get_mut().map_err(|_| kv_poisoned())?.take();
+            if let Some(e) = earlier {
+                self.flush_kv(cache, e)?;
+            }
+        }
+        let table = self.rope_table(inv_freq)?;
+        let mut host = Vec::with_capacity(4 * n);
+        for (cache, &start) in caches.iter().zip(starts) {
+            host.extend([
+                self.ptr(&cache.k) as i64,
+                self.ptr(&cache.v) as i64,
+                cache.capacity as i64,
+                start as i64,
+            ]);
+        }
+        let mut seqs = self.att_seqs.lock().map_err(|_| {
+            crate::BackendError::Device("internal: attention table lock poisoned".into())
+        })?;
+        if seqs.as_ref().map(|(h, _)| h != &host).unwrap_or(true) {
+            let dev_table = self
+                .stream
+                .clone_htod(&host)
+                .map_err(super::dev("attention_batch"))?;
+            *seqs = Some((host, dev_table));
+        }
+        let seqs_ptr = seqs.as_ref().map(|(_, d)| self.ptr(d)).unwrap_or(0);
+        let out = self.alloc::<f32>(n * q.cols)?;
+        let f = if head_dim <= 128 {
+            &self.k.attention_d128
+        } else {
+            &self.k.attention_d256
+        };
+        // Splits as for a launch of n rows over the largest capacity, cut to
+        // what the longest context uses (rows use min(S, (pos + 1) / min_chunk)).
+        let cap = caches.iter().map(|c| c.capacity).max().unwrap_or(1);
+        let longest = starts.iter().max().copied().unwrap_or(0) + 1;
+        let splits = self
+            .attention_splits(n, num_heads, cap)
+            .min((longest / self.att_min_chunk).max(1));
+        let part = if splits > 1 {
+            Some(self.alloc::<f32>(n * num_heads * splits * (head_dim + 2))?)
+        } else {
+            None
+        };
+        let args = Args::new()
+            .ptr(qs.ptr)
+            .int(qs.stride)
+            .ptr(0)
+            .ptr(0)
+            .ptr(self.ptr(&out))
+            .int(num_heads)
+            .int(num_kv_heads)
+            .int(head_dim)
+            .int(0)
+            .int(0)
+            .f32(1.0f32 / (head_dim as f32).sqrt())
+            .ptr(table)
+            .int(0)
+            .ptr(0)
+            .ptr(part.as_ref().map(|p| self.ptr(p)).unwrap_or(0))
+            .ptr(self.ptr(&self.att_counters))
+            .int(1)
+            .ptr(ks.ptr)
+            .int(ks.stride)
+            .ptr(vs.ptr)
+            .int(vs.stride)
+            .ptr(table)
+            .int(0)
+            .ptr(0)
+            .ptr(0)
+            .int(self.att_min_chunk)
+            .ptr(seqs_ptr)
+            .int(layer);
+        let dims = Dims {
+            grid: (n as u32, num_heads as u32, splits as u32),
+            block: 256,
+            smem: 0,
+        };
+        // SAFETY: q, k, v rows hold heads*hd, kvh*hd, kvh*hd f32 at their
+        // strides (k and v kept alive below until the launch is queued;
+        // frees are stream-ordered); out [n, heads*hd]; seqs holds 4n i64: row
+        // i's K and V cache bases (layers x kvh x cap x hd f32 each), its
+        // capacity and its position, which the checks above saw below the
+        // capacity for this layer. With splits > 1, part holds
+        // n*heads*splits*(hd+2) f32 and the counters n*heads <= ATT_COUNTERS
+        // u32, all zero (every launch leaves them zero).
+        unsafe { self.launch("attention_batch", f, dims, args) }?;
+        drop(seqs);
+        drop(part);
+        drop((kbuf, vbuf));
+        Ok(CudaTensor::ready(n, q.cols, out))
     }
 }
 

@@ -75,6 +75,10 @@ pub struct CudaBackend {
     k: Kernels,
     /// RoPE frequency tables already on the device (the engine passes the same one every call).
     rope_tables: Mutex<Vec<(Vec<f32>, CudaSlice<f32>)>>,
+    /// The per-sequence table of the last batched attention launch (cache
+    /// addresses, capacities, positions) and its device copy: every layer of a
+    /// step passes the same one.
+    att_seqs: Mutex<Option<(Vec<i64>, CudaSlice<i64>)>>,
     name: String,
     /// Defer small products, RMSNorms and Q/K/V splits so their consumers
     /// absorb them (fused epilogues, fused norm, RoPE on load).
@@ -267,6 +271,7 @@ impl CudaBackend {
             blas,
             k,
             rope_tables: Mutex::new(Vec::new()),
+            att_seqs: Mutex::new(None),
             name,
             fuse,
             pdl,

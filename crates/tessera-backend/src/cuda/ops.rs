@@ -390,4 +390,18 @@ impl Backend for CudaBackend {
     ) -> Result<CudaTensor> {
         self.attention_impl(q, cache, layer, start_pos, shape)
     }
+
+    fn attention_batch(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        caches: &mut [&mut CudaKvCache],
+        layer: usize,
+        starts: &[usize],
+        inv_freq: &[f32],
+        shape: AttentionShape,
+    ) -> Result<CudaTensor> {
+        self.attention_batch_impl(q, k, v, caches, layer, starts, inv_freq, shape)
+    }
 }

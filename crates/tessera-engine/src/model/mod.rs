@@ -470,6 +470,13 @@ impl<B: Backend> Model<B> {
                     b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
                     b.kv_store(&mut batch[0].seq.cache, l, start, &k, &v)?;
                     b.attention(&q, &batch[0].seq.cache, l, start, shape)?
+                } else if rows.iter().all(|&(_, n, _)| n == 1) {
+                    // A decode step of several sequences: one call (one
+                    // launch on the GPU) for all of them.
+                    let starts: Vec<usize> = rows.iter().map(|r| r.2).collect();
+                    let mut caches: Vec<&mut B::KvCache> =
+                        batch.iter_mut().map(|e| &mut e.seq.cache).collect();
+                    b.attention_batch(&q, &k, &v, &mut caches, l, &starts, &self.inv_freq, shape)?
                 } else {
                     let mut outs = Vec::with_capacity(batch.len());
                     for (e, &(r0, n, start)) in batch.iter_mut().zip(rows) {

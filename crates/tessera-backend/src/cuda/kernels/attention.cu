@@ -66,6 +66,14 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 // product); with `inv_freq` set, RoPE is applied to q as it is loaded (row i
 // at position rope_start + i). With dpos set, both positions are offsets from
 // *dpos (see step_pos).
+//
+// Several sequences (seqs set; decode of a batch, cuda/attention.rs): row i
+// is the one new token of its own sequence, whose cache, capacity and
+// position come from seqs[4i .. 4i+3] (K cache base, V cache base, capacity,
+// position; `layer` selects the layer): kc/vc/kw/vw, cap, start and both RoPE
+// starts are that sequence's, and row i sits at offset 0 from its start
+// instead of i. Needs tail = 1 and nk set (the new key and value are stored
+// here), dpos null.
 // ATT_MAXD: head_dim / 32 rounded up (registers per lane); ATT_POS: positions
 // per warp per step, loaded together for memory-level parallelism.
 template <int ATT_MAXD, int ATT_POS>
@@ -78,7 +86,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
                                                int tail, const float* __restrict__ nk, int nk_stride,
                                                const float* __restrict__ nv, int nv_stride,
                                                const float* __restrict__ nk_inv, int nk_rope_start, float* kw,
-                                               float* vw, int min_chunk) {
+                                               float* vw, int min_chunk, const long long* __restrict__ seqs,
+                                               int layer) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
     __shared__ float sm_q[ATT_MAXD * WARP];
@@ -91,7 +100,19 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     const int i = blockIdx.x, h = blockIdx.y, split = blockIdx.z, stride_s = gridDim.z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int kh = h / (heads / kvh);
-    const int last = start + i;
+    int ri = i; // the row's offset from `start` in its sequence
+    if (seqs != nullptr) {
+        const long long* e = seqs + 4 * (size_t)i;
+        cap = (int)e[2];
+        const size_t loff = (size_t)layer * kvh * cap * hd;
+        kw = (float*)e[0] + loff;
+        vw = (float*)e[1] + loff;
+        kc = kw;
+        vc = vw;
+        start = rope_start = nk_rope_start = (int)e[3];
+        ri = 0;
+    }
+    const int last = start + ri;
     // Splits row i uses (uniform over the block, so an early return is whole).
     const int splits = min_chunk > 0 ? max(1, min(stride_s, (last + 1) / min_chunk)) : stride_s;
     if (split >= splits) return;
@@ -103,15 +124,15 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         // Row i's new key and value into the cache (the deferred KV store).
         const float* nkr = nk + (size_t)i * nk_stride + (size_t)kh * hd;
         const float* nvr = nv + (size_t)i * nv_stride + (size_t)kh * hd;
-        const size_t dst = ((size_t)kh * cap + start + i) * hd;
+        const size_t dst = ((size_t)kh * cap + start + ri) * hd;
         for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            kw[dst + d] = nk_inv ? rope_elem(nkr, d, hd, nk_rope_start + i, nk_inv) : nkr[d];
+            kw[dst + d] = nk_inv ? rope_elem(nkr, d, hd, nk_rope_start + ri, nk_inv) : nkr[d];
             vw[dst + d] = nvr[d];
         }
     }
     const float* qr = q + (size_t)i * q_stride + (size_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
-        sm_q[d] = inv_freq ? rope_elem(qr, d, hd, rope_start + i, inv_freq) : qr[d];
+        sm_q[d] = inv_freq ? rope_elem(qr, d, hd, rope_start + ri, inv_freq) : qr[d];
     __syncthreads();
     const float* kb = kc + (size_t)kh * cap * hd;
     const float* vb = vc + (size_t)kh * cap * hd;
@@ -164,9 +185,9 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     }
     // The new positions of this block's range, one per warp at a time.
     for (int p = (tail ? max(lo, start) : hi) + warp; p < hi; p += ATT_WARPS) {
-        const int r = p - start;
-        const float* kr = nk ? nk + (size_t)r * nk_stride + (size_t)kh * hd : kb + (size_t)p * hd;
-        const float* vr = nk ? nv + (size_t)r * nv_stride + (size_t)kh * hd : vb + (size_t)p * hd;
+        const int r = p - start; // its row in nk: i - ri + r
+        const float* kr = nk ? nk + (size_t)(i - ri + r) * nk_stride + (size_t)kh * hd : kb + (size_t)p * hd;
+        const float* vr = nk ? nv + (size_t)(i - ri + r) * nv_stride + (size_t)kh * hd : vb + (size_t)p * hd;
         float kv[ATT_MAXD], vv[ATT_MAXD];
 #pragma unroll
         for (int t = 0; t < ATT_MAXD; t++) {
@@ -248,10 +269,11 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
              int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
              const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters, int tail, \
              const float* __restrict__ nk, int nk_stride, const float* __restrict__ nv, int nv_stride,         \
-             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk) {        \
+             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk,          \
+             const long long* __restrict__ seqs, int layer) {                                                  \
         attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
                                   rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,        \
-                                  nk_inv, nk_rope_start, kw, vw, min_chunk);                                   \
+                                  nk_inv, nk_rope_start, kw, vw, min_chunk, seqs, layer);                      \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
 ATTENTION_ENTRY(attention_d128, 4, 8)
