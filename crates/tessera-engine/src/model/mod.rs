@@ -552,7 +552,13 @@ impl<B: Backend> Model<B> {
             })
             .collect();
         let total_rows = ids.len();
-        let x = if wanted.len() == 1 && wanted[0] == (0, total_rows) {
+        // The wanted rows are every row in order (a decode batch, or one
+        // entry wanting all): no copies.
+        let all_rows = wanted
+            .iter()
+            .try_fold(0, |at, &(r0, n)| (r0 == at).then_some(at + n))
+            == Some(total_rows);
+        let x = if all_rows {
             x
         } else if wanted.len() == 1 {
             b.slice_rows(&x, wanted[0].0, wanted[0].1)?
