@@ -3,8 +3,8 @@
 //! and fused RMSNorm, PDL, and the per-shape timing.
 
 use crate::support::{
-    assert_close, backend, dequant_i4, dequant_i8, get, host, inv_freq, round_bf16, step,
-    step_tensor, step_token, Shape, Weights,
+    assert_close, backend, dequant_i4, dequant_i8, fused_layer_products, get, host, inv_freq,
+    round_bf16, step, step_tensor, step_token, Shape, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -118,36 +118,11 @@ fn fused_epilogues_and_norm_match_unfused_and_reference() {
             for (fused, v) in configs {
                 b.set_fusion(fused);
                 b.set_gemv_variant(v);
-                let gu = b.upload_linear(&wgu, dtype).unwrap();
-                let o = b.upload_linear(&wo, dtype).unwrap();
-                let dn = b.upload(&nw).unwrap();
                 for n in [1usize, 3, 8, 16] {
                     let what = format!("{dtype} k={k} n={n} fused={fused} variant {v:?}");
                     let x = host(n, k, 40 + n as u64);
-                    let xn = reference::rms_norm(&x.data, k, &nw.data, 1e-5);
-                    let dx = b.upload(&x).unwrap();
-                    // RMSNorm and SwiGLU fused into the gate/up product.
-                    let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
-                    let m = get(&b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
-                    let want = reference::swiglu(
-                        &reference::matmul_f32(&xn, n, k, &dgu, 2 * inter),
-                        2 * inter,
-                    );
-                    assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
-                    // The norm a GEMV fused is still readable, and equal.
-                    let hn_vals = get(&b, &hn);
-                    assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
-                    // Residual add fused into a product of the residual's own
-                    // norm: copy-on-write must keep the product's input intact.
-                    let mut r = b.upload(&x).unwrap();
-                    let y = b.matmul(&b.rms_norm(&r, &dn, 1e-5).unwrap(), &o).unwrap();
-                    b.add_assign(&mut r, &y).unwrap();
-                    let prod = reference::matmul_f32(&xn, n, k, &dwo, k);
-                    let want: Vec<f32> = x.data.iter().zip(&prod).map(|(a, p)| a + p).collect();
-                    let got = get(&b, &r);
-                    assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
-                    // The deferred product is still readable on its own.
-                    assert_close(&get(&b, &y), &prod, 1e-4, &format!("deferred {what}"));
+                    let (m, hn_vals, got) =
+                        fused_layer_products(&b, &wgu, &wo, &nw, &x, (&dgu, &dwo), dtype, &what);
                     results.push((what, m, hn_vals, got));
                 }
             }

@@ -6,34 +6,12 @@
 
 use crate::gemv::SMALL;
 use crate::support::{
-    assert_close, backend, dequant_i8, get, host, inv_freq, step, step_tensor, step_token, Weights,
+    assert_close, assert_falls_back_to_v2, backend, dequant_i8, fused_layer_products, get, host,
+    inv_freq, matmul_f64, step, step_tensor, step_token, worst_error, Weights,
 };
 use tessera_backend::cuda::GemvVariant;
-use tessera_backend::{reference, Backend, WeightDType};
+use tessera_backend::{Backend, WeightDType};
 use tessera_model::HostTensor;
-
-/// y = x w^T in f64.
-fn matmul_f64(x: &[f32], n: usize, k: usize, w: &[f32], m: usize) -> Vec<f64> {
-    let mut y = vec![0f64; n * m];
-    for i in 0..n {
-        for o in 0..m {
-            y[i * m + o] = (0..k)
-                .map(|j| x[i * k + j] as f64 * w[o * k + j] as f64)
-                .sum();
-        }
-    }
-    y
-}
-
-/// Largest `|got - want| / (sum over j of |x_j w_oj|)`: the error relative to
-/// the size of the terms, which is what rounding the activations costs.
-fn worst_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
-    got.iter()
-        .zip(want)
-        .zip(scale)
-        .map(|((g, w), s)| (*g as f64 - w).abs() / s.max(f64::MIN_POSITIVE))
-        .fold(0f64, f64::max)
-}
 
 /// Activations with the spread of real hidden states: a few outliers per
 /// row, values near zero, a chunk of zeros.
@@ -120,27 +98,20 @@ fn gemv_v5_is_as_close_to_the_exact_product_as_the_f32_variants() {
         }
         // n > 1 rows do not run v5; the forced choice falls back to v2 (same
         // bits as v1-v4).
-        let x2 = host(2, k, 3);
-        let dx2 = b.upload(&x2).unwrap();
-        let v5_two = get(&b, &b.matmul(&dx2, &wd).unwrap());
-        b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(
-            v5_two == get(&b, &b.matmul(&dx2, &wd).unwrap()),
-            "{m}x{k}: two rows under v5"
+        let dx2 = b.upload(&host(2, k, 3)).unwrap();
+        assert_falls_back_to_v2(
+            &mut b,
+            GemvVariant::V5,
+            &dx2,
+            &wd,
+            &format!("{m}x{k}, two rows"),
         );
     }
     // bf16 and int4 weights never run v5.
-    b.set_gemv_variant(Some(GemvVariant::V5));
     for dtype in [WeightDType::BF16, WeightDType::Int4] {
         let w = b.upload_linear(&host(40, 256, 1), dtype).unwrap();
         let dx = b.upload(&host(1, 256, 2)).unwrap();
-        let got = get(&b, &b.matmul(&dx, &w).unwrap());
-        b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(
-            got == get(&b, &b.matmul(&dx, &w).unwrap()),
-            "{dtype} under v5"
-        );
-        b.set_gemv_variant(Some(GemvVariant::V5));
+        assert_falls_back_to_v2(&mut b, GemvVariant::V5, &dx, &w, &format!("{dtype}"));
     }
     // A NaN or an infinity in the activations makes the products NaN, not a
     // finite guess.
@@ -168,32 +139,14 @@ fn gemv_v5_fused_epilogues_and_norm_match_unfused() {
         let nw = host(1, k, 33);
         let (dgu, dwo) = (dequant_i8(&wgu), dequant_i8(&wo));
         let x = host(1, k, 41);
-        let xn = reference::rms_norm(&x.data, k, &nw.data, 1e-5);
         let mut results = Vec::new();
         for fused in [true, false] {
             b.set_fusion(fused);
-            let gu = b.upload_linear(&wgu, WeightDType::Int8).unwrap();
-            let o = b.upload_linear(&wo, WeightDType::Int8).unwrap();
-            let dn = b.upload(&nw).unwrap();
             let what = format!("k={k} fused={fused}");
-            let dx = b.upload(&x).unwrap();
-            let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
-            let m = get(&b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
-            let want = reference::swiglu(
-                &reference::matmul_f32(&xn, 1, k, &dgu, 2 * inter),
-                2 * inter,
-            );
-            assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
-            let hn_vals = get(&b, &hn);
-            assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
-            let mut r = b.upload(&x).unwrap();
-            let y = b.matmul(&b.rms_norm(&r, &dn, 1e-5).unwrap(), &o).unwrap();
-            b.add_assign(&mut r, &y).unwrap();
-            let prod = reference::matmul_f32(&xn, 1, k, &dwo, k);
-            let want: Vec<f32> = x.data.iter().zip(&prod).map(|(a, p)| a + p).collect();
-            let got = get(&b, &r);
-            assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
-            results.push((m, hn_vals, got));
+            let (dv, int8) = ((dgu.as_slice(), dwo.as_slice()), WeightDType::Int8);
+            results.push(fused_layer_products(
+                &b, &wgu, &wo, &nw, &x, dv, int8, &what,
+            ));
         }
         assert!(
             results[0] == results[1],

@@ -6,32 +6,13 @@
 //! kernel's shuffle fallback, which follows the PTX fragment layout; the
 //! device check runs these tests on the real instruction.
 
-use crate::support::{assert_close, backend, dequant_i8, get, host};
+use crate::support::{
+    assert_close, assert_falls_back_to_v2, backend, dequant_i8, fused_layer_products, get, host,
+    matmul_f64, worst_error,
+};
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
 use tessera_model::HostTensor;
-
-/// y = x w^T in f64.
-fn matmul_f64(x: &[f32], n: usize, k: usize, w: &[f32], m: usize) -> Vec<f64> {
-    let mut y = vec![0f64; n * m];
-    for i in 0..n {
-        for o in 0..m {
-            y[i * m + o] = (0..k)
-                .map(|j| x[i * k + j] as f64 * w[o * k + j] as f64)
-                .sum();
-        }
-    }
-    y
-}
-
-/// Largest `|got - want| / scale`.
-fn worst_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
-    got.iter()
-        .zip(want)
-        .zip(scale)
-        .map(|((g, w), s)| (*g as f64 - w).abs() / s.max(f64::MIN_POSITIVE))
-        .fold(0f64, f64::max)
-}
 
 /// Each activation replaced by the largest |x| of its 32-element group (of
 /// its row): the bound v6's rounding obeys is 2^-22 of sum(|w| * this).
@@ -131,27 +112,20 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
             );
         }
         // One row does not run v6; the forced choice falls back to v2.
-        let x1 = host(1, k, 3);
-        let dx1 = b.upload(&x1).unwrap();
-        let one = get(&b, &b.matmul(&dx1, &wd).unwrap());
-        b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(
-            one == get(&b, &b.matmul(&dx1, &wd).unwrap()),
-            "{m}x{k}: one row under v6"
+        let dx1 = b.upload(&host(1, k, 3)).unwrap();
+        assert_falls_back_to_v2(
+            &mut b,
+            GemvVariant::V6,
+            &dx1,
+            &wd,
+            &format!("{m}x{k}, one row"),
         );
     }
     // bf16 and int4 weights never run v6.
-    b.set_gemv_variant(Some(GemvVariant::V6));
     for dtype in [WeightDType::BF16, WeightDType::Int4] {
         let w = b.upload_linear(&host(40, 256, 1), dtype).unwrap();
         let dx = b.upload(&host(4, 256, 2)).unwrap();
-        let got = get(&b, &b.matmul(&dx, &w).unwrap());
-        b.set_gemv_variant(Some(GemvVariant::V2));
-        assert!(
-            got == get(&b, &b.matmul(&dx, &w).unwrap()),
-            "{dtype} under v6"
-        );
-        b.set_gemv_variant(Some(GemvVariant::V6));
+        assert_falls_back_to_v2(&mut b, GemvVariant::V6, &dx, &w, &format!("{dtype}"));
     }
     // A NaN or an infinity in one activation row makes that row's products
     // NaN and leaves the other rows alone.
@@ -197,33 +171,15 @@ fn gemv_v6_fused_epilogues_and_norm_match_unfused() {
         let nw = host(1, k, 33);
         let (dgu, dwo) = (dequant_i8(&wgu), dequant_i8(&wo));
         let x = host(n, k, 41);
-        let xn = reference::rms_norm(&x.data, k, &nw.data, 1e-5);
         let mut results = Vec::new();
         for (fused, pdl) in [(true, true), (false, true), (true, false)] {
             b.set_fusion(fused);
             b.set_pdl(pdl);
-            let gu = b.upload_linear(&wgu, WeightDType::Int8).unwrap();
-            let o = b.upload_linear(&wo, WeightDType::Int8).unwrap();
-            let dn = b.upload(&nw).unwrap();
             let what = format!("k={k} n={n} fused={fused} pdl={pdl}");
-            let dx = b.upload(&x).unwrap();
-            let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
-            let m = get(&b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
-            let want = reference::swiglu(
-                &reference::matmul_f32(&xn, n, k, &dgu, 2 * inter),
-                2 * inter,
-            );
-            assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
-            let hn_vals = get(&b, &hn);
-            assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
-            let mut r = b.upload(&x).unwrap();
-            let y = b.matmul(&b.rms_norm(&r, &dn, 1e-5).unwrap(), &o).unwrap();
-            b.add_assign(&mut r, &y).unwrap();
-            let prod = reference::matmul_f32(&xn, n, k, &dwo, k);
-            let want: Vec<f32> = x.data.iter().zip(&prod).map(|(a, p)| a + p).collect();
-            let got = get(&b, &r);
-            assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
-            results.push((m, hn_vals, got));
+            let (dv, int8) = ((dgu.as_slice(), dwo.as_slice()), WeightDType::Int8);
+            results.push(fused_layer_products(
+                &b, &wgu, &wo, &nw, &x, dv, int8, &what,
+            ));
         }
         assert!(
             results[0] == results[1],

@@ -289,3 +289,87 @@ pub fn rows_tensor(
     let hn = b.rms_norm(&last, &w.norm, 1e-5).unwrap();
     b.matmul(&hn, &w.lm_head).unwrap()
 }
+
+/// y = x w^T in f64 (`x` is `[n, k]`, `w` is `[m, k]`).
+pub fn matmul_f64(x: &[f32], n: usize, k: usize, w: &[f32], m: usize) -> Vec<f64> {
+    let mut y = vec![0f64; n * m];
+    for i in 0..n {
+        for o in 0..m {
+            y[i * m + o] = (0..k)
+                .map(|j| x[i * k + j] as f64 * w[o * k + j] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+/// Largest `|got - want| / scale` over the elements.
+pub fn worst_error(got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .zip(scale)
+        .map(|((g, w), s)| (*g as f64 - w).abs() / s.max(f64::MIN_POSITIVE))
+        .fold(0f64, f64::max)
+}
+
+/// With `forced` chosen, `x @ w` gives v2's bits: the product is one `forced`
+/// does not run (it falls back to v2). Leaves `forced` chosen.
+pub fn assert_falls_back_to_v2(
+    b: &mut CudaBackend,
+    forced: tessera_backend::cuda::GemvVariant,
+    x: &<CudaBackend as Backend>::Tensor,
+    w: &<CudaBackend as Backend>::Linear,
+    what: &str,
+) {
+    b.set_gemv_variant(Some(forced));
+    let got = get(b, &b.matmul(x, w).unwrap());
+    b.set_gemv_variant(Some(tessera_backend::cuda::GemvVariant::V2));
+    let v2 = get(b, &b.matmul(x, w).unwrap());
+    b.set_gemv_variant(Some(forced));
+    assert!(got == v2, "{what} under {forced}: not v2's bits");
+}
+
+/// The fused paths of one layer with the backend's current settings, checked
+/// against the reference: RMSNorm + gate/up product + SwiGLU, and RMSNorm +
+/// o_proj product + residual add into the product's own input (copy-on-write
+/// must keep that input intact). `dgu`/`dwo` are the values the device
+/// weights hold. Returns the SwiGLU output, the norm and the residual, for
+/// comparisons of bits between settings.
+#[allow(clippy::too_many_arguments)]
+pub fn fused_layer_products(
+    b: &CudaBackend,
+    wgu: &HostTensor,
+    wo: &HostTensor,
+    nw: &HostTensor,
+    x: &HostTensor,
+    (dgu, dwo): (&[f32], &[f32]),
+    dtype: WeightDType,
+    what: &str,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, k) = (x.shape[0], x.shape[1]);
+    let inter2 = wgu.shape[0];
+    let gu = b.upload_linear(wgu, dtype).unwrap();
+    let o = b.upload_linear(wo, dtype).unwrap();
+    let dn = b.upload(nw).unwrap();
+    let xn = reference::rms_norm(&x.data, k, &nw.data, 1e-5);
+    let dx = b.upload(x).unwrap();
+    // RMSNorm and SwiGLU fused into the gate/up product.
+    let hn = b.rms_norm(&dx, &dn, 1e-5).unwrap();
+    let m = get(b, &b.swiglu(&b.matmul(&hn, &gu).unwrap()).unwrap());
+    let want = reference::swiglu(&reference::matmul_f32(&xn, n, k, dgu, inter2), inter2);
+    assert_close(&m, &want, 1e-4, &format!("swiglu {what}"));
+    // The norm a GEMV fused is still readable, and equal.
+    let hn_vals = get(b, &hn);
+    assert_close(&hn_vals, &xn, 1e-5, &format!("norm {what}"));
+    // Residual add fused into a product of the residual's own norm.
+    let mut r = b.upload(x).unwrap();
+    let y = b.matmul(&b.rms_norm(&r, &dn, 1e-5).unwrap(), &o).unwrap();
+    b.add_assign(&mut r, &y).unwrap();
+    let prod = reference::matmul_f32(&xn, n, k, dwo, k);
+    let want: Vec<f32> = x.data.iter().zip(&prod).map(|(a, p)| a + p).collect();
+    let got = get(b, &r);
+    assert_close(&got, &want, 1e-4, &format!("fused add {what}"));
+    // The deferred product is still readable on its own.
+    assert_close(&get(b, &y), &prod, 1e-4, &format!("deferred {what}"));
+    (m, hn_vals, got)
+}
