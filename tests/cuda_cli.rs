@@ -495,3 +495,52 @@ fn greedy_steps_on_the_device_give_the_host_argmax_tokens() {
         );
     }
 }
+
+/// With `TESSERA_INT8_DECODE=dp4a`, int8 prompts longer than the GEMV rows
+/// (here 40 tokens) run their products on GEMV v6 (fixed-point activations,
+/// integer tensor cores) instead of cuBLAS: the CPU f32 tokens, logits
+/// within 1e-3.
+#[test]
+fn dp4a_prefill_of_a_long_prompt_gives_the_cpu_tokens() {
+    if !cuda_present("dp4a_prefill_of_a_long_prompt_gives_the_cpu_tokens") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prompt: String = (0..40)
+        .map(|i| ((i * 53 + 7) % 1000).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let run = |device: &str, dtype: &str, env: &[(&str, &str)]| {
+        let npy = dir.path().join(format!("{device}.npy"));
+        let args = [
+            "--model",
+            "dummy:tiny:2",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+            "--prompt-ids",
+            &prompt,
+            "--max-new-tokens",
+            "8",
+            "--threads",
+            "1",
+            "--dump-logits",
+            npy.to_str().unwrap(),
+        ];
+        (generate_json_env(&args, env), read_npy(&npy))
+    };
+    let (cpu, cpu_logits) = run("cpu", "f32", &[]);
+    let (cuda, cuda_logits) = run("cuda", "int8", &[("TESSERA_INT8_DECODE", "dp4a")]);
+    assert_eq!(
+        ids(&cuda["generated_ids"]),
+        ids(&cpu["generated_ids"]),
+        "dp4a prefill: greedy tokens"
+    );
+    let scale = cpu_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&cuda_logits, &cpu_logits);
+    assert!(
+        diff <= 1e-3 * scale.max(1.0),
+        "dp4a prefill: last-prompt logits differ by {diff} (largest |logit| {scale})"
+    );
+}

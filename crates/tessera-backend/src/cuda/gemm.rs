@@ -2,7 +2,9 @@
 //! weights above `GEMV_MAX_ROWS` activation rows (prefill), on bf16 tensor
 //! cores with activations (and int8/int4 weights) split into bf16 `hi + lo`
 //! (`gemm_bf16`, `gemm_int8_bf16x3`), or int8 through f32 SGEMM
-//! (`TESSERA_INT8_PREFILL=f32`).
+//! (`TESSERA_INT8_PREFILL=f32`). With `TESSERA_INT8_DECODE=dp4a`, int8
+//! products of any row count run on GEMV v6 instead (fixed-point
+//! activations, integer tensor cores, 64 rows per launch).
 
 use super::launch::{Args, Dims};
 use super::linear::{Bf16Weight, CudaLinear, Int8Weight};
@@ -27,6 +29,19 @@ impl CudaBackend {
     ) -> Result<()> {
         match w {
             CudaLinear::F32 { w, .. } => self.sgemm(x_buf, n, k, w, m, out)?,
+            CudaLinear::Int8(wq)
+                if self.int8_decode_dp4a && !self.int8_prefill_f32 && wq.bits == 8 =>
+            {
+                // Fixed-point activations on integer tensor cores (GEMV v6),
+                // V6_MAX_ROWS rows per launch.
+                let w = super::linear::GemvWeight::Int8(wq.clone());
+                let (x0, y0) = (self.ptr(x_buf), self.ptr(out));
+                for r0 in (0..n).step_by(super::gemv::V6_MAX_ROWS) {
+                    let rows = (n - r0).min(super::gemv::V6_MAX_ROWS);
+                    let (x, y) = (x0 + (r0 * k * 4) as u64, y0 + (r0 * m * 4) as u64);
+                    self.launch_v6(&w, x, None, rows, y, super::linear::GemvMode::Store)?;
+                }
+            }
             CudaLinear::Int8(wq) if !self.int8_prefill_f32 => {
                 self.gemm_int8_bf16x3(x_buf, n, k, wq, out)?
             }

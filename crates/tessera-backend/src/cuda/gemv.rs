@@ -604,7 +604,7 @@ impl CudaBackend {
     /// product, split over the inputs when its row tiles alone would leave
     /// SMs idle (kernels/gemv.cu, v6).
     #[allow(clippy::too_many_arguments)]
-    fn launch_v6(
+    pub(crate) fn launch_v6(
         &self,
         w: &GemvWeight,
         x: u64,
@@ -618,7 +618,7 @@ impl CudaBackend {
                 "internal: GEMV v6 called with a bf16 weight".into(),
             ));
         };
-        if q.bits != 8 || !(1..=GEMV_MAX_ROWS).contains(&n) {
+        if q.bits != 8 || !(1..=V6_MAX_ROWS).contains(&n) {
             return Err(BackendError::Device(format!(
                 "internal: GEMV v6 called with {} bits and {n} rows",
                 q.bits
@@ -626,7 +626,8 @@ impl CudaBackend {
         }
         let (m, k) = (q.rows, q.cols);
         let rows_out = if mode == GemvMode::SwiGlu { m / 2 } else { m };
-        let tiles = if n > 8 { 2 } else { 1 };
+        // Tiles of 8 activation rows: 1, 2, 4 or 8 (kernels gemv_v6_i8_t{tiles}).
+        let tiles = n.div_ceil(8).next_power_of_two();
         let nb = 8 * tiles;
         let groups = k.div_ceil(V6_GROUP);
         let plan = v6_plan(rows_out, mode, groups, nb, 2 * self.sm_count)?;
@@ -674,6 +675,7 @@ impl CudaBackend {
             .int(q.gpr)
             .int(groups)
             .int(plan.gps)
+            .int(plan.gst)
             .int(n)
             .int(mode as usize);
         let dims = Dims {
@@ -687,7 +689,8 @@ impl CudaBackend {
         // width; with splits > 1 part holds splits * n * row_tiles * 128 f32
         // and the counters row_tiles <= V6_COUNTERS u32, all zero (every
         // launch leaves them zero).
-        unsafe { self.launch("gemv v6", &self.k.gemv_v6[tiles], dims, args) }?;
+        let f = &self.k.gemv_v6[1 + tiles.trailing_zeros() as usize];
+        unsafe { self.launch("gemv v6", f, dims, args) }?;
         // Freed in stream order, after the kernels.
         drop(part);
         drop(xq);
@@ -731,9 +734,14 @@ impl CudaBackend {
 
 /// Inputs per v6 group: the int8 scale group (kernels/gemv.cu, V6_GROUP).
 const V6_GROUP: usize = 32;
-/// Most groups of one v6 split: bounds the staged activations to 96 KiB
-/// (16 slots), so two blocks fit an SM.
+/// Most groups of one v6 split.
 const V6_MAX_GROUPS_PER_SPLIT: usize = 64;
+/// Most activation rows of one v6 launch (8 tiles of 8); products with more
+/// rows run in launches of this many.
+pub(crate) const V6_MAX_ROWS: usize = 64;
+/// Shared memory one v6 block may use, so that two fit an SM (227 KiB on an
+/// H100/H200).
+const V6_SMEM_BUDGET: usize = 110 * 1024;
 /// Arrival counters for split v6 launches: the most row tiles of one launch
 /// (128 weight rows each, so 2M rows).
 pub(crate) const V6_COUNTERS: usize = 16384;
@@ -746,6 +754,9 @@ struct V6Plan {
     /// Slices of the input groups (split-K), `gps` groups each.
     splits: usize,
     gps: usize,
+    /// Groups staged in shared memory at a time: all `gps` when they fit the
+    /// budget, else a multiple of the kernel's 4 groups loaded ahead (V6_U).
+    gst: usize,
     /// Dynamic shared memory per block.
     smem: usize,
 }
@@ -777,12 +788,26 @@ fn v6_plan(
             format!("GEMV v6: {rows_out} output rows need more than {V6_COUNTERS} row tiles"),
         ));
     }
-    // Limb planes and scales of gps groups, then the [nb][128] results.
-    let smem = gps * nb * (3 * V6_GROUP + 4) + nb * 128 * 4;
+    // Limb planes and scales of gst groups, then the [nb][128] results.
+    let per_group = nb * (3 * V6_GROUP + 4);
+    let room = V6_SMEM_BUDGET.saturating_sub(nb * 128 * 4) / per_group;
+    let gst = if gps <= room {
+        gps
+    } else {
+        (room / 4 * 4).max(4)
+    };
+    if nb <= 16 && gst != gps {
+        // The one- and two-tile kernels stage their whole slice at once.
+        return Err(BackendError::Device(format!(
+            "internal: GEMV v6 plan stages {gst} of {gps} groups at {nb} rows"
+        )));
+    }
+    let smem = gst * per_group + nb * 128 * 4;
     Ok(V6Plan {
         row_tiles,
         splits,
         gps,
+        gst,
         smem,
     })
 }
@@ -832,6 +857,12 @@ mod tests {
         // A single group never splits; a tiny product gets at least one tile.
         let tiny = v6_plan(3, store, 1, 8, 264).unwrap();
         assert_eq!((tiny.row_tiles, tiny.splits, tiny.gps), (1, 1, 1));
+        // Up to 16 activation rows stage a whole slice; 64 rows stage 12
+        // groups at a time (a multiple of the 4 loaded ahead).
+        assert!([o, down, gu, head].iter().all(|p| p.gst == p.gps));
+        let prefill = v6_plan(4096, store, 4096 / 32, 64, 264).unwrap();
+        assert_eq!((prefill.splits, prefill.gps, prefill.gst), (9, 15, 12));
+        assert!(2 * (prefill.smem + 1024) <= 227 * 1024, "{prefill:?}");
         // Too many row tiles for the counters when split: refused by name.
         let err = v6_plan(V6_COUNTERS * 128 + 1, store, 4096 / 32, 16, 264 * 1000).unwrap_err();
         assert!(err.to_string().contains("row tiles"), "{err}");

@@ -342,8 +342,10 @@ impl CudaBackend {
     /// timing finds it fastest: GEMV v5 for one activation row (22-bit fixed
     /// point per 16 elements, integer dot products; see `GemvVariant::V5`),
     /// v6 for 2..16 rows (per 32 elements, integer tensor cores; see
-    /// `GemvVariant::V6`). Results differ from the default path in the last
-    /// bits. Shapes timed before the change keep their choice.
+    /// `GemvVariant::V6`), and v6 for every int8 product of more rows
+    /// (prefill, 64 rows per launch) instead of the split-bf16 cuBLAS path.
+    /// Results differ from the default path in the last bits. Shapes timed
+    /// before the change keep their choice.
     pub fn set_int8_decode_dp4a(&mut self, on: bool) {
         self.int8_decode_dp4a = on;
     }

@@ -193,10 +193,10 @@ pub struct Kernels {
     /// v5 (int8 weights, fixed-point activations, dp4a; one activation
     /// row): 4 and 2 weight rows per warp.
     pub gemv_v5: [CudaFunction; 2],
-    /// v6 (int8 weights, fixed-point activations, tensor cores; 2..16
-    /// activation rows): the activation quantizer, then 1 and 2 tiles of 8
-    /// activation rows.
-    pub gemv_v6: [CudaFunction; 3],
+    /// v6 (int8 weights, fixed-point activations, tensor cores; 2..64
+    /// activation rows): the activation quantizer, then 1, 2, 4 and 8 tiles
+    /// of 8 activation rows.
+    pub gemv_v6: [CudaFunction; 5],
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
@@ -288,7 +288,13 @@ impl Kernels {
             gemv_v3: [v3("i8")?, v3("bf16")?],
             gemv_v4: [v4("i8")?, v4("bf16")?, v4("i4")?],
             gemv_v5: table(named("gemv_v5_i8", &["n1_r4", "n1_r2"])?)?,
-            gemv_v6: table(fs(&["gemv_v6_quantize", "gemv_v6_i8_t1", "gemv_v6_i8_t2"])?)?,
+            gemv_v6: table(fs(&[
+                "gemv_v6_quantize",
+                "gemv_v6_i8_t1",
+                "gemv_v6_i8_t2",
+                "gemv_v6_i8_t4",
+                "gemv_v6_i8_t8",
+            ])?)?,
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,
             attention_d256: f("attention_d256")?,

@@ -342,13 +342,19 @@ fn bench_decode_prefill_llama2_7b_shape() {
     let mut int8_logits: Vec<Vec<f32>> = Vec::new();
     for dtype in [WeightDType::Int8, WeightDType::BF16] {
         let w = Weights::new(&b, s, dtype);
-        let paths: &[(&str, bool)] = if dtype == WeightDType::Int8 {
-            &[("int8", false), ("int8_f32", true)]
+        // (tag, f32 prefill, fixed-point activations: GEMV v6)
+        let paths: &[(&str, bool, bool)] = if dtype == WeightDType::Int8 {
+            &[
+                ("int8", false, false),
+                ("int8_f32", true, false),
+                ("int8_v6", false, true),
+            ]
         } else {
-            &[("bf16", false)]
+            &[("bf16", false, false)]
         };
-        for &(tag, f32_path) in paths {
+        for &(tag, f32_path, v6) in paths {
             b.set_int8_prefill_f32(f32_path);
+            b.set_int8_decode_dp4a(v6);
             prefill(&b, &w); // first use: allocations, GEMV/cuBLAS set-up
             let runs = 3;
             let t = Instant::now();
@@ -365,6 +371,7 @@ fn bench_decode_prefill_llama2_7b_shape() {
                 int8_logits.push(l);
             }
         }
+        b.set_int8_decode_dp4a(false);
         if dtype == WeightDType::Int8 {
             b.set_int8_prefill_f32(false);
             let mut cache = b.kv_cache(s.layers, s.kv_heads, s.head_dim, n).unwrap();
@@ -397,6 +404,12 @@ fn bench_decode_prefill_llama2_7b_shape() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     println!("BENCH prefill_7b_int8_bf16x3_vs_f32_max_logit_diff {diff:.3e}");
+    let diff = int8_logits[2]
+        .iter()
+        .zip(&int8_logits[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("BENCH prefill_7b_int8_v6_vs_f32_max_logit_diff {diff:.3e}");
 }
 
 /// One decode attention call (one query row, the llama2-7b head layout: 32

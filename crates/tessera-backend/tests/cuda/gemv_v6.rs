@@ -121,6 +121,45 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
             &format!("{m}x{k}, one row"),
         );
     }
+    // More than 16 rows (prefill) with dp4a on: 4 and 8 tiles per launch,
+    // 64 rows per launch; staged 12 groups at a time at 64 rows.
+    b.set_gemv_variant(None);
+    b.set_int8_decode_dp4a(true);
+    for (m, k, n) in [
+        (70usize, 1000usize, 24usize),
+        (130, 4096 + 16, 64),
+        (40, 333, 100),
+    ] {
+        let w = host(m, k, 90 + m as u64);
+        let deq = dequant_i8(&w);
+        let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
+        let abs_w: Vec<f32> = deq.iter().map(|v| v.abs()).collect();
+        let x = spread_activations(n, k, 5 + n as u64);
+        let want = matmul_f64(&x.data, n, k, &deq, m);
+        let bound = matmul_f64(&group_max(&x), n, k, &abs_w, m);
+        let got = get(&b, &b.matmul(&b.upload(&x).unwrap(), &wd).unwrap());
+        let err = worst_error(&got, &want, &bound);
+        println!("{m}x{k} n={n} (prefill): v6 error / sum(|w| group max|x|) {err:.2e}");
+        assert!(
+            err <= 4e-7,
+            "{m}x{k} n={n}: prefill v6 error {err:.2e} of its bound"
+        );
+        // Row r's result does not depend on the rows around it (same
+        // quantization per row, same slices): the last row alone agrees.
+        let last = HostTensor::new(vec![1, k], x.data[(n - 1) * k..].to_vec());
+        b.set_gemv_variant(Some(GemvVariant::V2));
+        let lone = get(&b, &b.matmul(&b.upload(&last).unwrap(), &wd).unwrap());
+        b.set_gemv_variant(None);
+        let want_last: Vec<f32> = want[(n - 1) * m..].iter().map(|v| *v as f32).collect();
+        assert_close(
+            &got[(n - 1) * m..],
+            &want_last,
+            1e-4,
+            &format!("{m}x{k} n={n} last row"),
+        );
+        assert_close(&lone, &want_last, 1e-4, &format!("{m}x{k} one row"));
+    }
+    b.set_int8_decode_dp4a(false);
     // bf16 and int4 weights never run v6.
     for dtype in [WeightDType::BF16, WeightDType::Int4] {
         let w = b.upload_linear(&host(40, 256, 1), dtype).unwrap();

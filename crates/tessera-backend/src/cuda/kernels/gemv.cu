@@ -863,7 +863,8 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 // Work split: a block is 8 warps = 8 tiles of 16 weight rows (SwiGLU: 4
 // tiles of gate rows and the 4 matching tiles of up rows), and blockIdx.y one
 // of S slices of `gps` groups (split-K, so that a 4096-row product still
-// fills the GPU). The block stages its slice of xq in shared memory. With
+// fills the GPU). The block stages its slice of xq in shared memory (in
+// stages of gst groups when 32 or 64 activation rows leave too little room). With
 // S > 1 each block writes its sums to `part`, and the last of a row tile's S
 // blocks (arrival counter, left at zero) adds them in slice order and applies
 // the epilogue. The result depends on S, which the host derives from the
@@ -964,13 +965,19 @@ __device__ __forceinline__ int2 ld_stream8(const signed char* p) {
 #endif
 }
 
-#define V6_U 4 // groups whose weights are loaded ahead
+// Groups whose weights are loaded ahead: 4 for up to 16 activation rows
+// (decode: the loads are the work), 2 for 32 and 64 (prefill: each weight
+// serves 4-8 tiles, and registers are short).
+#define V6_U (NT >= 4 ? 2 : 4)
 
+// The slice's activations go through shared memory in stages of `gst`
+// groups (a multiple of 4; up to 16 rows, gst = gps: one stage, and no
+// restaging code).
 template <int NT>
 __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const float* __restrict__ scales,
                                         const int4* __restrict__ xq, float* __restrict__ y,
                                         float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,
-                                        int gpr, int groups, int gps, int n, int mode) {
+                                        int gpr, int groups, int gps, int gst, int n, int mode) {
     constexpr int NB = 8 * NT;
     extern __shared__ __align__(16) int4 v6_xs[];
     __shared__ unsigned v6_last;
@@ -1010,15 +1017,19 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
         }
     };
     load(G0, a0, a1, ws0, ws1); // weights never change: before grid_dep_wait
+    float* sxs = (float*)(v6_xs + (size_t)gst * 3 * NB * 2);
+    float* res = sxs + gst * NB; // [NB][128] results of the block's slots
+    // Groups [Gs, Ge) of the activations into shared memory.
+    auto stage = [&](int Gs, int Ge) {
+        const int planes = (Ge - Gs) * 3 * NB * 2; // int4s of the limb planes
+        const int4* src = xq + (size_t)Gs * 3 * NB * 2;
+        for (int i = threadIdx.x; i < planes; i += BLOCK) v6_xs[i] = src[i];
+        const float* sxg = (const float*)(xq + (size_t)groups * 3 * NB * 2) + (size_t)Gs * NB;
+        for (int i = threadIdx.x; i < (Ge - Gs) * NB; i += BLOCK) sxs[i] = sxg[i];
+    };
     grid_dep_wait();
-    const int ng = G1 - G0;
-    const int planes = ng * 3 * NB * 2; // int4s of the slice's limb planes
-    const int4* src = xq + (size_t)G0 * 3 * NB * 2;
-    for (int i = threadIdx.x; i < planes; i += BLOCK) v6_xs[i] = src[i];
-    float* sxs = (float*)(v6_xs + (size_t)gps * 3 * NB * 2);
-    const float* sxg = (const float*)(xq + (size_t)groups * 3 * NB * 2) + (size_t)G0 * NB;
-    for (int i = threadIdx.x; i < ng * NB; i += BLOCK) sxs[i] = sxg[i];
-    float* res = sxs + gps * NB; // [NB][128] results of the block's slots
+    int Gs = G0, Ge = min(G1, G0 + gst);
+    stage(Gs, Ge);
     __syncthreads();
     grid_dep_launch();
     const char* xs = (const char*)v6_xs;
@@ -1028,13 +1039,20 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[tt][i] = 0.f;
     for (int Gb = G0; Gb < G1; Gb += V6_U) {
+        if (NT >= 4 && Gb >= Ge) { // the next stage (block-uniform)
+            __syncthreads();
+            Gs = Ge;
+            Ge = min(G1, Gs + gst);
+            stage(Gs, Ge);
+            __syncthreads();
+        }
         int2 n0[V6_U], n1[V6_U];
         float nv0[V6_U], nv1[V6_U];
         load(Gb + V6_U, n0, n1, nv0, nv1);
 #pragma unroll
         for (int u = 0; u < V6_U; u++) {
             if (Gb + u < G1) {
-                const int lg = Gb + u - G0;
+                const int lg = Gb + u - Gs;
                 const int a[4] = {a0[u].x, a1[u].x, a0[u].y, a1[u].y};
 #pragma unroll
                 for (int tt = 0; tt < NT; tt++) {
@@ -1109,17 +1127,19 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
     }
 }
 
-#define GEMV_V6_PARAMS                                                                                        \
-    const signed char *__restrict__ w, const float *__restrict__ scales, const int4 *__restrict__ xq,          \
-        float *__restrict__ y, float *__restrict__ part, unsigned *__restrict__ counters, int m, int kp, int gpr, \
-        int groups, int gps, int n, int mode
-// 1..8 and 9..16 activation rows (one or two 8-column tiles).
-extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v6_i8_t1(GEMV_V6_PARAMS) {
-    gemv_v6<1>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, n, mode);
-}
-extern "C" __global__ void __launch_bounds__(BLOCK) gemv_v6_i8_t2(GEMV_V6_PARAMS) {
-    gemv_v6<2>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, n, mode);
-}
+#define GEMV_V6_ENTRY(NT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(BLOCK)                                                       \
+        gemv_v6_i8_t##NT(const signed char* __restrict__ w, const float* __restrict__ scales,                 \
+                         const int4* __restrict__ xq, float* __restrict__ y, float* __restrict__ part,        \
+                         unsigned* __restrict__ counters, int m, int kp, int gpr, int groups, int gps, int gst, \
+                         int n, int mode) {                                                                   \
+        gemv_v6<NT>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, gst, n, mode);                 \
+    }
+// Tiles of 8 activation rows: up to 8 and 16 rows (decode), 32 and 64 (prefill).
+GEMV_V6_ENTRY(1)
+GEMV_V6_ENTRY(2)
+GEMV_V6_ENTRY(4)
+GEMV_V6_ENTRY(8)
 
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
