@@ -108,6 +108,11 @@ if [ $HAVE_GPU = 1 ]; then
     # one-row int8 product: products within 2^-22 of the f32 ones.
     say "correctness: small on cuda, int8, GEMV v5 (TESSERA_GEMV=v5)"
     TESSERA_GEMV=v5 gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -v5
+    # Every int8 product on fixed-point activations where the per-shape
+    # timing picks it (v5 at one row, v6 on integer tensor cores for the
+    # prompt's rows).
+    say "correctness: small on cuda, int8, TESSERA_INT8_DECODE=dp4a"
+    TESSERA_INT8_DECODE=dp4a gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -dp4a
 fi
 
 # ---------------------------------------------------------------- speed
@@ -125,10 +130,12 @@ if [ $HAVE_GPU = 1 ]; then
     say "speed: llama2-7b int8 on cuda, recorded steps off (TESSERA_CUDA_GRAPH=0)"
     TESSERA_CUDA_GRAPH=0 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -eager
     grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-eager.json" 2>/dev/null
-    # The same int8 run with GEMV v5 (fixed-point activations on dp4a) forced.
-    say "speed: llama2-7b int8 on cuda, GEMV v5 (TESSERA_GEMV=v5)"
-    TESSERA_GEMV=v5 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -v5
-    grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-v5.json" 2>/dev/null
+    # The same int8 run with fixed-point activations offered (TESSERA_INT8_DECODE=dp4a:
+    # GEMV v5 where the per-shape timing picks it, prefill on GEMV v6).
+    say "speed: llama2-7b int8 on cuda, TESSERA_INT8_DECODE=dp4a"
+    TESSERA_INT8_DECODE=dp4a TESSERA_GEMV_LOG=1 gen llama2-7b cuda int8 128 "$LONG" "$OUT/speed" 150 -dp4a
+    grep -o '"timings":{[^}]*}' "$OUT/speed/llama2-7b-cuda-int8-dp4a.json" 2>/dev/null
+    grep "tessera: GEMV" "$OUT/speed/llama2-7b-cuda-int8-dp4a.err" 2>/dev/null
 fi
 
 # ---------------------------------------------------------------- baselines

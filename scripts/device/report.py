@@ -498,11 +498,13 @@ def markdown(rep):
         lines += ["", "## GEMV weight bandwidth per variant (GB/s of weight bytes; `bench_gemv`)", "",
                   "Consecutive products read different copies of the matrix (> 256 MB), as in a decode step. "
                   "% = best variant / device-to-device copy bandwidth.", "",
-                  "| weights | matrix | rows | v1 | v2 | v3 | v4 | best | % of copy BW |", "|---|---|---|---|---|---|---|---|---|"]
+                  "v5 (one row) and v6 (2+ rows) compute on fixed-point activations (opt-in, `TESSERA_INT8_DECODE=dp4a`).", "",
+                  "| weights | matrix | rows | v1 | v2 | v3 | v4 | v5 | v6 | best | % of copy BW |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for g in rep["gemv"]:
             by, frac = g["gb_per_s"], g["best_fraction_of_copy_bw"]
-            lines.append(f"| {g['dtype']} | {g['matrix']} | {g['rows']} | {fmt(by.get('v1'), '.0f')} | "
-                         f"{fmt(by.get('v2'), '.0f')} | {fmt(by.get('v3'), '.0f')} | {fmt(by.get('v4'), '.0f')} | {g['best']} | "
+            cols = " | ".join(fmt(by.get(v), '.0f') for v in ("v1", "v2", "v3", "v4", "v5", "v6"))
+            lines.append(f"| {g['dtype']} | {g['matrix']} | {g['rows']} | {cols} | {g['best']} | "
                          f"{fmt(frac * 100 if frac else None)} |")
     if rep.get("tuning"):
         lines += ["", "GEMV variant timing during `bench_decode` (per shape):", ""]
