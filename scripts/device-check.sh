@@ -170,6 +170,15 @@ if [ $HAVE_GPU = 1 ] && [ "$(remaining)" -gt 150 ]; then
             >"$OUT/b16_dp4a.json" 2>"$OUT/b16_dp4a.err"
         echo "   rc $?"; grep -o '"decode_batch":{[^}]*}' "$OUT/b16_dp4a.json" | head -c 400; echo
     fi
+    if [ "$(remaining)" -gt 160 ]; then
+        # The same-run baseline of the one-launch batched attention: the
+        # default run with attention one sequence at a time (the old path).
+        say "speed: llama2-7b int8 decode at batch 16, TESSERA_BATCH_ATTENTION=per-sequence"
+        TESSERA_BATCH_ATTENTION=per-sequence timeout 100 "$TESSERA" bench --model dummy:llama2-7b:1 \
+            --device cuda --dtype int8 --prompt-lens 16 --decode-tokens 32 --reps 1 --decode-batch 16 --json \
+            >"$OUT/b16_perseq.json" 2>"$OUT/b16_perseq.err"
+        echo "   rc $?"; grep -o '"decode_batch":{[^}]*}' "$OUT/b16_perseq.json" | head -c 400; echo
+    fi
 fi
 if [ $HAVE_GPU = 1 ] && [ -x "$DEV/nccl_check" ] && [ "$(remaining)" -gt 120 ]; then
     say "NCCL: world 1, two ranks on one GPU (NCCL_HOSTID), watchdog"
@@ -204,6 +213,6 @@ rm -rf "$NCCL_DIR" /tmp/tessera-cache
 # the log, the op-test output; everything else in one archive.
 RAW=$(mktemp /tmp/tessera-raw.XXXXXX)
 (cd "$OUT" && tar czf "$RAW" --exclude=report.json --exclude=report.md --exclude=log.txt \
-    --exclude=op_tests.txt . && rm -rf runs speed offload env.json baseline.json baseline.txt bench.txt b16.json b16.err b16_dp4a.json b16_dp4a.err nccl nccl.txt \
+    --exclude=op_tests.txt . && rm -rf runs speed offload env.json baseline.json baseline.txt bench.txt b16.json b16.err b16_dp4a.json b16_dp4a.err b16_perseq.json b16_perseq.err nccl nccl.txt \
     nvidia-smi.txt op_tests.rc BUILD && mv "$RAW" raw.tar.gz)
 say "done"

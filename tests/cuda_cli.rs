@@ -401,33 +401,36 @@ fn a_bad_int8_decode_setting_is_refused_by_name() {
     if !cuda_present("a_bad_int8_decode_setting_is_refused_by_name") {
         return;
     }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "generate",
-            "--model",
-            "dummy:tiny:1",
-            "--device",
-            "cuda",
-            "--dtype",
-            "int8",
-        ])
-        .args(["--prompt-ids", PROMPT, "--max-new-tokens", "2"])
-        .env("TESSERA_INT8_DECODE", "fast")
-        .output()
-        .expect("spawn tessera");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "TESSERA_INT8_DECODE=fast was accepted"
-    );
-    assert!(
-        err.contains("TESSERA_INT8_DECODE=\"fast\" is not a valid setting") && err.contains("dp4a"),
-        "the error should name the setting, the value and the values it takes: {err}"
-    );
-    assert!(
-        !err.contains("Use device cpu"),
-        "a bad setting is not a missing GPU: {err}"
-    );
+    for (var, value, accepted) in [
+        ("TESSERA_INT8_DECODE", "fast", "dp4a"),
+        ("TESSERA_BATCH_ATTENTION", "fused", "per-sequence"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                "generate",
+                "--model",
+                "dummy:tiny:1",
+                "--device",
+                "cuda",
+                "--dtype",
+                "int8",
+            ])
+            .args(["--prompt-ids", PROMPT, "--max-new-tokens", "2"])
+            .env(var, value)
+            .output()
+            .expect("spawn tessera");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert!(
+            err.contains(&format!("{var}=\"{value}\" is not a valid setting"))
+                && err.contains(accepted),
+            "the error should name the setting, the value and the values it takes: {err}"
+        );
+        assert!(
+            !err.contains("Use device cpu"),
+            "a bad setting is not a missing GPU: {err}"
+        );
+    }
 }
 
 /// Greedy generation runs its decode steps in groups on the device

@@ -231,7 +231,8 @@ def main():
         except OSError:
             pass
         rep["speed"][name] = e
-    for key, fname in (("decode_batch16", "b16"), ("decode_batch16_dp4a", "b16_dp4a")):
+    for key, fname in (("decode_batch16", "b16"), ("decode_batch16_dp4a", "b16_dp4a"),
+                       ("decode_batch16_per_sequence_attention", "b16_perseq")):
         b16 = load_json(os.path.join(out, fname + ".json"))
         if b16:
             rep[key] = {
@@ -536,6 +537,10 @@ def markdown(rep):
             lines += [f"- `TESSERA_INT8_DECODE=dp4a` (GEMV v5 at one row, v6 on integer tensor cores at 2..16 rows): "
                       f"batch 1: {fmt(d['decode_b1_tokens_per_s'])} tok/s; batch 16: {fmt(d['decode_b16_tokens_per_s'])} tok/s"]
             lines += [f"  - {l}" for l in d.get("gemv_tuning", []) if "n=16" in l]
+        d = rep.get("decode_batch16_per_sequence_attention")
+        if d:
+            lines += [f"- `TESSERA_BATCH_ATTENTION=per-sequence` (attention one sequence at a time, the path "
+                      f"before the one-launch kernel): batch 16: {fmt(d['decode_b16_tokens_per_s'])} tok/s"]
     else:
         lines += ["", "Batch 16 in the engine: not measured in this run (see log)."]
     n = rep.get("nccl")

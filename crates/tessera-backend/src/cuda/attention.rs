@@ -191,7 +191,8 @@ impl CudaBackend {
     /// sequence in one launch (kernels/attention.cu, `seqs`); the
     /// per-sequence ops when that launch cannot take the call (fusion off,
     /// inside a recording, q or k with RoPE already pending, head_dim > 256,
-    /// more rows x heads than the split counters).
+    /// more rows x heads than the split counters) or when asked to
+    /// (`TESSERA_BATCH_ATTENTION=per-sequence`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_batch_impl(
         &self,
@@ -234,6 +235,7 @@ impl CudaBackend {
         let (ks, kbuf) = self.strided_kept(k, Some(head_dim))?;
         let (vs, vbuf) = self.strided_kept(v, None)?;
         if !self.fuse
+            || self.batch_attention_per_sequence
             || n == 0
             || self.capture_id()?.is_some()
             || head_dim > 256

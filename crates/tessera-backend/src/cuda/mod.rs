@@ -122,6 +122,9 @@ pub struct CudaBackend {
     /// integer dot products, `gemv.rs`): the per-shape timing then includes
     /// it. Off by default: v5's results differ from v1-v4 in the last bits.
     int8_decode_dp4a: bool,
+    /// `attention_batch` through the single-sequence ops instead of one
+    /// launch (`TESSERA_BATCH_ATTENTION=per-sequence`; A/B and fallback).
+    batch_attention_per_sequence: bool,
     /// Whether a timeline is being taken: launches check this, not the lock.
     timing: AtomicBool,
 }
@@ -265,6 +268,8 @@ impl CudaBackend {
         let int8_prefill_f32 = env_switch("TESSERA_INT8_PREFILL", "bf16x3", "f32")?;
         // TESSERA_INT8_DECODE=dp4a: GEMV v5 joins the per-shape timing.
         let int8_decode_dp4a = env_switch("TESSERA_INT8_DECODE", "f32", "dp4a")?;
+        let batch_attention_per_sequence =
+            env_switch("TESSERA_BATCH_ATTENTION", "one-launch", "per-sequence")?;
         Ok(CudaBackend {
             ctx,
             stream,
@@ -293,6 +298,7 @@ impl CudaBackend {
             att_min_chunk,
             int8_prefill_f32,
             int8_decode_dp4a,
+            batch_attention_per_sequence,
         })
     }
 
@@ -348,6 +354,13 @@ impl CudaBackend {
     /// before the change keep their choice.
     pub fn set_int8_decode_dp4a(&mut self, on: bool) {
         self.int8_decode_dp4a = on;
+    }
+
+    /// Run `attention_batch` one sequence at a time with the single-sequence
+    /// ops (the engine's path before the one-launch kernel) instead of one
+    /// launch for all sequences; for A/B runs.
+    pub fn set_batch_attention_per_sequence(&mut self, on: bool) {
+        self.batch_attention_per_sequence = on;
     }
 
     /// Force the weight rows per warp of the one-activation-row v1 GEMV (1, 2
