@@ -86,6 +86,7 @@ fn cuda_greedy_tokens_and_logits_match_the_cpu_backend() {
         ("int4", "int4", &[][..]),
         ("int8", "f32", v5),
         ("int8", "f32", dp4a),
+        ("int4", "int4", dp4a),
     ]
     .into_iter()
     .enumerate()

@@ -51,6 +51,7 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "gemv_v5_i8_n1_r4",
                     "gemv_v6_quantize",
                     "gemv_v6_i8_t2",
+                    "gemv_v6_i4_t8",
                     "mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32",
                     "dp4a.s32.s32",
                     "embedding_i4",

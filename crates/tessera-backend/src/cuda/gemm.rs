@@ -30,7 +30,7 @@ impl CudaBackend {
         match w {
             CudaLinear::F32 { w, .. } => self.sgemm(x_buf, n, k, w, m, out)?,
             CudaLinear::Int8(wq)
-                if self.int8_decode_dp4a && !self.int8_prefill_f32 && wq.bits == 8 =>
+                if self.int8_decode_dp4a && !self.int8_prefill_f32 && matches!(wq.bits, 4 | 8) =>
             {
                 // Fixed-point activations on integer tensor cores (GEMV v6),
                 // V6_MAX_ROWS rows per launch.

@@ -73,7 +73,9 @@ impl GemvVariant {
     /// not v1 or v5; int4: v2 and v4).
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
-            crate::WeightDType::Int4 => matches!(self, GemvVariant::V2 | GemvVariant::V4),
+            crate::WeightDType::Int4 => {
+                matches!(self, GemvVariant::V2 | GemvVariant::V4 | GemvVariant::V6)
+            }
             crate::WeightDType::BF16 => {
                 !matches!(self, GemvVariant::V1 | GemvVariant::V5 | GemvVariant::V6)
             }
@@ -618,7 +620,7 @@ impl CudaBackend {
                 "internal: GEMV v6 called with a bf16 weight".into(),
             ));
         };
-        if q.bits != 8 || !(1..=V6_MAX_ROWS).contains(&n) {
+        if !matches!(q.bits, 4 | 8) || !(1..=V6_MAX_ROWS).contains(&n) {
             return Err(BackendError::Device(format!(
                 "internal: GEMV v6 called with {} bits and {n} rows",
                 q.bits
@@ -648,7 +650,8 @@ impl CudaBackend {
             .int(k)
             .int(n)
             .int(nb)
-            .int(groups);
+            .int(groups)
+            .int(usize::from(q.bits == 4));
         let qargs = qargs.ptr(self.ptr(&xq));
         let qdims = Dims {
             grid: (groups.div_ceil(256) as u32, nb as u32, 1),
@@ -684,12 +687,14 @@ impl CudaBackend {
             smem: smem as u32,
         };
         // SAFETY: q is [m, row_bytes] int8 (row_bytes a multiple of 16, so
-        // every 16-byte half of a group exists), scales [m, gpr] with gpr >=
+        // every 16-byte half of a group exists) or int4 (16 bytes a group,
+        // rows of whole groups), scales [m, gpr] with gpr >=
         // groups; xq as written above; y holds n rows of the mode's output
         // width; with splits > 1 part holds splits * n * row_tiles * 128 f32
         // and the counters row_tiles <= V6_COUNTERS u32, all zero (every
         // launch leaves them zero).
-        let f = &self.k.gemv_v6[1 + tiles.trailing_zeros() as usize];
+        let int4 = if q.bits == 4 { 4 } else { 0 };
+        let f = &self.k.gemv_v6[1 + int4 + tiles.trailing_zeros() as usize];
         unsafe { self.launch("gemv v6", f, dims, args) }?;
         // Freed in stream order, after the kernels.
         drop(part);

@@ -7,8 +7,8 @@
 //! device check runs these tests on the real instruction.
 
 use crate::support::{
-    assert_close, assert_falls_back_to_v2, backend, dequant_i8, fused_layer_products, get, host,
-    matmul_f64, worst_error,
+    assert_close, assert_falls_back_to_v2, backend, dequant_i4, dequant_i8, fused_layer_products,
+    get, host, matmul_f64, worst_error,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -56,17 +56,25 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
     };
     // The emulator reports 4 SMs, so products under 1024 rows split their
     // inputs (up to 8 slices) and larger ones run one slice.
-    for (m, k, n) in [
+    for (shape, dtype) in [
         (77usize, 333usize, 2usize), // 11 groups, the last ragged; 8 slices
         (130, 1000, 5),
         (40, 4096 + 144, 8), // rows padded to 16 bytes: a half group at the end
         (300, 11008, 9),     // two tiles of 8 activation rows
         (1500, 96, 16),      // 12 row tiles: one slice
         (33, 202, 3),        // k % 4 != 0
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|s| [(s, WeightDType::Int8), (s, WeightDType::Int4)])
+    {
+        let (m, k, n) = shape;
         let w = host(m, k, 20 + m as u64);
-        let deq = dequant_i8(&w);
-        let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
+        let deq = if dtype == WeightDType::Int4 {
+            dequant_i4(&w)
+        } else {
+            dequant_i8(&w)
+        };
+        let wd = b.upload_linear(&w, dtype).unwrap();
         let abs_w: Vec<f32> = deq.iter().map(|v| v.abs()).collect();
         for (name, x) in [
             ("uniform", host(n, k, 7 + k as u64)),
@@ -85,20 +93,23 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
             let v6_err = worst_error(&got, &want, &terms);
             let v6_bound = worst_error(&got, &want, &bound);
             println!(
-                "{m}x{k} n={n} {name}: worst error / sum|x w|: v2 (f32) {f32_err:.2e}, v6 {v6_err:.2e}; \
+                "{dtype} {m}x{k} n={n} {name}: worst error / sum|x w|: v2 (f32) {f32_err:.2e}, v6 {v6_err:.2e}; \
                  v6 error / sum(|w| group max|x|) {v6_bound:.2e}"
             );
-            assert!(got != f32_out, "{m}x{k} n={n} {name}: v6 gave v2's bits");
+            assert!(
+                got != f32_out,
+                "{dtype} {m}x{k} n={n} {name}: v6 gave v2's bits"
+            );
             // 2^-22 = 2.4e-7 from the activations, plus the f32 rounding of
             // the group sums.
             assert!(
                 v6_bound <= 2.4e-7 + 2.0 * f32_err,
-                "{m}x{k} n={n} {name}: v6 error {v6_bound:.2e} of its bound (v2: {f32_err:.2e})"
+                "{dtype} {m}x{k} n={n} {name}: v6 error {v6_bound:.2e} of its bound (v2: {f32_err:.2e})"
             );
             if name == "uniform" {
                 assert!(
                     v6_err <= 2.4e-7_f64.max(4.0 * f32_err),
-                    "{m}x{k} n={n} {name}: v6 error {v6_err:.2e} (v2: {f32_err:.2e})"
+                    "{dtype} {m}x{k} n={n} {name}: v6 error {v6_err:.2e} (v2: {f32_err:.2e})"
                 );
                 // Every row and column lands where it belongs (the error
                 // bound above is the precision check).
@@ -108,7 +119,7 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
             // The same launch again: the slices add up in the same order.
             assert!(
                 got == get(&b, &b.matmul(&dx, &wd).unwrap()),
-                "{m}x{k} n={n} {name}: v6 differs between two runs"
+                "{dtype} {m}x{k} n={n} {name}: v6 differs between two runs"
             );
         }
         // One row does not run v6; the forced choice falls back to v2.
@@ -125,14 +136,19 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
     // 64 rows per launch; staged 12 groups at a time at 64 rows.
     b.set_gemv_variant(None);
     b.set_int8_decode_dp4a(true);
-    for (m, k, n) in [
-        (70usize, 1000usize, 24usize),
-        (130, 4096 + 16, 64),
-        (40, 333, 100),
+    for (m, k, n, dtype) in [
+        (70usize, 1000usize, 24usize, WeightDType::Int8),
+        (130, 4096 + 16, 64, WeightDType::Int8),
+        (40, 333, 100, WeightDType::Int8),
+        (90, 1000, 40, WeightDType::Int4),
     ] {
         let w = host(m, k, 90 + m as u64);
-        let deq = dequant_i8(&w);
-        let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
+        let deq = if dtype == WeightDType::Int4 {
+            dequant_i4(&w)
+        } else {
+            dequant_i8(&w)
+        };
+        let wd = b.upload_linear(&w, dtype).unwrap();
         let abs_w: Vec<f32> = deq.iter().map(|v| v.abs()).collect();
         let x = spread_activations(n, k, 5 + n as u64);
         let want = matmul_f64(&x.data, n, k, &deq, m);
@@ -160,12 +176,12 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
         assert_close(&lone, &want_last, 1e-4, &format!("{m}x{k} one row"));
     }
     b.set_int8_decode_dp4a(false);
-    // bf16 and int4 weights never run v6.
-    for dtype in [WeightDType::BF16, WeightDType::Int4] {
-        let w = b.upload_linear(&host(40, 256, 1), dtype).unwrap();
-        let dx = b.upload(&host(4, 256, 2)).unwrap();
-        assert_falls_back_to_v2(&mut b, GemvVariant::V6, &dx, &w, &format!("{dtype}"));
-    }
+    // bf16 weights never run v6.
+    let w = b
+        .upload_linear(&host(40, 256, 1), WeightDType::BF16)
+        .unwrap();
+    let dx = b.upload(&host(4, 256, 2)).unwrap();
+    assert_falls_back_to_v2(&mut b, GemvVariant::V6, &dx, &w, "bf16");
     // A NaN or an infinity in one activation row makes that row's products
     // NaN and leaves the other rows alone.
     let w = host(20, 100, 4);

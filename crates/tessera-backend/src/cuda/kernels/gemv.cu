@@ -881,7 +881,7 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 // per (group, slot).
 extern "C" __global__ void __launch_bounds__(BLOCK)
     gemv_v6_quantize(const float* __restrict__ x, const float* __restrict__ nw, float eps,
-                     float* __restrict__ x_out, int k, int n, int nb, int groups, int4* __restrict__ xq) {
+                     float* __restrict__ x_out, int k, int n, int nb, int groups, int i4, int4* __restrict__ xq) {
     __shared__ float red[BLOCK / WARP];
     KERNEL_PROLOGUE();
     const int b = blockIdx.y;
@@ -899,6 +899,16 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
             if (x_out != nullptr) x_out[(size_t)b * k + i] = t;
         }
         v[e] = t;
+    }
+    if (i4) {
+        // For int4 weights each 8-input span is stored even inputs first,
+        // then odd ones: the order a lane's unpacked nibbles come in
+        // (gemv_v6, I4).
+        float t[V6_GROUP];
+#pragma unroll
+        for (int e = 0; e < V6_GROUP; e++) t[e] = v[e];
+#pragma unroll
+        for (int e = 0; e < V6_GROUP; e++) v[e] = t[(e & ~7) | ((e & 3) << 1) | ((e >> 2) & 1)];
     }
     int w[3][V6_GROUP / 4];
     float s;
@@ -970,10 +980,32 @@ __device__ __forceinline__ int2 ld_stream8(const signed char* p) {
 // serves 4-8 tiles, and registers are short).
 #define V6_U (NT >= 4 ? 2 : 4)
 
+// 4 bytes of weights, not kept in L1.
+__device__ __forceinline__ int ld_stream4(const signed char* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    int v;
+    asm("ld.global.nc.L1::no_allocate.s32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+#else
+    return __ldg((const int*)p);
+#endif
+}
+
+// Eight int4 weights (element 2j in the low nibble of byte j) as eight
+// signed bytes: the even elements, then the odd ones. Each nibble is biased
+// to 0..15 (XOR 8), and 8 is taken off each byte with its top bit set, so no
+// borrow crosses bytes.
+__device__ __forceinline__ int2 v6_unpack_i4(int v) {
+    const unsigned u = (unsigned)v ^ 0x88888888u;
+    const unsigned lo = u & 0x0F0F0F0Fu, hi = (u >> 4) & 0x0F0F0F0Fu;
+    return make_int2((int)(((lo | 0x80808080u) - 0x08080808u) ^ 0x80808080u),
+                     (int)(((hi | 0x80808080u) - 0x08080808u) ^ 0x80808080u));
+}
+
 // The slice's activations go through shared memory in stages of `gst`
 // groups (a multiple of 4; up to 16 rows, gst = gps: one stage, and no
 // restaging code).
-template <int NT>
+template <int NT, bool I4>
 __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const float* __restrict__ scales,
                                         const int4* __restrict__ xq, float* __restrict__ y,
                                         float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,
@@ -997,8 +1029,10 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
     const int rl0 = 16 * warp + g, rl1 = rl0 + 8;
     // Rows past the end read row 0 (valid memory) and are dropped.
     const int r0 = max(wrow(rl0), 0), r1 = max(wrow(rl1), 0);
-    const signed char* w0 = w + (size_t)r0 * kp + 8 * t;
-    const signed char* w1 = w + (size_t)r1 * kp + 8 * t;
+    // A group is 32 bytes of a row (int4: 16); the lane's 8 (int4: 4) of them.
+    constexpr int GB = I4 ? V6_GROUP / 2 : V6_GROUP, LB = GB / 4;
+    const signed char* w0 = w + (size_t)r0 * kp + LB * t;
+    const signed char* w1 = w + (size_t)r1 * kp + LB * t;
     const float* s0 = scales + (size_t)r0 * gpr;
     const float* s1 = scales + (size_t)r1 * gpr;
     int2 a0[V6_U], a1[V6_U];
@@ -1009,9 +1043,14 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
 #pragma unroll
         for (int u = 0; u < V6_U; u++) {
             const int G = Gb + u;
-            const bool in = G < G1 && V6_GROUP * G + 8 * t < kp;
-            x0[u] = in ? ld_stream8(w0 + V6_GROUP * G) : make_int2(0, 0);
-            x1[u] = in ? ld_stream8(w1 + V6_GROUP * G) : make_int2(0, 0);
+            const bool in = G < G1 && GB * G + LB * t < kp;
+            if (I4) {
+                x0[u] = v6_unpack_i4(in ? ld_stream4(w0 + GB * G) : 0);
+                x1[u] = v6_unpack_i4(in ? ld_stream4(w1 + GB * G) : 0);
+            } else {
+                x0[u] = in ? ld_stream8(w0 + GB * G) : make_int2(0, 0);
+                x1[u] = in ? ld_stream8(w1 + GB * G) : make_int2(0, 0);
+            }
             v0[u] = G < G1 ? __ldg(s0 + G) : 0.f;
             v1[u] = G < G1 ? __ldg(s1 + G) : 0.f;
         }
@@ -1127,19 +1166,23 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
     }
 }
 
-#define GEMV_V6_ENTRY(NT)                                                                                     \
+#define GEMV_V6_ENTRY(NAME, NT, I4)                                                                           \
     extern "C" __global__ void __launch_bounds__(BLOCK)                                                       \
-        gemv_v6_i8_t##NT(const signed char* __restrict__ w, const float* __restrict__ scales,                 \
-                         const int4* __restrict__ xq, float* __restrict__ y, float* __restrict__ part,        \
-                         unsigned* __restrict__ counters, int m, int kp, int gpr, int groups, int gps, int gst, \
-                         int n, int mode) {                                                                   \
-        gemv_v6<NT>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, gst, n, mode);                 \
+        NAME(const signed char* __restrict__ w, const float* __restrict__ scales, const int4* __restrict__ xq, \
+             float* __restrict__ y, float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,  \
+             int gpr, int groups, int gps, int gst, int n, int mode) {                                        \
+        gemv_v6<NT, I4>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, gst, n, mode);             \
     }
-// Tiles of 8 activation rows: up to 8 and 16 rows (decode), 32 and 64 (prefill).
-GEMV_V6_ENTRY(1)
-GEMV_V6_ENTRY(2)
-GEMV_V6_ENTRY(4)
-GEMV_V6_ENTRY(8)
+// Tiles of 8 activation rows: up to 8 and 16 rows (decode), 32 and 64
+// (prefill); int8 weights, then int4 (kp: bytes per row either way).
+GEMV_V6_ENTRY(gemv_v6_i8_t1, 1, false)
+GEMV_V6_ENTRY(gemv_v6_i8_t2, 2, false)
+GEMV_V6_ENTRY(gemv_v6_i8_t4, 4, false)
+GEMV_V6_ENTRY(gemv_v6_i8_t8, 8, false)
+GEMV_V6_ENTRY(gemv_v6_i4_t1, 1, true)
+GEMV_V6_ENTRY(gemv_v6_i4_t2, 2, true)
+GEMV_V6_ENTRY(gemv_v6_i4_t4, 4, true)
+GEMV_V6_ENTRY(gemv_v6_i4_t8, 8, true)
 
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
