@@ -49,13 +49,14 @@ pub enum GemvVariant {
     /// v1-v4 (|x - x~| <= max|x of its 16| * 2^-22); with activations too
     /// long to stage, v2 runs.
     V5,
-    /// Int8 weights and 2..16 activation rows (batched decode), opt-in with
-    /// v5: the activations quantized once per product as 22-bit fixed point
-    /// per 32 elements (a small kernel, RMSNorm fused), then 16 weight rows
-    /// x 8 activation rows x 32 inputs at a time as three exact integer
+    /// Int8 or int4 weights and 2..16 activation rows (batched decode; with
+    /// dp4a also prefill, 64 rows per launch), opt-in with v5: the
+    /// activations quantized once per product as 22-bit fixed point per 32
+    /// elements (a small kernel, RMSNorm fused), then 16 weight rows x 8
+    /// activation rows x 32 inputs at a time as three exact integer
     /// tensor-core products (`mma` m16n8k32, s8 x u8/s8), split over the
     /// inputs when the rows alone would not fill the GPU. Not bit-identical
-    /// to v1-v5; with one row, v2 runs.
+    /// to v1-v5; with one row, or bf16 weights, v2 runs.
     V6,
 }
 
@@ -70,7 +71,7 @@ impl GemvVariant {
     ];
 
     /// Whether the variant runs products with weights of this dtype (bf16:
-    /// not v1 or v5; int4: v2 and v4).
+    /// not v1, v5 or v6; int4: v2, v4 and v6).
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
             crate::WeightDType::Int4 => {
