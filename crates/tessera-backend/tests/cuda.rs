@@ -698,4 +698,12 @@ fn batched_decode_attention_matches_one_sequence_at_a_time() {
         panic!("two rows for one cache accepted");
     };
     assert!(err.to_string().contains("attention_batch"), "{err}");
+    // A RoPE table of the wrong length, likewise.
+    let q1 = b.upload(&host(1, heads * hd, 1)).unwrap();
+    let k1 = b.upload(&host(1, kvh * hd, 2)).unwrap();
+    let short = &inv[..3];
+    let Err(err) = b.attention_batch(&q1, &k1, &k1, &mut [&mut c], 0, &[0], short, shape) else {
+        panic!("a 3-entry RoPE table accepted for head_dim {hd}");
+    };
+    assert!(err.to_string().contains("rope"), "{err}");
 }

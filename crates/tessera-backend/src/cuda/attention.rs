@@ -231,6 +231,8 @@ impl CudaBackend {
             let detail = format!("k has {} columns, expected {kv_cols}", k.cols);
             return Err(shape_err("attention_batch", detail));
         }
+        checks::rope(q.cols, num_heads, head_dim, inv_freq)?;
+        checks::rope(k.cols, num_kv_heads, head_dim, inv_freq)?;
         let qs = self.strided(q, Some(head_dim))?;
         let (ks, kbuf) = self.strided_kept(k, Some(head_dim))?;
         let (vs, vbuf) = self.strided_kept(v, None)?;
