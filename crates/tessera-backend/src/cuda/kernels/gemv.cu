@@ -827,11 +827,12 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 #undef V5_COMPUTE
 }
 
-// ---------------------------------------------------------------- v6: int8 weights x fixed-point activations on tensor cores (2-16 rows)
+// ---------------------------------------------------------------- v6: int8/int4 weights x fixed-point activations on tensor cores (2-64 rows)
 //
-// Int8 weights, up to 16 activation rows (decode of a batch); opt-in with v5
-// (TESSERA_INT8_DECODE=dp4a adds it to the timing of 2..16-row shapes,
-// TESSERA_GEMV=v6 forces it). The f32 variants run 16 rows at 6-7% of the
+// Int8 or int4 weights, up to 16 activation rows (decode of a batch) and, for
+// prefill, 64 rows per launch; opt-in with v5 (TESSERA_INT8_DECODE=dp4a adds
+// it to the timing of 2..16-row shapes and runs every larger int8/int4
+// product on it, TESSERA_GEMV=v6 forces it). The f32 variants run 16 rows at 6-7% of the
 // copy rate (H200, run 7): every weight is converted and multiplied once per
 // activation row on CUDA cores, with the activations re-read from shared
 // memory for every weight row. Here:
@@ -848,7 +849,7 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 //    result read as f32 is 1.5 * 2^23 + its dot product exactly (|dot| <=
 //    32 * 128 * 255 < 2^22): no integer-to-float conversions.
 // The weights are read straight from global memory, 8 bytes per lane, and
-// used as they are.
+// used as they are (int4: 4 bytes per lane, unpacked to bytes, v6_unpack_i4).
 //
 // Fragments of mma.m16n8k32 with 8-bit types (PTX ISA; g = lane / 4, t = lane % 4):
 //   A (16 x 32, row): a0 = A[g][4t..4t+3], a1 = A[g+8][4t..], a2 = A[g][16+4t..], a3 = A[g+8][16+4t..]
@@ -871,9 +872,11 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 // shape and the SM count only, so recorded and eager steps agree; it is not
 // bit-identical to v1-v5.
 //
-// xq layout for NB activation slots (8 or 16; slots >= n are zero): group G,
-// plane p (lo, mid, hi), slot b: 32 bytes at ((G * 3 + p) * NB + b) * 32
-// (element e at byte e); then the f32 scales s_G of slot b at [G * NB + b].
+// xq layout for NB activation slots (8, 16, 32 or 64; slots >= n are zero):
+// group G, plane p (lo, mid, hi), slot b: 32 bytes at ((G * 3 + p) * NB + b)
+// * 32 (element e at byte e; for int4 weights each 8-element span holds its
+// even elements, then its odd ones); then the f32 scales s_G of slot b at
+// [G * NB + b].
 #define V6_GROUP 32
 
 // Quantize n activation rows (RMSNorm fused when nw is set; the normalized
