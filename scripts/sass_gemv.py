@@ -89,10 +89,11 @@ def main():
                 idp = sum(v for k, v in ops.items() if k.startswith("IDP"))
                 lds = sum(v for k, v in ops.items() if k.startswith("LDS"))
                 imma = sum(v for k, v in ops.items() if k.startswith("IMMA"))
+                hmma = sum(v for k, v in ops.items() if k.startswith("HMMA"))
                 pred = sum(1 for _, t in b if t.startswith("@") and "LDG" in t)
-                if prmt + ffma >= 64 or ldg >= 8 or idp >= 24 or imma >= 3:
+                if prmt + ffma >= 64 or ldg >= 8 or idp >= 24 or imma + hmma >= 3:
                     print(f"  block {b[0][0]:#07x}: {len(b):4d} instructions, PRMT {prmt:3d}, FFMA {ffma:3d}, "
-                          f"IDP {idp:3d}, IMMA {imma:2d}, LDS {lds:2d}, LDG {ldg:2d} ({pred} predicated)")
+                          f"IDP {idp:3d}, IMMA {imma:2d}, HMMA {hmma:2d}, LDS {lds:2d}, LDG {ldg:2d} ({pred} predicated)")
 
 
 if __name__ == "__main__":

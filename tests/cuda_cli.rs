@@ -342,6 +342,20 @@ fn cuda_batched_decode_matches_lone_sequences_and_the_cpu() {
     .unwrap();
     let got = batched_vs_lone(&model, &prompts, 6);
     assert_eq!(got, want, "cuda int8 with GEMV v6 vs cpu f32");
+    // bf16 weights with v6 forced (bf16 tensor-core products, activations
+    // split exactly into three bf16) against the CPU's bf16 weights.
+    let cpu = tessera_backend::cpu::CpuBackend::new(1).unwrap();
+    let bf16 = WeightDType::BF16;
+    let cpu_bf16 =
+        tessera_engine::Model::load(cpu, &ckpt.spec, ckpt.source.as_ref(), bf16, |_, _| {})
+            .unwrap();
+    let want_bf16 = batched_vs_lone(&cpu_bf16, &prompts, 6);
+    let mut b = tessera_backend::cuda::CudaBackend::new(0).unwrap();
+    b.set_gemv_variant(Some(tessera_backend::cuda::GemvVariant::V6));
+    let model =
+        tessera_engine::Model::load(b, &ckpt.spec, ckpt.source.as_ref(), bf16, |_, _| {}).unwrap();
+    let got = batched_vs_lone(&model, &prompts, 6);
+    assert_eq!(got, want_bf16, "cuda bf16 with GEMV v6 vs cpu bf16");
 }
 
 /// `tensor_parallel: 2` on two GPUs with NCCL (`configs/gpu-tp2.yaml` on a

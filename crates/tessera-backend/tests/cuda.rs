@@ -52,6 +52,8 @@ fn kernels_compile_to_ptx_with_nvrtc() {
                     "gemv_v6_quantize",
                     "gemv_v6_i8_t2",
                     "gemv_v6_i4_t8",
+                    "gemv_v6_bf16_t2",
+                    "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
                     "mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32",
                     "dp4a.s32.s32",
                     "embedding_i4",

@@ -77,9 +77,7 @@ impl GemvVariant {
             crate::WeightDType::Int4 => {
                 matches!(self, GemvVariant::V2 | GemvVariant::V4 | GemvVariant::V6)
             }
-            crate::WeightDType::BF16 => {
-                !matches!(self, GemvVariant::V1 | GemvVariant::V5 | GemvVariant::V6)
-            }
+            crate::WeightDType::BF16 => !matches!(self, GemvVariant::V1 | GemvVariant::V5),
             _ => true,
         }
     }
@@ -290,7 +288,13 @@ impl CudaBackend {
         n: usize,
         norm: Option<&NormSrc>,
     ) -> Result<GemvTuning> {
-        let opt_in: &[GemvVariant] = if self.int8_decode_dp4a {
+        let opt_in: &[GemvVariant] = if p.w.is_bf16() {
+            if self.bf16_decode_tc {
+                &[GemvVariant::V6]
+            } else {
+                &[]
+            }
+        } else if self.int8_decode_dp4a {
             &[GemvVariant::V5, GemvVariant::V6]
         } else {
             &[]
@@ -616,24 +620,34 @@ impl CudaBackend {
         y: u64,
         mode: GemvMode,
     ) -> Result<()> {
-        let GemvWeight::Int8(q) = w else {
-            return Err(BackendError::Device(
-                "internal: GEMV v6 called with a bf16 weight".into(),
-            ));
+        // Weight format (kernels/gemv.cu V6_I8, V6_I4, V6_BF16), the weight
+        // and scale addresses, bytes per row, scale groups per row.
+        let (fmt, wp, sp, row_bytes, gpr) = match w {
+            GemvWeight::Int8(q) if q.bits == 8 => {
+                (0, self.ptr(&q.q), self.ptr(&q.scales), q.row_bytes(), q.gpr)
+            }
+            GemvWeight::Int8(q) => (1, self.ptr(&q.q), self.ptr(&q.scales), q.row_bytes(), q.gpr),
+            GemvWeight::Bf16(b) => (2, self.ptr(&b.w), 0, b.kp * 2, 0),
         };
-        if !matches!(q.bits, 4 | 8) || !(1..=V6_MAX_ROWS).contains(&n) {
+        if !(1..=V6_MAX_ROWS).contains(&n) {
             return Err(BackendError::Device(format!(
-                "internal: GEMV v6 called with {} bits and {n} rows",
-                q.bits
+                "internal: GEMV v6 called with {n} rows"
             )));
         }
-        let (m, k) = (q.rows, q.cols);
+        let (m, k) = w.dims();
         let rows_out = if mode == GemvMode::SwiGlu { m / 2 } else { m };
         // Tiles of 8 activation rows: 1, 2, 4 or 8 (kernels gemv_v6_i8_t{tiles}).
         let tiles = n.div_ceil(8).next_power_of_two();
         let nb = 8 * tiles;
         let groups = k.div_ceil(V6_GROUP);
-        let plan = v6_plan(rows_out, mode, groups, nb, 2 * self.sm_count)?;
+        // Bytes per group and activation slot: three limb planes of 32 bytes
+        // and a scale (int8/int4), or three bf16 pieces of 64 bytes.
+        let per_slot = if fmt == 2 {
+            3 * 2 * V6_GROUP
+        } else {
+            3 * V6_GROUP + 4
+        };
+        let plan = v6_plan(rows_out, mode, groups, nb * per_slot, nb, 2 * self.sm_count)?;
         let smem = plan.smem;
         if smem > self.k.max_dyn_smem {
             return Err(BackendError::Device(format!(
@@ -641,8 +655,7 @@ impl CudaBackend {
                 self.k.max_dyn_smem
             )));
         }
-        // Limb planes (3 x 32 bytes) and a scale (4 bytes) per group and slot.
-        let xq = self.alloc::<u8>(groups * nb * (3 * V6_GROUP + 4))?;
+        let xq = self.alloc::<u8>(groups * nb * per_slot)?;
         let qargs = Args::new()
             .ptr(norm.map(|s| self.ptr(&s.x)).unwrap_or(x))
             .ptr(norm.map(|s| self.ptr(&s.w)).unwrap_or(0))
@@ -652,7 +665,7 @@ impl CudaBackend {
             .int(n)
             .int(nb)
             .int(groups)
-            .int(usize::from(q.bits == 4));
+            .int(fmt);
         let qargs = qargs.ptr(self.ptr(&xq));
         let qdims = Dims {
             grid: (groups.div_ceil(256) as u32, nb as u32, 1),
@@ -660,7 +673,7 @@ impl CudaBackend {
             smem: 0,
         };
         // SAFETY: x (and the norm source and weight) hold n rows of k f32;
-        // xq holds groups * nb * 100 bytes, the layout the kernel writes.
+        // xq holds groups * nb * per_slot bytes, the layout the kernel writes.
         unsafe { self.launch("gemv v6 quantize", &self.k.gemv_v6[0], qdims, qargs) }?;
         let part = if plan.splits > 1 {
             Some(self.alloc::<f32>(plan.splits * n * plan.row_tiles * 128)?)
@@ -668,15 +681,15 @@ impl CudaBackend {
             None
         };
         let args = Args::new()
-            .ptr(self.ptr(&q.q))
-            .ptr(self.ptr(&q.scales))
+            .ptr(wp)
+            .ptr(sp)
             .ptr(self.ptr(&xq))
             .ptr(y)
             .ptr(part.as_ref().map(|p| self.ptr(p)).unwrap_or(0))
             .ptr(self.ptr(&self.gemv_counters))
             .int(m)
-            .int(q.row_bytes())
-            .int(q.gpr)
+            .int(row_bytes)
+            .int(gpr)
             .int(groups)
             .int(plan.gps)
             .int(plan.gst)
@@ -687,15 +700,14 @@ impl CudaBackend {
             block: 256,
             smem: smem as u32,
         };
-        // SAFETY: q is [m, row_bytes] int8 (row_bytes a multiple of 16, so
-        // every 16-byte half of a group exists) or int4 (16 bytes a group,
-        // rows of whole groups), scales [m, gpr] with gpr >=
-        // groups; xq as written above; y holds n rows of the mode's output
-        // width; with splits > 1 part holds splits * n * row_tiles * 128 f32
-        // and the counters row_tiles <= V6_COUNTERS u32, all zero (every
-        // launch leaves them zero).
-        let int4 = if q.bits == 4 { 4 } else { 0 };
-        let f = &self.k.gemv_v6[1 + int4 + tiles.trailing_zeros() as usize];
+        // SAFETY: the weight is [m, row_bytes] (row_bytes a multiple of 16;
+        // lanes read only the 16-byte parts of a group that exist), int8 or
+        // int4 with scales [m, gpr], gpr >= groups, or bf16 without; xq as
+        // written above; y holds n rows of the mode's output width; with
+        // splits > 1 part holds splits * n * row_tiles * 128 f32 and the
+        // counters row_tiles <= V6_COUNTERS u32, all zero (every launch
+        // leaves them zero).
+        let f = &self.k.gemv_v6[1 + 4 * fmt + tiles.trailing_zeros() as usize];
         unsafe { self.launch("gemv v6", f, dims, args) }?;
         // Freed in stream order, after the kernels.
         drop(part);
@@ -768,7 +780,8 @@ struct V6Plan {
 }
 
 /// Cut a v6 product of `rows_out` outputs over `groups` input groups with
-/// `nb` activation slots into about `target` blocks (two per SM): as many
+/// `nb` activation slots (`per_group` bytes of staged activations per group)
+/// into about `target` blocks (two per SM): as many
 /// input slices as the row tiles leave room for, at most
 /// V6_MAX_GROUPS_PER_SPLIT groups each, no empty slice. Depends on the shape
 /// and the SM count only, so every launch of a shape adds its slices alike.
@@ -776,16 +789,25 @@ fn v6_plan(
     rows_out: usize,
     mode: GemvMode,
     groups: usize,
+    per_group: usize,
     nb: usize,
     target: usize,
 ) -> Result<V6Plan> {
     let per = if mode == GemvMode::SwiGlu { 64 } else { 128 };
     let row_tiles = rows_out.div_ceil(per).max(1);
     let groups = groups.max(1);
+    // Groups whose activations (`per_group` bytes each) fit the shared
+    // memory left beside the [nb][128] results.
+    let room = (V6_SMEM_BUDGET.saturating_sub(nb * 128 * 4) / per_group).max(4);
+    // The one- and two-tile kernels stage their whole slice at once, so a
+    // slice is at most what fits; larger ones stage it in parts.
+    let max_gps = if nb <= 16 {
+        room.min(V6_MAX_GROUPS_PER_SPLIT)
+    } else {
+        V6_MAX_GROUPS_PER_SPLIT
+    };
     let want = target.div_ceil(row_tiles).max(1);
-    let splits = want
-        .max(groups.div_ceil(V6_MAX_GROUPS_PER_SPLIT))
-        .min(groups);
+    let splits = want.max(groups.div_ceil(max_gps)).min(groups);
     let gps = groups.div_ceil(splits);
     let splits = groups.div_ceil(gps);
     if splits > 1 && row_tiles > V6_COUNTERS {
@@ -794,20 +816,9 @@ fn v6_plan(
             format!("GEMV v6: {rows_out} output rows need more than {V6_COUNTERS} row tiles"),
         ));
     }
-    // Limb planes and scales of gst groups, then the [nb][128] results.
-    let per_group = nb * (3 * V6_GROUP + 4);
-    let room = V6_SMEM_BUDGET.saturating_sub(nb * 128 * 4) / per_group;
-    let gst = if gps <= room {
-        gps
-    } else {
-        (room / 4 * 4).max(4)
-    };
-    if nb <= 16 && gst != gps {
-        // The one- and two-tile kernels stage their whole slice at once.
-        return Err(BackendError::Device(format!(
-            "internal: GEMV v6 plan stages {gst} of {gps} groups at {nb} rows"
-        )));
-    }
+    // Groups staged at a time: all of the slice when they fit, else a
+    // multiple of the 4 the kernels load ahead.
+    let gst = if gps <= room { gps } else { room / 4 * 4 };
     let smem = gst * per_group + nb * 128 * 4;
     Ok(V6Plan {
         row_tiles,
@@ -835,8 +846,9 @@ mod tests {
     #[test]
     fn v6_plans_fill_the_gpu_and_bound_shared_memory() {
         // The llama2-7b decode products on an H100 (132 SMs, 264 blocks wanted), 16 rows.
-        let plan =
-            |rows_out, mode, k: usize| v6_plan(rows_out, mode, k.div_ceil(32), 16, 264).unwrap();
+        let plan = |rows_out, mode, k: usize| {
+            v6_plan(rows_out, mode, k.div_ceil(32), 16 * 100, 16, 264).unwrap()
+        };
         let store = GemvMode::Store;
         // o_proj: 32 row tiles, 9 slices of 15 groups (the last of 8).
         let o = plan(4096, store, 4096);
@@ -858,19 +870,27 @@ mod tests {
         }
         assert_eq!(down.splits * down.gps - 344, 7);
         // Enough rows for the GPU: one slice, no partial sums.
-        let one = v6_plan(40000, store, 64, 8, 264).unwrap();
+        let one = v6_plan(40000, store, 64, 8 * 100, 8, 264).unwrap();
         assert_eq!((one.splits, one.gps), (1, 64));
         // A single group never splits; a tiny product gets at least one tile.
-        let tiny = v6_plan(3, store, 1, 8, 264).unwrap();
+        let tiny = v6_plan(3, store, 1, 8 * 100, 8, 264).unwrap();
         assert_eq!((tiny.row_tiles, tiny.splits, tiny.gps), (1, 1, 1));
         // Up to 16 activation rows stage a whole slice; 64 rows stage 12
         // groups at a time (a multiple of the 4 loaded ahead).
         assert!([o, down, gu, head].iter().all(|p| p.gst == p.gps));
-        let prefill = v6_plan(4096, store, 4096 / 32, 64, 264).unwrap();
+        let prefill = v6_plan(4096, store, 4096 / 32, 64 * 100, 64, 264).unwrap();
         assert_eq!((prefill.splits, prefill.gps, prefill.gst), (9, 15, 12));
         assert!(2 * (prefill.smem + 1024) <= 227 * 1024, "{prefill:?}");
         // Too many row tiles for the counters when split: refused by name.
-        let err = v6_plan(V6_COUNTERS * 128 + 1, store, 4096 / 32, 16, 264 * 1000).unwrap_err();
+        let err = v6_plan(
+            V6_COUNTERS * 128 + 1,
+            store,
+            4096 / 32,
+            16 * 100,
+            16,
+            264 * 1000,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("row tiles"), "{err}");
     }
 }

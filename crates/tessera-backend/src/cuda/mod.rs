@@ -122,6 +122,9 @@ pub struct CudaBackend {
     /// integer dot products, `gemv.rs`): the per-shape timing then includes
     /// it. Off by default: v5's results differ from v1-v4 in the last bits.
     int8_decode_dp4a: bool,
+    /// Offer GEMV v6 (tensor cores, activations split into three bf16) to
+    /// the timing of bf16 products of 2..16 rows (`TESSERA_BF16_DECODE=tc`).
+    bf16_decode_tc: bool,
     /// `attention_batch` through the single-sequence ops instead of one
     /// launch (`TESSERA_BATCH_ATTENTION=per-sequence`; A/B and fallback).
     batch_attention_per_sequence: bool,
@@ -268,6 +271,7 @@ impl CudaBackend {
         let int8_prefill_f32 = env_switch("TESSERA_INT8_PREFILL", "bf16x3", "f32")?;
         // TESSERA_INT8_DECODE=dp4a: GEMV v5 joins the per-shape timing.
         let int8_decode_dp4a = env_switch("TESSERA_INT8_DECODE", "f32", "dp4a")?;
+        let bf16_decode_tc = env_switch("TESSERA_BF16_DECODE", "f32", "tc")?;
         let batch_attention_per_sequence =
             env_switch("TESSERA_BATCH_ATTENTION", "one-launch", "per-sequence")?;
         Ok(CudaBackend {
@@ -298,6 +302,7 @@ impl CudaBackend {
             att_min_chunk,
             int8_prefill_f32,
             int8_decode_dp4a,
+            bf16_decode_tc,
             batch_attention_per_sequence,
         })
     }
@@ -354,6 +359,14 @@ impl CudaBackend {
     /// before the change keep their choice.
     pub fn set_int8_decode_dp4a(&mut self, on: bool) {
         self.int8_decode_dp4a = on;
+    }
+
+    /// Let bf16 products of 2..16 rows run GEMV v6 when the per-shape timing
+    /// finds it fastest: bf16 tensor-core products with each activation split
+    /// into three bf16 (exactly) and f32 accumulation in the tensor cores, so
+    /// the result differs from the f32 FMA chains only in summation order.
+    pub fn set_bf16_decode_tc(&mut self, on: bool) {
+        self.bf16_decode_tc = on;
     }
 
     /// Run `attention_batch` one sequence at a time with the single-sequence

@@ -193,10 +193,10 @@ pub struct Kernels {
     /// v5 (int8 weights, fixed-point activations, dp4a; one activation
     /// row): 4 and 2 weight rows per warp.
     pub gemv_v5: [CudaFunction; 2],
-    /// v6 (int8 and int4 weights, fixed-point activations, tensor cores;
-    /// 2..64 activation rows): the activation quantizer, then 1, 2, 4 and 8
-    /// tiles of 8 activation rows for int8, then the same for int4.
-    pub gemv_v6: [CudaFunction; 9],
+    /// v6 (tensor cores, 2..64 activation rows): the activation quantizer,
+    /// then 1, 2, 4 and 8 tiles of 8 activation rows for int8, int4 and bf16
+    /// weights.
+    pub gemv_v6: [CudaFunction; 13],
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
@@ -298,6 +298,10 @@ impl Kernels {
                 "gemv_v6_i4_t2",
                 "gemv_v6_i4_t4",
                 "gemv_v6_i4_t8",
+                "gemv_v6_bf16_t1",
+                "gemv_v6_bf16_t2",
+                "gemv_v6_bf16_t4",
+                "gemv_v6_bf16_t8",
             ])?)?,
             kv_store: f("kv_store")?,
             attention_d128: f("attention_d128")?,

@@ -8,7 +8,7 @@
 
 use crate::support::{
     assert_close, assert_falls_back_to_v2, backend, dequant_i4, dequant_i8, fused_layer_products,
-    get, host, matmul_f64, worst_error,
+    get, host, matmul_f64, round_bf16, worst_error,
 };
 use tessera_backend::cuda::GemvVariant;
 use tessera_backend::{reference, Backend, WeightDType};
@@ -65,14 +65,23 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
         (33, 202, 3),        // k % 4 != 0
     ]
     .into_iter()
-    .flat_map(|s| [(s, WeightDType::Int8), (s, WeightDType::Int4)])
+    .flat_map(|s| {
+        [
+            (s, WeightDType::Int8),
+            (s, WeightDType::Int4),
+            (s, WeightDType::BF16),
+        ]
+    })
+    // bf16 on the smaller shapes only: its emulated tensor-core product is
+    // the slowest part of the emulator run.
+    .filter(|&((m, k, _), dtype)| dtype != WeightDType::BF16 || m * k <= 200_000)
     {
         let (m, k, n) = shape;
         let w = host(m, k, 20 + m as u64);
-        let deq = if dtype == WeightDType::Int4 {
-            dequant_i4(&w)
-        } else {
-            dequant_i8(&w)
+        let deq = match dtype {
+            WeightDType::Int4 => dequant_i4(&w),
+            WeightDType::BF16 => round_bf16(&w),
+            _ => dequant_i8(&w),
         };
         let wd = b.upload_linear(&w, dtype).unwrap();
         let abs_w: Vec<f32> = deq.iter().map(|v| v.abs()).collect();
@@ -100,12 +109,21 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
                 got != f32_out,
                 "{dtype} {m}x{k} n={n} {name}: v6 gave v2's bits"
             );
-            // 2^-22 = 2.4e-7 from the activations, plus the f32 rounding of
-            // the group sums.
-            assert!(
-                v6_bound <= 2.4e-7 + 2.0 * f32_err,
-                "{dtype} {m}x{k} n={n} {name}: v6 error {v6_bound:.2e} of its bound (v2: {f32_err:.2e})"
-            );
+            if dtype == WeightDType::BF16 {
+                // Exact activations (three bf16) and products: only the
+                // summation order differs from the f32 chains.
+                assert!(
+                    v6_err <= 1e-7_f64.max(4.0 * f32_err),
+                    "{dtype} {m}x{k} n={n} {name}: v6 error {v6_err:.2e} (v2: {f32_err:.2e})"
+                );
+            } else {
+                // 2^-22 = 2.4e-7 from the activations, plus the f32 rounding
+                // of the group sums.
+                assert!(
+                    v6_bound <= 2.4e-7 + 2.0 * f32_err,
+                    "{dtype} {m}x{k} n={n} {name}: v6 error {v6_bound:.2e} of its bound (v2: {f32_err:.2e})"
+                );
+            }
             if name == "uniform" {
                 assert!(
                     v6_err <= 2.4e-7_f64.max(4.0 * f32_err),
@@ -176,14 +194,9 @@ fn gemv_v6_is_as_close_to_the_exact_product_as_the_f32_variants() {
         assert_close(&lone, &want_last, 1e-4, &format!("{m}x{k} one row"));
     }
     b.set_int8_decode_dp4a(false);
-    // bf16 weights never run v6.
-    let w = b
-        .upload_linear(&host(40, 256, 1), WeightDType::BF16)
-        .unwrap();
-    let dx = b.upload(&host(4, 256, 2)).unwrap();
-    assert_falls_back_to_v2(&mut b, GemvVariant::V6, &dx, &w, "bf16");
     // A NaN or an infinity in one activation row makes that row's products
     // NaN and leaves the other rows alone.
+    b.set_gemv_variant(Some(GemvVariant::V6));
     let w = host(20, 100, 4);
     let wd = b.upload_linear(&w, WeightDType::Int8).unwrap();
     let deq = dequant_i8(&w);
@@ -220,29 +233,39 @@ fn gemv_v6_fused_epilogues_and_norm_match_unfused() {
         return;
     };
     b.set_gemv_variant(Some(GemvVariant::V6));
-    for (k, inter, n) in [(200usize, 90usize, 3usize), (203, 64, 2), (512, 700, 12)] {
+    for (k, inter, n, dtype) in [
+        (200usize, 90usize, 3usize, WeightDType::Int8),
+        (203, 64, 2, WeightDType::Int8),
+        (512, 700, 12, WeightDType::Int8),
+        (200, 90, 5, WeightDType::BF16),
+        (203, 64, 9, WeightDType::BF16),
+    ] {
         let wgu = host(2 * inter, k, 31);
         let wo = host(k, k, 32);
         let nw = host(1, k, 33);
-        let (dgu, dwo) = (dequant_i8(&wgu), dequant_i8(&wo));
+        let (dgu, dwo) = if dtype == WeightDType::BF16 {
+            (round_bf16(&wgu), round_bf16(&wo))
+        } else {
+            (dequant_i8(&wgu), dequant_i8(&wo))
+        };
         let x = host(n, k, 41);
         let mut results = Vec::new();
         for (fused, pdl) in [(true, true), (false, true), (true, false)] {
             b.set_fusion(fused);
             b.set_pdl(pdl);
-            let what = format!("k={k} n={n} fused={fused} pdl={pdl}");
-            let (dv, int8) = ((dgu.as_slice(), dwo.as_slice()), WeightDType::Int8);
+            let what = format!("{dtype} k={k} n={n} fused={fused} pdl={pdl}");
+            let dv = (dgu.as_slice(), dwo.as_slice());
             results.push(fused_layer_products(
-                &b, &wgu, &wo, &nw, &x, dv, int8, &what,
+                &b, &wgu, &wo, &nw, &x, dv, dtype, &what,
             ));
         }
         assert!(
             results[0] == results[1],
-            "k={k} n={n}: fused and unfused v6 differ in bits"
+            "{dtype} k={k} n={n}: fused and unfused v6 differ in bits"
         );
         assert!(
             results[0] == results[2],
-            "k={k} n={n}: v6 with and without PDL differ in bits"
+            "{dtype} k={k} n={n}: v6 with and without PDL differ in bits"
         );
     }
     b.set_fusion(true);
@@ -287,4 +310,24 @@ fn autotune_includes_v6_when_opted_in() {
     );
     b.set_int8_decode_dp4a(false);
     b.set_gemv_variant(None);
+    // bf16 products are offered v6 by their own switch, and it agrees with
+    // the baseline.
+    b.set_bf16_decode_tc(true);
+    let wb2 = b
+        .upload_linear(&host(200, 512, 7), WeightDType::BF16)
+        .unwrap();
+    get(
+        &b,
+        &b.matmul(&b.upload(&host(5, 512, 8)).unwrap(), &wb2)
+            .unwrap(),
+    );
+    let t = b.gemv_tunings();
+    let last = t.last().unwrap();
+    assert!(
+        last.micros
+            .iter()
+            .any(|(v, us)| *v == GemvVariant::V6 && us.is_some()),
+        "bf16 with TESSERA_BF16_DECODE=tc: {last}"
+    );
+    b.set_bf16_decode_tc(false);
 }

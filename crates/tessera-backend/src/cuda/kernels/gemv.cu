@@ -877,14 +877,29 @@ __device__ __forceinline__ void gemv_v5(GEMV_PARAMS) {
 // * 32 (element e at byte e; for int4 weights each 8-element span holds its
 // even elements, then its odd ones); then the f32 scales s_G of slot b at
 // [G * NB + b].
+//
+// Bf16 weights (TESSERA_BF16_DECODE=tc): no fixed point. Each activation is
+// split into three bf16, x = hi + mid + lo exactly, and the products run as
+// bf16 tensor-core products with f32 accumulation (mma m16n8k16, six per
+// group and tile: three pieces x two halves of 16 inputs, smallest piece
+// first, from zero), then one f32 add per group: no scales. A lane
+// loads 16 bytes (8 weights) of each of its two rows per group and 16 bytes
+// of each piece; by the same freedom of order, logical k = 2t, 2t+1 and
+// 8+2t, 8+2t+1 of the first product are inputs 8t..8t+3, of the second
+// 8t+4..8t+7. xq for bf16: group G, piece p (hi, mid, lo), slot b: 64 bytes
+// at ((G * 3 + p) * NB + b) * 64 (element e at bytes 2e, 2e+1).
 #define V6_GROUP 32
+// Weight formats (the quantizer's `fmt`, gemv_v6's FMT).
+#define V6_I8 0
+#define V6_I4 1
+#define V6_BF16 2
 
 // Quantize n activation rows (RMSNorm fused when nw is set; the normalized
 // rows also go to x_out) into xq. Grid (ceil(groups / BLOCK), nb), one thread
 // per (group, slot).
 extern "C" __global__ void __launch_bounds__(BLOCK)
     gemv_v6_quantize(const float* __restrict__ x, const float* __restrict__ nw, float eps,
-                     float* __restrict__ x_out, int k, int n, int nb, int groups, int i4, int4* __restrict__ xq) {
+                     float* __restrict__ x_out, int k, int n, int nb, int groups, int fmt, int4* __restrict__ xq) {
     __shared__ float red[BLOCK / WARP];
     KERNEL_PROLOGUE();
     const int b = blockIdx.y;
@@ -903,7 +918,32 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         }
         v[e] = t;
     }
-    if (i4) {
+    if (fmt == V6_BF16) {
+        // bf16 weights: x = hi + mid + lo exactly (three bf16, each the
+        // rounding of what the ones before leave), 64 bytes per piece.
+        unsigned short pc[3][V6_GROUP];
+#pragma unroll
+        for (int e = 0; e < V6_GROUP; e++) {
+            float r = v[e];
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                pc[p][e] = f32_to_bf16_bits(r);
+                r = r - bf16_bits_to_f32(pc[p][e]);
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            int4* dst = xq + ((size_t)(G * 3 + p) * nb + b) * 4;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const unsigned short* h = pc[p] + 8 * j;
+                dst[j] = make_int4((int)(h[0] | ((unsigned)h[1] << 16)), (int)(h[2] | ((unsigned)h[3] << 16)),
+                                   (int)(h[4] | ((unsigned)h[5] << 16)), (int)(h[6] | ((unsigned)h[7] << 16)));
+            }
+        }
+        return;
+    }
+    if (fmt == V6_I4) {
         // For int4 weights each 8-input span is stored even inputs first,
         // then odd ones: the order a lane's unpacked nibbles come in
         // (gemv_v6, I4).
@@ -967,6 +1007,59 @@ __device__ __forceinline__ void v6_mma(int (&d)[4], const int (&a)[4], int b0, i
 #endif
 }
 
+template <bool B, class T, class F>
+struct v6_if {
+    typedef T type;
+};
+template <class T, class F>
+struct v6_if<false, T, F> {
+    typedef F type;
+};
+
+// c += A (16 x 16, bf16) x B (16 x 8, bf16), f32 accumulation, in the
+// fragments of mma.m16n8k16 (g = lane / 4, t = lane % 4): a0 = A[g][2t..2t+1],
+// a1 = A[g+8][2t..], a2 = A[g][8+2t..], a3 = A[g+8][8+2t..] (two bf16 per
+// register, the lower index in the low half); b0 = B[2t..2t+1][g], b1 =
+// B[8+2t..][g]; c as in m16n8k32. Off the GPU and before sm_80: the same
+// products from shuffles, summed in k order.
+__device__ __forceinline__ void v6_mma_bf16(float (&c)[4], const int (&a)[4], int b0, int b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    const int lane = threadIdx.x & (WARP - 1), g = lane >> 2, t = lane & 3;
+    float ar[2][16], bc[2][16];
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) { // h = 0: k 2q, 2q+1; h = 1: k 8+2q, 9+2q
+            const int r0 = __shfl_sync(0xffffffffu, a[2 * h], 4 * g + q);
+            const int r1 = __shfl_sync(0xffffffffu, a[2 * h + 1], 4 * g + q);
+            const int kk = 8 * h + 2 * q;
+            ar[0][kk] = bf16_bits_to_f32((unsigned short)(r0 & 0xFFFF));
+            ar[0][kk + 1] = bf16_bits_to_f32((unsigned short)((unsigned)r0 >> 16));
+            ar[1][kk] = bf16_bits_to_f32((unsigned short)(r1 & 0xFFFF));
+            ar[1][kk + 1] = bf16_bits_to_f32((unsigned short)((unsigned)r1 >> 16));
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const int cv = __shfl_sync(0xffffffffu, h ? b1 : b0, 4 * (2 * t + j) + q);
+                bc[j][kk] = bf16_bits_to_f32((unsigned short)(cv & 0xFFFF));
+                bc[j][kk + 1] = bf16_bits_to_f32((unsigned short)((unsigned)cv >> 16));
+            }
+        }
+    }
+#pragma unroll
+    for (int kk = 0; kk < 16; kk++) {
+        c[0] = fmaf(ar[0][kk], bc[0][kk], c[0]);
+        c[1] = fmaf(ar[0][kk], bc[1][kk], c[1]);
+        c[2] = fmaf(ar[1][kk], bc[0][kk], c[2]);
+        c[3] = fmaf(ar[1][kk], bc[1][kk], c[3]);
+    }
+#endif
+}
+
 // 8 bytes of weights, not kept in L1 (each is read once).
 __device__ __forceinline__ int2 ld_stream8(const signed char* p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
@@ -1008,7 +1101,7 @@ __device__ __forceinline__ int2 v6_unpack_i4(int v) {
 // The slice's activations go through shared memory in stages of `gst`
 // groups (a multiple of 4; up to 16 rows, gst = gps: one stage, and no
 // restaging code).
-template <int NT, bool I4>
+template <int NT, int FMT>
 __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const float* __restrict__ scales,
                                         const int4* __restrict__ xq, float* __restrict__ y,
                                         float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,
@@ -1032,42 +1125,57 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
     const int rl0 = 16 * warp + g, rl1 = rl0 + 8;
     // Rows past the end read row 0 (valid memory) and are dropped.
     const int r0 = max(wrow(rl0), 0), r1 = max(wrow(rl1), 0);
-    // A group is 32 bytes of a row (int4: 16); the lane's 8 (int4: 4) of them.
-    constexpr int GB = I4 ? V6_GROUP / 2 : V6_GROUP, LB = GB / 4;
+    constexpr bool I4 = FMT == V6_I4, BF = FMT == V6_BF16;
+    // A group is 32 bytes of a row (int4: 16, bf16: 64); the lane's quarter.
+    constexpr int GB = I4 ? V6_GROUP / 2 : BF ? 2 * V6_GROUP : V6_GROUP, LB = GB / 4;
+    // Bytes of one piece (limb plane) of one activation slot per group.
+    constexpr int PB = BF ? 64 : 32;
+    typedef typename v6_if<BF, int4, int2>::type AT; // a lane's bytes of one row and group
     const signed char* w0 = w + (size_t)r0 * kp + LB * t;
     const signed char* w1 = w + (size_t)r1 * kp + LB * t;
     const float* s0 = scales + (size_t)r0 * gpr;
     const float* s1 = scales + (size_t)r1 * gpr;
-    int2 a0[V6_U], a1[V6_U];
+    AT a0[V6_U], a1[V6_U];
     float ws0[V6_U], ws1[V6_U];
     // Groups Gb .. Gb+V6_U-1 into the registers given; a row's last group
     // may hold only 16 bytes (rows are padded to 16).
-    auto load = [&](int Gb, int2 (&x0)[V6_U], int2 (&x1)[V6_U], float (&v0)[V6_U], float (&v1)[V6_U]) {
+    auto load = [&](int Gb, AT (&x0)[V6_U], AT (&x1)[V6_U], float (&v0)[V6_U], float (&v1)[V6_U]) {
 #pragma unroll
         for (int u = 0; u < V6_U; u++) {
             const int G = Gb + u;
             const bool in = G < G1 && GB * G + LB * t < kp;
-            if (I4) {
+            if constexpr (BF) {
+                const int4 z = make_int4(0, 0, 0, 0);
+                x0[u] = in ? ld_stream((const int4*)(w0 + GB * G)) : z;
+                x1[u] = in ? ld_stream((const int4*)(w1 + GB * G)) : z;
+                v0[u] = v1[u] = 0.f; // no scales
+                continue;
+            } else if constexpr (I4) {
                 x0[u] = v6_unpack_i4(in ? ld_stream4(w0 + GB * G) : 0);
                 x1[u] = v6_unpack_i4(in ? ld_stream4(w1 + GB * G) : 0);
             } else {
                 x0[u] = in ? ld_stream8(w0 + GB * G) : make_int2(0, 0);
                 x1[u] = in ? ld_stream8(w1 + GB * G) : make_int2(0, 0);
             }
-            v0[u] = G < G1 ? __ldg(s0 + G) : 0.f;
-            v1[u] = G < G1 ? __ldg(s1 + G) : 0.f;
+            if constexpr (!BF) {
+                v0[u] = G < G1 ? __ldg(s0 + G) : 0.f;
+                v1[u] = G < G1 ? __ldg(s1 + G) : 0.f;
+            }
         }
     };
     load(G0, a0, a1, ws0, ws1); // weights never change: before grid_dep_wait
-    float* sxs = (float*)(v6_xs + (size_t)gst * 3 * NB * 2);
-    float* res = sxs + gst * NB; // [NB][128] results of the block's slots
+    constexpr int PI = 3 * NB * PB / 16; // int4s of one group's pieces
+    float* sxs = (float*)(v6_xs + (size_t)gst * PI);
+    float* res = sxs + (BF ? 0 : gst * NB); // [NB][128] results of the block's slots
     // Groups [Gs, Ge) of the activations into shared memory.
     auto stage = [&](int Gs, int Ge) {
-        const int planes = (Ge - Gs) * 3 * NB * 2; // int4s of the limb planes
-        const int4* src = xq + (size_t)Gs * 3 * NB * 2;
+        const int planes = (Ge - Gs) * PI;
+        const int4* src = xq + (size_t)Gs * PI;
         for (int i = threadIdx.x; i < planes; i += BLOCK) v6_xs[i] = src[i];
-        const float* sxg = (const float*)(xq + (size_t)groups * 3 * NB * 2) + (size_t)Gs * NB;
-        for (int i = threadIdx.x; i < (Ge - Gs) * NB; i += BLOCK) sxs[i] = sxg[i];
+        if constexpr (!BF) {
+            const float* sxg = (const float*)(xq + (size_t)groups * PI) + (size_t)Gs * NB;
+            for (int i = threadIdx.x; i < (Ge - Gs) * NB; i += BLOCK) sxs[i] = sxg[i];
+        }
     };
     grid_dep_wait();
     int Gs = G0, Ge = min(G1, G0 + gst);
@@ -1088,18 +1196,40 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
             stage(Gs, Ge);
             __syncthreads();
         }
-        int2 n0[V6_U], n1[V6_U];
+        AT n0[V6_U], n1[V6_U];
         float nv0[V6_U], nv1[V6_U];
         load(Gb + V6_U, n0, n1, nv0, nv1);
 #pragma unroll
         for (int u = 0; u < V6_U; u++) {
-            if (Gb + u < G1) {
+            if constexpr (BF) {
+              if (Gb + u < G1) {
+                const int lg = Gb + u - Gs;
+                const int lo4[4] = {a0[u].x, a1[u].x, a0[u].y, a1[u].y}; // inputs 8t..8t+3
+                const int hi4[4] = {a0[u].z, a1[u].z, a0[u].w, a1[u].w}; // inputs 8t+4..8t+7
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) {
+                    const char* bp = xs + ((size_t)lg * 3 * NB + 8 * tt + g) * PB + 16 * t;
+                    // The group's sum from zero, then one add, as the f32
+                    // variants add chunk sums (a chain over the whole slice
+                    // was 4-5x less accurate).
+                    float cg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                    for (int p = 2; p >= 0; p--) { // lo, mid, hi: the smallest first
+                        const int4 bv = *(const int4*)(bp + (size_t)p * NB * PB);
+                        v6_mma_bf16(cg, lo4, bv.x, bv.y);
+                        v6_mma_bf16(cg, hi4, bv.z, bv.w);
+                    }
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[tt][i] += cg[i];
+                }
+              }
+            } else if (Gb + u < G1) {
                 const int lg = Gb + u - Gs;
                 const int a[4] = {a0[u].x, a1[u].x, a0[u].y, a1[u].y};
 #pragma unroll
                 for (int tt = 0; tt < NT; tt++) {
                     int d[3][4];
-                    const char* bp = xs + ((size_t)lg * 3 * NB + 8 * tt + g) * 32 + 8 * t;
+                    const char* bp = xs + ((size_t)lg * 3 * NB + 8 * tt + g) * PB + 8 * t;
                     const int2 lo = *(const int2*)bp;
                     const int2 mid = *(const int2*)(bp + NB * 32);
                     const int2 hi = *(const int2*)(bp + 2 * NB * 32);
@@ -1169,23 +1299,27 @@ __device__ __forceinline__ void gemv_v6(const signed char* __restrict__ w, const
     }
 }
 
-#define GEMV_V6_ENTRY(NAME, NT, I4)                                                                           \
+#define GEMV_V6_ENTRY(NAME, NT, FMT)                                                                          \
     extern "C" __global__ void __launch_bounds__(BLOCK)                                                       \
         NAME(const signed char* __restrict__ w, const float* __restrict__ scales, const int4* __restrict__ xq, \
              float* __restrict__ y, float* __restrict__ part, unsigned* __restrict__ counters, int m, int kp,  \
              int gpr, int groups, int gps, int gst, int n, int mode) {                                        \
-        gemv_v6<NT, I4>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, gst, n, mode);             \
+        gemv_v6<NT, FMT>(w, scales, xq, y, part, counters, m, kp, gpr, groups, gps, gst, n, mode);            \
     }
 // Tiles of 8 activation rows: up to 8 and 16 rows (decode), 32 and 64
-// (prefill); int8 weights, then int4 (kp: bytes per row either way).
-GEMV_V6_ENTRY(gemv_v6_i8_t1, 1, false)
-GEMV_V6_ENTRY(gemv_v6_i8_t2, 2, false)
-GEMV_V6_ENTRY(gemv_v6_i8_t4, 4, false)
-GEMV_V6_ENTRY(gemv_v6_i8_t8, 8, false)
-GEMV_V6_ENTRY(gemv_v6_i4_t1, 1, true)
-GEMV_V6_ENTRY(gemv_v6_i4_t2, 2, true)
-GEMV_V6_ENTRY(gemv_v6_i4_t4, 4, true)
-GEMV_V6_ENTRY(gemv_v6_i4_t8, 8, true)
+// (prefill); int8 weights, then int4, then bf16 (kp: bytes per row each time).
+GEMV_V6_ENTRY(gemv_v6_i8_t1, 1, V6_I8)
+GEMV_V6_ENTRY(gemv_v6_i8_t2, 2, V6_I8)
+GEMV_V6_ENTRY(gemv_v6_i8_t4, 4, V6_I8)
+GEMV_V6_ENTRY(gemv_v6_i8_t8, 8, V6_I8)
+GEMV_V6_ENTRY(gemv_v6_i4_t1, 1, V6_I4)
+GEMV_V6_ENTRY(gemv_v6_i4_t2, 2, V6_I4)
+GEMV_V6_ENTRY(gemv_v6_i4_t4, 4, V6_I4)
+GEMV_V6_ENTRY(gemv_v6_i4_t8, 8, V6_I4)
+GEMV_V6_ENTRY(gemv_v6_bf16_t1, 1, V6_BF16)
+GEMV_V6_ENTRY(gemv_v6_bf16_t2, 2, V6_BF16)
+GEMV_V6_ENTRY(gemv_v6_bf16_t4, 4, V6_BF16)
+GEMV_V6_ENTRY(gemv_v6_bf16_t8, 8, V6_BF16)
 
 #define GEMV_V2_ENTRY(NAME, WT, NB, R, U) \
     extern "C" __global__ void __launch_bounds__(BLOCK) NAME(GEMV_PARAMS) { gemv_v2<WT, NB, R, U>(GEMV_ARGS); }
