@@ -55,8 +55,10 @@ pub enum GemvVariant {
     /// elements (a small kernel, RMSNorm fused), then 16 weight rows x 8
     /// activation rows x 32 inputs at a time as three exact integer
     /// tensor-core products (`mma` m16n8k32, s8 x u8/s8), split over the
-    /// inputs when the rows alone would not fill the GPU. Not bit-identical
-    /// to v1-v5; with one row, or bf16 weights, v2 runs.
+    /// inputs when the rows alone would not fill the GPU. Bf16 weights
+    /// (opt-in, `TESSERA_BF16_DECODE=tc`): the activations split exactly into
+    /// three bf16 and bf16 tensor-core products with f32 accumulation. Not
+    /// bit-identical to v1-v5; with one row, v2 runs.
     V6,
 }
 
@@ -71,7 +73,7 @@ impl GemvVariant {
     ];
 
     /// Whether the variant runs products with weights of this dtype (bf16:
-    /// not v1, v5 or v6; int4: v2, v4 and v6).
+    /// not v1 or v5; int4: v2, v4 and v6).
     pub fn supports_dtype(self, dtype: crate::WeightDType) -> bool {
         match dtype {
             crate::WeightDType::Int4 => {
