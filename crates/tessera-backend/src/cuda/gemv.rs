@@ -6,7 +6,9 @@
 //! one activation row) and v6 (int8, 2..16 rows, tensor cores) compute with
 //! fixed-point activations and differ in the last bits, so they are opt-in:
 //! `TESSERA_INT8_DECODE=dp4a` (`set_int8_decode_dp4a`) adds them to the
-//! timing, `TESSERA_GEMV=v5` or `v6` forces one. The choice is, in order:
+//! timing, `TESSERA_GEMV=v5` or `v6` forces one; v6 for bf16 weights (bf16
+//! tensor cores, exact activation split) likewise with
+//! `TESSERA_BF16_DECODE=tc` (`set_bf16_decode_tc`). The choice is, in order:
 //! `CudaBackend::set_gemv_variant`, `TESSERA_GEMV=v1|v2|v3|v4|v5|v6`, or
 //! (the default, `auto`) a one-time timing
 //! of every variant on the first product of each shape, with the weight
