@@ -82,22 +82,45 @@ pub fn attention_per_sequence<B: Backend + ?Sized>(
     inv_freq: &[f32],
     shape: AttentionShape,
 ) -> Result<B::Tensor> {
-    if caches.len() != starts.len() {
+    let spans: Vec<(usize, usize)> = starts.iter().map(|&s| (s, 1)).collect();
+    attention_spans(b, q, k, v, caches, layer, &spans, inv_freq, shape)
+}
+
+/// Attention of several sequences' consecutive rows of `q`, `k`, `v`
+/// (without RoPE), sequence i taking `spans[i].1` rows from position
+/// `spans[i].0`, one sequence at a time with the single-sequence ops (slice
+/// its rows, RoPE, KV store into `caches[i]`, attention), the results stacked
+/// in order. [`attention_per_sequence`] is the case of one row each.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_spans<B: Backend + ?Sized>(
+    b: &B,
+    q: &B::Tensor,
+    k: &B::Tensor,
+    v: &B::Tensor,
+    caches: &mut [&mut B::KvCache],
+    layer: usize,
+    spans: &[(usize, usize)],
+    inv_freq: &[f32],
+    shape: AttentionShape,
+) -> Result<B::Tensor> {
+    if caches.len() != spans.len() {
         return Err(error::shape_err(
             "attention_batch",
-            format!("{} caches for {} positions", caches.len(), starts.len()),
+            format!("{} caches for {} positions", caches.len(), spans.len()),
         ));
     }
     let (nh, nkv, hd) = (shape.num_heads, shape.num_kv_heads, shape.head_dim);
     let mut outs = Vec::with_capacity(caches.len());
-    for (i, (cache, &start)) in caches.iter_mut().zip(starts).enumerate() {
-        let mut qi = b.slice_rows(q, i, 1)?;
-        let mut ki = b.slice_rows(k, i, 1)?;
-        let vi = b.slice_rows(v, i, 1)?;
+    let mut r0 = 0;
+    for (cache, &(start, n)) in caches.iter_mut().zip(spans) {
+        let mut qi = b.slice_rows(q, r0, n)?;
+        let mut ki = b.slice_rows(k, r0, n)?;
+        let vi = b.slice_rows(v, r0, n)?;
         b.rope(&mut qi, nh, hd, start, inv_freq)?;
         b.rope(&mut ki, nkv, hd, start, inv_freq)?;
         b.kv_store(cache, layer, start, &ki, &vi)?;
         outs.push(b.attention(&qi, cache, layer, start, shape)?);
+        r0 += n;
     }
     b.concat_rows(&outs.iter().collect::<Vec<_>>())
 }

@@ -111,11 +111,7 @@ impl CudaBackend {
             }
             None => None,
         };
-        let f = if head_dim <= 128 {
-            &self.k.attention_d128
-        } else {
-            &self.k.attention_d256
-        };
+        let f = self.attention_kernel(head_dim);
         // Split positions when rows x heads blocks would leave SMs idle (see
         // kernels/attention.cu): chosen from the cache's capacity, not the
         // current length, so a recorded step and the eager steps around it
@@ -129,11 +125,7 @@ impl CudaBackend {
             // Same splits per row, so the same bits as a recorded step.
             splits = splits.min(((start_pos + q.rows) / self.att_min_chunk).max(1));
         }
-        let part = if splits > 1 {
-            Some(self.alloc::<f32>(q.rows * num_heads * splits * (head_dim + 2))?)
-        } else {
-            None
-        };
+        let part = self.attention_partials(q.rows, num_heads, splits, head_dim)?;
         // RoPE still to apply to the deferred store's keys.
         let k_rope = fused.as_ref().and_then(|j| j.k.rope);
         let args = Args::new()
@@ -278,11 +270,7 @@ impl CudaBackend {
         }
         let seqs_ptr = seqs.as_ref().map(|(_, d)| self.ptr(d)).unwrap_or(0);
         let out = self.alloc::<f32>(n * q.cols)?;
-        let f = if head_dim <= 128 {
-            &self.k.attention_d128
-        } else {
-            &self.k.attention_d256
-        };
+        let f = self.attention_kernel(head_dim);
         // Splits as for a launch of n rows over the largest capacity, cut to
         // what the longest context uses (rows use min(S, (pos + 1) / min_chunk)).
         let cap = caches.iter().map(|c| c.capacity).max().unwrap_or(1);
@@ -290,11 +278,7 @@ impl CudaBackend {
         let splits = self
             .attention_splits(n, num_heads, cap)
             .min((longest / self.att_min_chunk).max(1));
-        let part = if splits > 1 {
-            Some(self.alloc::<f32>(n * num_heads * splits * (head_dim + 2))?)
-        } else {
-            None
-        };
+        let part = self.attention_partials(n, num_heads, splits, head_dim)?;
         let args = Args::new()
             .ptr(qs.ptr)
             .int(qs.stride)
@@ -342,6 +326,35 @@ impl CudaBackend {
         drop(part);
         drop((kbuf, vbuf));
         Ok(CudaTensor::ready(n, q.cols, out))
+    }
+}
+
+impl CudaBackend {
+    /// The attention kernel for heads of `head_dim` (at most 256).
+    fn attention_kernel(&self, head_dim: usize) -> &cudarc::driver::CudaFunction {
+        if head_dim <= 128 {
+            &self.k.attention_d128
+        } else {
+            &self.k.attention_d256
+        }
+    }
+
+    /// Scratch for the partial results of a launch split `splits` ways over
+    /// positions (kernels/attention.cu, `part`); none without splits.
+    fn attention_partials(
+        &self,
+        rows: usize,
+        heads: usize,
+        splits: usize,
+        head_dim: usize,
+    ) -> Result<Option<CudaSlice<f32>>> {
+        if splits > 1 {
+            Ok(Some(
+                self.alloc::<f32>(rows * heads * splits * (head_dim + 2))?,
+            ))
+        } else {
+            Ok(None)
+        }
     }
 }
 

@@ -567,12 +567,7 @@ impl CudaBackend {
         } else {
             per_block
         };
-        if smem > self.k.max_dyn_smem {
-            return Err(BackendError::Device(format!(
-                "GEMV {v} needs {smem} bytes of shared memory; this GPU allows {}",
-                self.k.max_dyn_smem
-            )));
-        }
+        self.check_gemv_smem(v, smem)?;
         let resident = self.occupancy(f, smem)?;
         let blocks = rows_out.div_ceil(per).clamp(1, self.sm_count * resident);
         let (wp, sp) = match w {
@@ -653,12 +648,7 @@ impl CudaBackend {
         };
         let plan = v6_plan(rows_out, mode, groups, nb * per_slot, nb, 2 * self.sm_count)?;
         let smem = plan.smem;
-        if smem > self.k.max_dyn_smem {
-            return Err(BackendError::Device(format!(
-                "GEMV v6 needs {smem} bytes of shared memory; this GPU allows {}",
-                self.k.max_dyn_smem
-            )));
-        }
+        self.check_gemv_smem(GemvVariant::V6, smem)?;
         let xq = self.alloc::<u8>(groups * nb * per_slot)?;
         let qargs = Args::new()
             .ptr(norm.map(|s| self.ptr(&s.x)).unwrap_or(x))
@@ -716,6 +706,18 @@ impl CudaBackend {
         // Freed in stream order, after the kernels.
         drop(part);
         drop(xq);
+        Ok(())
+    }
+
+    /// A launch of variant `v` asking for `smem` bytes of dynamic shared
+    /// memory fits this GPU.
+    fn check_gemv_smem(&self, v: GemvVariant, smem: usize) -> Result<()> {
+        if smem > self.k.max_dyn_smem {
+            return Err(BackendError::Device(format!(
+                "GEMV {v} needs {smem} bytes of shared memory; this GPU allows {}",
+                self.k.max_dyn_smem
+            )));
+        }
         Ok(())
     }
 

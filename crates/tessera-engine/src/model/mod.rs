@@ -470,25 +470,30 @@ impl<B: Backend> Model<B> {
                     b.rope(&mut k, nkv, hd, start, &self.inv_freq)?;
                     b.kv_store(&mut batch[0].seq.cache, l, start, &k, &v)?;
                     b.attention(&q, &batch[0].seq.cache, l, start, shape)?
-                } else if rows.iter().all(|&(_, n, _)| n == 1) {
-                    // A decode step of several sequences: one call (one
-                    // launch on the GPU) for all of them.
-                    let starts: Vec<usize> = rows.iter().map(|r| r.2).collect();
+                } else {
                     let mut caches: Vec<&mut B::KvCache> =
                         batch.iter_mut().map(|e| &mut e.seq.cache).collect();
-                    b.attention_batch(&q, &k, &v, &mut caches, l, &starts, &self.inv_freq, shape)?
-                } else {
-                    let mut outs = Vec::with_capacity(batch.len());
-                    for (e, &(r0, n, start)) in batch.iter_mut().zip(rows) {
-                        let mut qi = b.slice_rows(&q, r0, n)?;
-                        let mut ki = b.slice_rows(&k, r0, n)?;
-                        let vi = b.slice_rows(&v, r0, n)?;
-                        b.rope(&mut qi, nh, hd, start, &self.inv_freq)?;
-                        b.rope(&mut ki, nkv, hd, start, &self.inv_freq)?;
-                        b.kv_store(&mut e.seq.cache, l, start, &ki, &vi)?;
-                        outs.push(b.attention(&qi, &e.seq.cache, l, start, shape)?);
+                    let inv = &self.inv_freq;
+                    if rows.iter().all(|&(_, n, _)| n == 1) {
+                        // A decode step of several sequences: one call (one
+                        // launch on the GPU) for all of them.
+                        let starts: Vec<usize> = rows.iter().map(|r| r.2).collect();
+                        b.attention_batch(&q, &k, &v, &mut caches, l, &starts, inv, shape)?
+                    } else {
+                        let spans: Vec<(usize, usize)> =
+                            rows.iter().map(|&(_, n, start)| (start, n)).collect();
+                        tessera_backend::attention_spans(
+                            b,
+                            &q,
+                            &k,
+                            &v,
+                            &mut caches,
+                            l,
+                            &spans,
+                            inv,
+                            shape,
+                        )?
                     }
-                    b.concat_rows(&outs.iter().collect::<Vec<_>>())?
                 };
                 let mut o = b.matmul(&attn, &w[O_PROJ])?;
                 if tp {
