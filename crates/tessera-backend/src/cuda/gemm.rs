@@ -36,8 +36,8 @@ impl CudaBackend {
                 // V6_MAX_ROWS rows per launch.
                 let w = super::linear::GemvWeight::Int8(wq.clone());
                 let (x0, y0) = (self.ptr(x_buf), self.ptr(out));
-                for r0 in (0..n).step_by(super::gemv::V6_MAX_ROWS) {
-                    let rows = (n - r0).min(super::gemv::V6_MAX_ROWS);
+                for r0 in (0..n).step_by(super::gemv_v6::V6_MAX_ROWS) {
+                    let rows = (n - r0).min(super::gemv_v6::V6_MAX_ROWS);
                     let (x, y) = (x0 + (r0 * k * 4) as u64, y0 + (r0 * m * 4) as u64);
                     self.launch_v6(&w, x, None, rows, y, super::linear::GemvMode::Store)?;
                 }

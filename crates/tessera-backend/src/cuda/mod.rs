@@ -20,6 +20,7 @@
 mod attention;
 mod gemm;
 mod gemv;
+mod gemv_v6;
 mod graph;
 mod launch;
 mod linear;
@@ -234,7 +235,7 @@ impl CudaBackend {
             .alloc_zeros::<u32>(attention::ATT_COUNTERS)
             .map_err(dev("attention counters"))?;
         let gemv_counters = stream
-            .alloc_zeros::<u32>(gemv::V6_COUNTERS)
+            .alloc_zeros::<u32>(gemv_v6::V6_COUNTERS)
             .map_err(dev("GEMV counters"))?;
         // TESSERA_ATT_SPLITS=N forces N position splits (1 = one block per row and head).
         let att_splits = match std::env::var("TESSERA_ATT_SPLITS") {
