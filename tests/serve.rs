@@ -109,11 +109,46 @@ fn triton_client_against_cpu_tp2() {
         &n.to_string(),
         "--ignore-eos",
     ]);
+    // Sampled with a seed: the server's workers sample (rank 0, from the
+    // sampling values the step carries) and must give the CLI's text.
+    let sampled = generate_json(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &n.to_string(),
+        "--ignore-eos",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+        "--repetition-penalty",
+        "1.2",
+        "--seed",
+        "17",
+    ]);
+    assert_ne!(
+        sampled["text"], want["text"],
+        "the sampled text should differ from the greedy one, or the check below proves nothing"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let expected = tmp.path().join("expected.json");
     std::fs::write(
         &expected,
-        serde_json::json!({"prompt": prompt, "max_tokens": n, "text": want["text"]}).to_string(),
+        serde_json::json!({
+            "prompt": prompt,
+            "max_tokens": n,
+            "text": want["text"],
+            "sampled": {
+                "params": {"temperature": 0.9, "top_k": 50, "top_p": 0.95,
+                           "repetition_penalty": 1.2, "seed": 17, "ignore_eos": true},
+                "text": sampled["text"],
+            },
+        })
+        .to_string(),
     )
     .unwrap();
     let (mut server, addr, metrics) = start_server();

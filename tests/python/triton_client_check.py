@@ -146,6 +146,13 @@ check(int(r.as_numpy("num_output_tokens")[0]) == n, "num_output_tokens")
 r = client.infer(MODEL, inputs(prompt, greedy(n), exclude=False))
 check(text_of(r) == prompt + want, "without exclude_input_in_output the prompt is included")
 
+# ---- seeded sampling (sampled on the worker): the text of `tessera generate` with the same values
+sampled = EXPECTED["sampled"]
+r = client.infer(MODEL, inputs(prompt, dict(sampled["params"], max_tokens=n)))
+check(text_of(r) == sampled["text"], f"sampled ModelInfer text == tessera generate: {text_of(r)!r} vs {sampled['text']!r}")
+texts, finals, errors, chunks = stream_texts([("p1", inputs(prompt, dict(sampled["params"], max_tokens=n), stream=True))])
+check(not errors and texts["p1"] == sampled["text"], f"sampled stream == tessera generate: {texts['p1']!r} {errors}")
+
 # ---- parameters as InferParameters instead of the JSON input
 r = client.infer(MODEL, inputs(prompt), parameters={"max_tokens": n, "temperature": 0.0})
 check(text_of(r) == want, "sampling values as request parameters")

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use tessera_backend::cpu::CpuBackend;
 use tessera_backend::{Backend, WeightDType};
 use tessera_comm::Collective;
-use tessera_engine::{BatchEntry, Model, Sequence};
+use tessera_engine::{BatchEntry, Model, Sampler, SamplingParams, Sequence};
 use tessera_model::ShardPlan;
 use tessera_offload::{load_streamed, PlanInput, StreamOptions};
-use tessera_proto::worker::{SeqLogits, StepReply, StepRequest};
+use tessera_proto::worker::{SamplingSpec, SeqLogits, SeqStep, StepOutput, StepReply, StepRequest};
 
 /// A loaded shard: runs steps, whatever the backend.
 pub trait ShardEngine: Send {
@@ -21,6 +21,39 @@ pub trait ShardEngine: Send {
 struct Loaded<B: Backend> {
     model: Model<B>,
     seqs: HashMap<u64, Sequence<B>>,
+    /// Samplers of the sequences that pick their tokens here (`SeqStep.sampling`).
+    pickers: HashMap<u64, Picker>,
+}
+
+/// A sequence's sampler on the worker, with every id the sequence was fed:
+/// its prompt and generated tokens, the history a repetition penalty reads.
+/// The launcher's scheduler used to sample from the logits it was sent; the
+/// same sampler, seed and history give the same tokens here.
+struct Picker {
+    sampler: Sampler,
+    history: Vec<u32>,
+}
+
+/// The wire's sampling values as the engine's, refused by name when they mean nothing.
+fn sampler_from(spec: &SamplingSpec, seq_id: u64) -> Result<Sampler> {
+    let params = SamplingParams {
+        temperature: spec.temperature,
+        top_k: spec.top_k as usize,
+        top_p: spec.top_p,
+        repetition_penalty: spec.repetition_penalty,
+        seed: spec.seed,
+    };
+    Sampler::new(params).map_err(|e| WorkerError::BadRequest(format!("sequence {seq_id}: {e}")))
+}
+
+/// What `s` asks the answering ranks to return; an unknown value is an error.
+fn output_of(s: &SeqStep) -> Result<StepOutput> {
+    StepOutput::try_from(s.output).map_err(|_| {
+        WorkerError::BadRequest(format!(
+            "sequence {}: unknown step output {}",
+            s.seq_id, s.output
+        ))
+    })
 }
 
 /// `(used, total)` blocks of the backend's KV pool. Only the CPU backend
@@ -39,9 +72,12 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
     fn step(&mut self, req: &StepRequest, rank: usize) -> Result<StepReply> {
         for id in &req.drop {
             self.seqs.remove(id);
+            self.pickers.remove(id);
         }
         // Check the batch and make its new sequences before anything runs.
         let mut seen = std::collections::HashSet::new();
+        let mut outputs = Vec::with_capacity(req.seqs.len());
+        let mut new_pickers = Vec::new();
         for s in &req.seqs {
             if !seen.insert(s.seq_id) {
                 return Err(WorkerError::BadRequest(format!(
@@ -49,18 +85,43 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
                     s.seq_id
                 )));
             }
-            if !self.seqs.contains_key(&s.seq_id) {
-                let cap = s.capacity as usize;
-                if cap == 0 {
+            let output = output_of(s)?;
+            let is_new = !self.seqs.contains_key(&s.seq_id);
+            if is_new {
+                if s.capacity == 0 {
                     return Err(WorkerError::BadRequest(format!(
                         "new sequence {} needs a capacity",
                         s.seq_id
                     )));
                 }
-                let seq = self.model.new_sequence(cap)?;
+                if let Some(spec) = &s.sampling {
+                    new_pickers.push((
+                        s.seq_id,
+                        Picker {
+                            sampler: sampler_from(spec, s.seq_id)?,
+                            history: Vec::new(),
+                        },
+                    ));
+                }
+            }
+            let has_picker =
+                self.pickers.contains_key(&s.seq_id) || (is_new && s.sampling.is_some());
+            if output == StepOutput::Token && !has_picker {
+                return Err(WorkerError::BadRequest(format!(
+                    "sequence {} asks for a sampled token but was made without sampling values",
+                    s.seq_id
+                )));
+            }
+            outputs.push(output);
+        }
+        for s in &req.seqs {
+            if !self.seqs.contains_key(&s.seq_id) {
+                let seq = self.model.new_sequence(s.capacity as usize)?;
                 self.seqs.insert(s.seq_id, seq);
+                self.pickers.remove(&s.seq_id);
             }
         }
+        self.pickers.extend(new_pickers);
         // Take the step's sequences out of the map so each gets its own `&mut`.
         let mut taken: Vec<(u64, Sequence<B>)> = Vec::with_capacity(req.seqs.len());
         for s in &req.seqs {
@@ -85,20 +146,28 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
         }
         let logits = result?;
         let send = rank == 0 || req.logits_from_all_ranks;
-        let seqs = req
-            .seqs
-            .iter()
-            .zip(logits)
-            .map(|(s, l)| SeqLogits {
+        let mut seqs = Vec::with_capacity(req.seqs.len());
+        for ((s, l), output) in req.seqs.iter().zip(logits).zip(outputs) {
+            let rows = l.shape[0];
+            let mut reply = SeqLogits {
                 seq_id: s.seq_id,
-                rows: l.shape[0] as u32,
-                logits: if send {
-                    l.data.iter().flat_map(|x| x.to_le_bytes()).collect()
-                } else {
-                    Vec::new()
-                },
-            })
-            .collect();
+                rows: rows as u32,
+                logits: Vec::new(),
+                token: None,
+            };
+            if let Some(p) = self.pickers.get_mut(&s.seq_id) {
+                p.history.extend_from_slice(&s.ids);
+                if send && output == StepOutput::Token {
+                    let vocab = l.data.len() / rows.max(1);
+                    let last = &l.data[(rows.saturating_sub(1)) * vocab..];
+                    reply.token = Some(p.sampler.sample(last, &p.history));
+                }
+            }
+            if send && output == StepOutput::Logits {
+                reply.logits = l.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            }
+            seqs.push(reply);
+        }
         let (kv_blocks_used, kv_blocks_total) = kv_blocks(self.model.backend());
         let st = self.model.layer_weights().take_stats().unwrap_or_default();
         Ok(StepReply {
@@ -190,6 +259,7 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
         Ok(Box::new(Loaded {
             model,
             seqs: HashMap::new(),
+            pickers: HashMap::new(),
         }))
     }
 }
@@ -214,7 +284,6 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_proto::worker::SeqStep;
 
     fn seq(seq_id: u64, ids: Vec<u32>, capacity: u32) -> SeqStep {
         SeqStep {
@@ -222,11 +291,12 @@ mod tests {
             ids,
             capacity,
             all_logits: false,
+            sampling: None,
+            output: StepOutput::Logits as i32,
         }
     }
 
-    #[test]
-    fn step_replies_report_the_cpu_kv_pool() {
+    fn tiny_shard() -> Box<dyn ShardEngine> {
         let spec = LoadSpec {
             model: "dummy:tiny".into(),
             dtype: WeightDType::F32,
@@ -236,7 +306,118 @@ mod tests {
             world: 1,
             offload: None,
         };
-        let mut shard = load(&spec, Box::new(tessera_comm::Local), |_, _| {}).unwrap();
+        load(&spec, Box::new(tessera_comm::Local), |_, _| {}).unwrap()
+    }
+
+    fn step(seqs: Vec<SeqStep>) -> StepRequest {
+        StepRequest {
+            seqs,
+            drop: vec![],
+            logits_from_all_ranks: false,
+        }
+    }
+
+    fn floats(bytes: &[u8]) -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    /// Sequence 1 returns logits and is sampled here, as the launcher did;
+    /// sequence 2 is fed the same ids and samples on the worker with the same
+    /// values. Temperature, top-k, top-p and a repetition penalty (which reads
+    /// the history) are all on, so a wrong history or RNG changes the tokens.
+    #[test]
+    fn tokens_sampled_on_the_worker_equal_sampling_the_returned_logits() {
+        let mut shard = tiny_shard();
+        let params = SamplingParams {
+            temperature: 1.3,
+            top_k: 40,
+            top_p: 0.95,
+            repetition_penalty: 1.5,
+            seed: 11,
+        };
+        let spec = SamplingSpec {
+            temperature: params.temperature,
+            top_k: params.top_k as u32,
+            top_p: params.top_p,
+            repetition_penalty: params.repetition_penalty,
+            seed: params.seed,
+        };
+        let mut here = Sampler::new(params).unwrap();
+        let prompt: Vec<u32> = vec![3, 9, 27, 81, 5, 15, 45];
+        // The prompt in two chunks: the first returns nothing at all.
+        let mut second = seq(2, prompt[..4].to_vec(), 64);
+        second.sampling = Some(spec);
+        second.output = StepOutput::Nothing as i32;
+        let reply = shard
+            .step(&step(vec![seq(1, prompt[..4].to_vec(), 64), second]), 0)
+            .unwrap();
+        assert!(!reply.seqs[0].logits.is_empty());
+        assert!(reply.seqs[1].logits.is_empty() && reply.seqs[1].token.is_none());
+
+        let mut history = prompt.clone();
+        let mut feed = prompt[4..].to_vec();
+        let mut distinct = std::collections::HashSet::new();
+        for _ in 0..12 {
+            let mut second = seq(2, feed.clone(), 0);
+            second.output = StepOutput::Token as i32;
+            let reply = shard
+                .step(&step(vec![seq(1, feed.clone(), 0), second]), 0)
+                .unwrap();
+            let logits = floats(&reply.seqs[0].logits);
+            assert_eq!(reply.seqs[1].rows, 1);
+            assert!(
+                reply.seqs[1].logits.is_empty(),
+                "a token step sends no logits"
+            );
+            let want = here.sample(&logits, &history);
+            assert_eq!(reply.seqs[1].token, Some(want));
+            distinct.insert(want);
+            history.push(want);
+            feed = vec![want];
+        }
+        // Sampling, not a constant: the seeded draws differ.
+        assert!(distinct.len() > 3, "{distinct:?}");
+    }
+
+    #[test]
+    fn bad_sampling_requests_are_refused_by_name_before_anything_runs() {
+        let mut shard = tiny_shard();
+        // A token from a sequence made without sampling values.
+        let mut s = seq(1, vec![1, 2], 16);
+        s.output = StepOutput::Token as i32;
+        let e = shard.step(&step(vec![s]), 0).unwrap_err().to_string();
+        assert!(
+            e.contains("sequence 1") && e.contains("without sampling values"),
+            "{e}"
+        );
+        // Values that mean nothing.
+        let mut s = seq(2, vec![1, 2], 16);
+        s.sampling = Some(SamplingSpec {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 1,
+        });
+        s.output = StepOutput::Token as i32;
+        let e = shard.step(&step(vec![s]), 0).unwrap_err().to_string();
+        assert!(e.contains("sequence 2") && e.contains("top_p"), "{e}");
+        // An output this worker does not know.
+        let mut s = seq(3, vec![1, 2], 16);
+        s.output = 7;
+        let e = shard.step(&step(vec![s]), 0).unwrap_err().to_string();
+        assert!(e.contains("unknown step output 7"), "{e}");
+        // None of them made a sequence.
+        let reply = shard.step(&step(vec![]), 0).unwrap();
+        assert_eq!(reply.live_sequences, 0);
+    }
+
+    #[test]
+    fn step_replies_report_the_cpu_kv_pool() {
+        let mut shard = tiny_shard();
         // Two sequences reserving 1000 positions each hold blocks only for
         // what they stored: 20 positions (2 blocks) and 3 (1 block).
         let step = StepRequest {

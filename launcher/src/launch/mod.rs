@@ -19,7 +19,7 @@ use tessera_backend::WeightDType;
 use tessera_config::{Config, DType, ModelFormat, ResolvedCollective, RestartPolicy};
 use tessera_engine::{generate_with, EngineError};
 use tessera_model::ShardPlan;
-use tessera_proto::worker::{SeqStep, StepRequest, Transport};
+use tessera_proto::worker::{SeqStep, StepOutput, StepRequest, Transport};
 
 /// Errors of the generation loop: an engine error, or a worker group failure.
 #[derive(Debug)]
@@ -203,6 +203,9 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                                     ids: ids.to_vec(),
                                     capacity,
                                     all_logits: false,
+                                    // The shared generation loop samples here.
+                                    sampling: None,
+                                    output: StepOutput::Logits as i32,
                                 }],
                                 drop: vec![],
                                 logits_from_all_ranks: false,

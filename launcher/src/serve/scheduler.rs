@@ -18,9 +18,9 @@ use crate::launch::group::WorkerGroup;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tessera_engine::{FinishReason, Sampler, SamplingParams, TextStream};
+use tessera_engine::{FinishReason, SamplingParams, TextStream};
 use tessera_model::Tokenizer;
-use tessera_proto::worker::{SeqStep, StepRequest};
+use tessera_proto::worker::{SamplingSpec, SeqStep, StepOutput, StepRequest};
 use tokio::sync::mpsc;
 
 /// Positions per KV block.
@@ -83,8 +83,6 @@ struct Running {
     /// Prompt tokens already sent to the workers.
     prefilled: usize,
     generated: Vec<u32>,
-    history: Vec<u32>,
-    sampler: Sampler,
     text: TextStream,
     blocks: usize,
     /// The ids sent in the step in flight (None: not in it).
@@ -100,6 +98,17 @@ pub struct Scheduler {
     pub kv_blocks: usize,
     /// Set to true to drain: take no new requests, finish the running ones, return.
     pub drain: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// A request's sampling values as the worker protocol carries them.
+fn sampling_spec(p: &SamplingParams) -> SamplingSpec {
+    SamplingSpec {
+        temperature: p.temperature,
+        top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
+        top_p: p.top_p,
+        repetition_penalty: p.repetition_penalty,
+        seed: p.seed,
+    }
 }
 
 fn blocks_for(tokens: usize) -> usize {
@@ -172,8 +181,10 @@ impl Scheduler {
                     break;
                 }
                 used_blocks += need;
-                let sampler = match Sampler::new(req.sampling.clone()) {
-                    Ok(s) => s,
+                // Rank 0 samples (`SeqStep.sampling`); refuse bad values here,
+                // before the request takes a batch slot.
+                match req.sampling.validate() {
+                    Ok(()) => {}
                     Err(e) => {
                         used_blocks -= need;
                         let _ = req
@@ -186,12 +197,10 @@ impl Scheduler {
                 };
                 running.push(Running {
                     id: next_id,
-                    history: req.prompt_ids.clone(),
                     text: TextStream::new(req.stop.clone()),
                     req,
                     prefilled: 0,
                     generated: Vec::new(),
-                    sampler,
                     blocks: need,
                     in_step: None,
                 });
@@ -249,11 +258,20 @@ impl Scheduler {
                     }
                 };
                 r.in_step = Some(ids.len());
+                // The worker samples the next token once the prompt is in; a
+                // chunk with more prompt to come returns nothing.
+                let output = if r.prefilled + ids.len() < r.req.prompt_ids.len() {
+                    StepOutput::Nothing
+                } else {
+                    StepOutput::Token
+                };
                 seqs.push(SeqStep {
                     seq_id: r.id,
                     ids,
                     capacity: (r.req.prompt_ids.len() + r.req.max_tokens) as u32,
                     all_logits: false,
+                    sampling: (r.prefilled == 0).then(|| sampling_spec(&r.req.sampling)),
+                    output: output as i32,
                 });
             }
             let step = StepRequest {
@@ -282,7 +300,7 @@ impl Scheduler {
                 s.offload_wait_seconds += reply.offload_wait_us as f64 * 1e-6;
             });
 
-            // Sample for every sequence whose prompt is complete.
+            // Take the token of every sequence whose prompt is complete.
             let mut logits = reply.seqs.into_iter();
             let mut finished = Vec::new();
             for (i, r) in running.iter_mut().enumerate() {
@@ -298,14 +316,10 @@ impl Scheduler {
                         continue; // more prompt to go: these logits are not used
                     }
                 }
-                let l: Vec<f32> = out
-                    .logits
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                let next = r.sampler.sample(&l, &r.history);
+                let Some(next) = out.token else {
+                    anyhow::bail!("a step returned no token for sequence {}", r.id);
+                };
                 r.generated.push(next);
-                r.history.push(next);
                 let eos = r.req.eos_ids.contains(&next);
                 let at_limit = r.generated.len() >= r.req.max_tokens;
                 let piece =
