@@ -77,40 +77,57 @@ fn cuda_greedy_tokens_and_logits_match_the_cpu_backend() {
     // GEMV v5 (fixed-point activations on dp4a) is forced in one int8 run
     // and offered to the per-shape timing in another; its products are
     // within 2^-22 of the f32 ones, so the greedy tokens stay the same.
+    // A bf16 KV cache: CUDA stores bf16, the CPU keeps the rounded values in
+    // f32, so both compute one function again.
     let v5: &[(&str, &str)] = &[("TESSERA_GEMV", "v5")];
     let dp4a: &[(&str, &str)] = &[("TESSERA_INT8_DECODE", "dp4a")];
-    for (i, (cuda_dt, cpu_dt, env)) in [
-        ("f32", "f32", &[][..]),
-        ("int8", "f32", &[][..]),
-        ("bf16", "bf16", &[][..]),
-        ("int4", "int4", &[][..]),
-        ("int8", "f32", v5),
-        ("int8", "f32", dp4a),
-        ("int4", "int4", dp4a),
+    let kv_bf16: &[&str] = &["--kv-dtype", "bf16"];
+    for (i, (cuda_dt, cpu_dt, env, kv)) in [
+        ("f32", "f32", &[][..], &[][..]),
+        ("int8", "f32", &[][..], &[][..]),
+        ("bf16", "bf16", &[][..], &[][..]),
+        ("int4", "int4", &[][..], &[][..]),
+        ("int8", "f32", v5, &[][..]),
+        ("int8", "f32", dp4a, &[][..]),
+        ("int4", "int4", dp4a, &[][..]),
+        ("int8", "f32", &[][..], kv_bf16),
+        ("bf16", "bf16", &[][..], kv_bf16),
     ]
     .into_iter()
     .enumerate()
     {
         let logits = |dev: &str| dir.path().join(format!("{dev}-{cuda_dt}-{i}.npy"));
         let (lc, lg) = (logits("cpu"), logits("cuda"));
+        let with = |npy: &std::path::Path| {
+            let mut a = vec![
+                "--dump-logits".to_string(),
+                npy.to_str().unwrap().to_string(),
+            ];
+            a.extend(kv.iter().map(|s| s.to_string()));
+            a
+        };
+        let (ac, ag) = (with(&lc), with(&lg));
         let cpu = generate(
             1,
             "cpu",
             cpu_dt,
-            &["--dump-logits", lc.to_str().unwrap()],
+            &ac.iter().map(String::as_str).collect::<Vec<_>>(),
             &[],
         );
         let cuda = generate(
             1,
             "cuda",
             cuda_dt,
-            &["--dump-logits", lg.to_str().unwrap()],
+            &ag.iter().map(String::as_str).collect::<Vec<_>>(),
             env,
         );
+        let kv_dtype = if kv.is_empty() { "f32" } else { "bf16" };
+        assert_eq!(cuda["kv_dtype"], kv_dtype, "cuda {cuda_dt} {kv:?}");
+        assert_eq!(cpu["kv_dtype"], kv_dtype, "cpu {cpu_dt} {kv:?}");
         assert_eq!(
             ids(&cuda["generated_ids"]),
             ids(&cpu["generated_ids"]),
-            "cuda {cuda_dt} {env:?} vs cpu {cpu_dt}: greedy tokens"
+            "cuda {cuda_dt} {env:?} {kv:?} vs cpu {cpu_dt}: greedy tokens"
         );
         // CUDA warms up after loading (GEMV timing out of the first request); the CPU has nothing to warm.
         assert_eq!(cuda["warm_up"]["ran"], true, "{}", cuda["warm_up"]);
@@ -136,7 +153,7 @@ fn cuda_greedy_tokens_and_logits_match_the_cpu_backend() {
             cuda["backend"]
         );
         println!(
-            "cuda {cuda_dt} {env:?} = cpu {cpu_dt}: {TOKENS} tokens, logits within {diff:.2e} of {scale:.2}"
+            "cuda {cuda_dt} {env:?} {kv:?} = cpu {cpu_dt}: {TOKENS} tokens, logits within {diff:.2e} of {scale:.2}"
         );
     }
 }

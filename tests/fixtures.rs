@@ -96,6 +96,40 @@ fn int8_stays_close_to_f32() {
     }
 }
 
+/// A bf16 KV cache (keys and values rounded to bf16 when stored) against
+/// transformers' f32 logits: bf16 keeps 8 significant bits, so keys and values
+/// move by up to 2^-9 of themselves. Measured on these random-weight models:
+/// up to 1.8% of the logits' standard deviation (int8 weights: ~10%); the
+/// bound is 3%, and the logits must move at all (the rounding really happened).
+#[test]
+fn bf16_kv_cache_stays_close_to_transformers() {
+    for name in MODELS {
+        let exp = expected(name);
+        let mut model = load(name, WeightDType::F32);
+        model.set_kv_dtype(tessera_backend::KvDType::BF16).unwrap();
+        for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+            let prompt = ids(&case["prompt_ids"]);
+            let gen = greedy(&model, &prompt, 1);
+            let ref_logits = read_npy(&fixture(name).join(case["logits"].as_str().unwrap()));
+            let n = ref_logits.len() as f32;
+            let mean = ref_logits.iter().sum::<f32>() / n;
+            let std = (ref_logits.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
+            let d = max_abs_diff(&gen.prompt_logits, &ref_logits);
+            println!(
+                "{name} case {i}: bf16 KV logits within {d:.2e} of transformers (std {std:.3})"
+            );
+            assert!(
+                d < 0.03 * std,
+                "{name} case {i}: bf16 KV logits differ by {d} (std {std})"
+            );
+            assert!(
+                d > 1e-6,
+                "{name} case {i}: bf16 KV logits equal the f32 ones ({d}): nothing was rounded"
+            );
+        }
+    }
+}
+
 #[test]
 fn cli_generate_matches_library_and_writes_logits() {
     let name = "llama-gqa-tied";

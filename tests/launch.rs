@@ -228,6 +228,60 @@ fn fixture_model_tp2_matches_generate() {
     assert!(d < 1e-4, "logits differ by {d}");
 }
 
+/// `model.kv_dtype: bf16` reaches every worker: the launched tp2 run's logits
+/// are those of `generate --kv-dtype bf16`, and far from the f32 cache's.
+#[test]
+fn bf16_kv_cache_from_the_config_reaches_the_workers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("llama-gqa-tied");
+    let cfg = write_config(tmp.path(), "kv.yaml", &model, "f32", 2);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("  dtype: f32\n", "  dtype: f32\n  kv_dtype: bf16\n");
+    std::fs::write(&cfg, text).unwrap();
+    let p = "1,15,100,7,99,42,170,5";
+    let npy = |n: &str| tmp.path().join(n);
+    let args = |out: &Path| {
+        vec![
+            "--prompt-ids".to_string(),
+            p.to_string(),
+            "--max-new-tokens".into(),
+            "16".into(),
+            "--ignore-eos".into(),
+            "--dump-logits".into(),
+            out.to_str().unwrap().to_string(),
+        ]
+    };
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let launched = launch_json(&cfg, &refs(&args(&npy("l.npy"))));
+    let gen = |kv: &str, out: &str| {
+        let mut a = vec![
+            "--model".to_string(),
+            model.to_str().unwrap().to_string(),
+            "--kv-dtype".into(),
+            kv.into(),
+        ];
+        a.extend(args(&npy(out)));
+        generate_json(&refs(&a))
+    };
+    let (bf16, f32) = (gen("bf16", "b.npy"), gen("f32", "f.npy"));
+    assert_eq!(
+        (&bf16["kv_dtype"], &f32["kv_dtype"]),
+        (&"bf16".into(), &"f32".into())
+    );
+    assert_eq!(tokens(&launched), tokens(&bf16));
+    let l = read_npy(&npy("l.npy"));
+    let same = max_abs_diff(&l, &read_npy(&npy("b.npy")));
+    let other = max_abs_diff(&l, &read_npy(&npy("f.npy")));
+    println!("launched bf16 KV vs generate: bf16 cache {same:.2e}, f32 cache {other:.2e}");
+    assert!(
+        same < 1e-3 && same * 4.0 < other,
+        "launched logits: {same} from generate's bf16 cache, {other} from its f32 cache"
+    );
+}
+
 #[test]
 fn killing_a_worker_fails_the_launch_within_5_seconds_and_leaves_nothing() {
     let Some(_) = smollm2_path() else { return };

@@ -370,6 +370,7 @@ impl BackendJob for Job<'_> {
             let out = json!({
                 "model": args.model.model,
                 "dtype": args.model.dtype,
+                "kv_dtype": args.model.kv_dtype,
                 "device": args.model.device,
                 "backend": backend_name,
                 "threads": self.host.threads,

@@ -39,6 +39,10 @@ pub struct ModelArgs {
     /// Weight type at run time.
     #[arg(long, default_value = "f32", value_parser = ["f32", "int8", "int4", "bf16"])]
     pub dtype: String,
+    /// KV cache element type: f32, or bf16 (keys and values rounded to
+    /// bfloat16 when stored: half the cache memory on CUDA).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub kv_dtype: String,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,

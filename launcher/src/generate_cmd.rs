@@ -162,6 +162,7 @@ impl BackendJob for Job<'_> {
             serde_json::json!({
                 "step_graphs": crate::load::step_graphs_json(&model),
                 "warm_up": load.warm_up_json(),
+                "kv_dtype": model.kv_dtype().to_string(),
             }),
         )
     }

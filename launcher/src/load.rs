@@ -5,7 +5,7 @@ use crate::cli::ModelArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::time::Instant;
-use tessera_backend::{Backend, WeightDType};
+use tessera_backend::{Backend, KvDType, WeightDType};
 use tessera_comm::Local;
 use tessera_engine::Model;
 use tessera_model::{Checkpoint, ShardPlan};
@@ -49,6 +49,7 @@ pub fn load_model<B: Backend + 'static>(
     args: &ModelArgs,
 ) -> Result<(Model<B>, LoadTimes)> {
     let dtype: WeightDType = args.dtype.parse().map_err(anyhow::Error::msg)?;
+    let kv_dtype: KvDType = args.kv_dtype.parse().map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |done, total| {
@@ -61,7 +62,7 @@ pub fn load_model<B: Backend + 'static>(
         }
     };
     let ctx = || format!("loading weights from {}", ckpt.path.display());
-    let model = match &args.offload_budget {
+    let mut model = match &args.offload_budget {
         None => Model::load(backend, &ckpt.spec, ckpt.source.as_ref(), dtype, progress)
             .with_context(ctx)?,
         Some(budget) => {
@@ -108,6 +109,9 @@ pub fn load_model<B: Backend + 'static>(
             model
         }
     };
+    model
+        .set_kv_dtype(kv_dtype)
+        .map_err(|e| anyhow!("--kv-dtype {kv_dtype}: {e}"))?;
     let t1 = Instant::now();
     let warmed_up = model
         .warm_up()

@@ -58,6 +58,51 @@ impl std::fmt::Display for WeightDType {
     }
 }
 
+/// Element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDType {
+    /// Keys and values as computed (the default; what the reference compares).
+    #[default]
+    F32,
+    /// Keys and values rounded to bfloat16 (nearest even) when stored: half the
+    /// memory and half the bytes attention reads per position. On CUDA they are
+    /// stored as bf16; on the CPU the rounded values are kept as f32, so both
+    /// compute one function (as for bf16 weights).
+    BF16,
+}
+
+impl KvDType {
+    /// Bytes per cached element on a device that stores the type natively.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDType::F32 => 4,
+            KvDType::BF16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDType::F32),
+            "bf16" => Ok(KvDType::BF16),
+            other => Err(format!(
+                "unknown KV cache dtype `{other}` (expected f32 or bf16)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDType::F32 => "f32",
+            KvDType::BF16 => "bf16",
+        })
+    }
+}
+
 /// Geometry of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionShape {
@@ -189,6 +234,24 @@ pub trait Backend: Send + Sync {
         head_dim: usize,
         capacity: usize,
     ) -> Result<Self::KvCache>;
+    /// A KV cache of element type `dtype` ([`KvDType`]); `kv_cache` is its f32
+    /// case. Backends without bf16 caches refuse it by name.
+    fn kv_cache_typed(
+        &self,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: KvDType,
+    ) -> Result<Self::KvCache> {
+        match dtype {
+            KvDType::F32 => self.kv_cache(layers, kv_heads, head_dim, capacity),
+            other => Err(BackendError::Unavailable(
+                format!("a {other} KV cache"),
+                format!("the {} backend keeps its KV cache in f32", self.name()),
+            )),
+        }
+    }
     /// Store `k`, `v` (`[n, kv_heads*head_dim]`) at positions `start_pos..start_pos+n`.
     fn kv_store(
         &self,

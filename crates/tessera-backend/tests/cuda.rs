@@ -16,7 +16,7 @@ mod support;
 
 use support::{assert_close, backend, get, host};
 use tessera_backend::cuda::{module, CudaBackend};
-use tessera_backend::{reference, AttentionShape, Backend, BackendError, WeightDType};
+use tessera_backend::{reference, AttentionShape, Backend, BackendError, KvDType, WeightDType};
 use tessera_model::{HostTensor, Int8Matrix, INT8_GROUP};
 
 #[test]
@@ -348,11 +348,29 @@ fn attention_prefill_and_decode_match_reference() {
     ] {
         b.set_attention_splits(splits);
         b.set_attention_min_chunk(min_chunk);
-        attention_cases(&b, (splits, min_chunk));
+        attention_cases(&b, (splits, min_chunk), KvDType::F32);
+        // bf16 caches: the reference attends over keys and values rounded to
+        // bf16 (nearest even), including the rows the launch itself stores
+        // (deferred stores read them from the QKV product).
+        if matches!(
+            (splits, min_chunk),
+            (None, 128) | (Some(7), 1) | (Some(32), 64)
+        ) {
+            attention_cases(&b, (splits, min_chunk), KvDType::BF16);
+        }
     }
 }
 
-fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize)) {
+fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize), kv: KvDType) {
+    let round = |x: &[f32]| -> Vec<f32> {
+        match kv {
+            KvDType::F32 => x.to_vec(),
+            KvDType::BF16 => x
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect(),
+        }
+    };
     for (heads, kvh, hd, chunks) in [
         (6usize, 2usize, 40usize, vec![7usize, 1, 3]),
         (4, 4, 128, vec![300, 1, 1]),
@@ -366,7 +384,7 @@ fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize)) {
             head_dim: hd,
         };
         let layers = 2;
-        let mut cache = b.kv_cache(layers, kvh, hd, total + 2).unwrap();
+        let mut cache = b.kv_cache_typed(layers, kvh, hd, total + 2, kv).unwrap();
         let (mut ks, mut vs) = (Vec::new(), Vec::new());
         let mut start = 0;
         for (c, &n) in chunks.iter().enumerate() {
@@ -376,8 +394,8 @@ fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize)) {
                 host(n, kvh * hd, seed + 1),
                 host(n, kvh * hd, seed + 2),
             );
-            ks.extend_from_slice(&k.data);
-            vs.extend_from_slice(&v.data);
+            ks.extend(round(&k.data));
+            vs.extend(round(&v.data));
             // Layer 1 only: layer 0 stays zero, which would show a wrong layer offset.
             b.kv_store(
                 &mut cache,
@@ -398,7 +416,9 @@ fn attention_cases(b: &CudaBackend, splits: (Option<usize>, usize)) {
                 &got.data,
                 &want,
                 2e-5,
-                &format!("attention h{heads}/{kvh} hd{hd} rows {n} at {start}, splits {splits:?}"),
+                &format!(
+                    "attention h{heads}/{kvh} hd{hd} rows {n} at {start}, splits {splits:?}, {kv} cache"
+                ),
             );
             start += n;
         }
@@ -636,7 +656,13 @@ fn batched_decode_attention_matches_one_sequence_at_a_time() {
     // (capacity, position of the new token) per sequence.
     let seqs = [(16usize, 0usize), (320, 300), (40, 7), (130, 129), (64, 33)];
     let n = seqs.len();
-    for (splits, min_chunk) in [(Some(4), 1), (Some(1), 1)] {
+    // bf16 caches too: the batched launch rounds the new keys and values as
+    // the single-sequence store does.
+    for (splits, min_chunk, kv) in [
+        (Some(4), 1, KvDType::F32),
+        (Some(1), 1, KvDType::F32),
+        (Some(4), 1, KvDType::BF16),
+    ] {
         b.set_attention_splits(splits);
         b.set_attention_min_chunk(min_chunk);
         let mut runs = Vec::new();
@@ -644,7 +670,7 @@ fn batched_decode_attention_matches_one_sequence_at_a_time() {
             // Caches filled with the same history either way.
             let mut caches: Vec<_> = seqs
                 .iter()
-                .map(|&(cap, _)| b.kv_cache(layers, kvh, hd, cap).unwrap())
+                .map(|&(cap, _)| b.kv_cache_typed(layers, kvh, hd, cap, kv).unwrap())
                 .collect();
             for (i, (c, &(_, pos))) in caches.iter_mut().zip(&seqs).enumerate() {
                 for layer in 0..layers {
@@ -687,7 +713,7 @@ fn batched_decode_attention_matches_one_sequence_at_a_time() {
         }
         assert!(
             runs[0] == runs[1],
-            "splits {splits:?}: batched attention differs from one sequence at a time"
+            "splits {splits:?}, {kv} caches: batched attention differs from one sequence at a time"
         );
     }
     b.set_attention_splits(None);

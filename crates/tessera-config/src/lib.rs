@@ -57,7 +57,7 @@ pub struct Config {
 #[serde(
     deny_unknown_fields,
     default,
-    expecting = "a mapping with the keys `path`, `format`, `dtype`, `dummy`"
+    expecting = "a mapping with the keys `path`, `format`, `dtype`, `kv_dtype`, `dummy`"
 )]
 pub struct ModelConfig {
     /// HF checkpoint directory or `.gguf` file. Required unless `format` is
@@ -68,6 +68,9 @@ pub struct ModelConfig {
     pub format: ModelFormat,
     /// Run-time weight type.
     pub dtype: DType,
+    /// KV cache element type (`f32`, the default, or `bf16`: half the cache
+    /// memory on CUDA, keys and values rounded to bfloat16 when stored).
+    pub kv_dtype: KvDType,
     /// Shape and seed of random weights; only with `format: dummy`.
     pub dummy: Option<DummyModel>,
 }
@@ -96,6 +99,24 @@ pub enum DType {
     Int4,
     Bf16,
     F16,
+}
+
+/// `model.kv_dtype`: the KV cache element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDType {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl KvDType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDType::F32 => "f32",
+            KvDType::Bf16 => "bf16",
+        }
+    }
 }
 
 /// `model.dummy`

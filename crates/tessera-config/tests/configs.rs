@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tessera_config::{
-    Collective, Config, DType, Device, ModelFormat, ResolvedCollective, RestartPolicy, Threads,
-    WeightBudget,
+    Collective, Config, DType, Device, KvDType, ModelFormat, ResolvedCollective, RestartPolicy,
+    Threads, WeightBudget,
 };
 
 fn configs_dir() -> PathBuf {
@@ -176,6 +176,10 @@ supervision: {step_timeout: 1m30s, collective_timeout: 1m 30s, worker_start_time
         (c.offload.resident_layers, c.offload.link_gbps),
         (None, None)
     );
+    // The KV cache dtype: f32 unless given.
+    assert_eq!(c.model.kv_dtype, KvDType::F32);
+    let c = Config::from_str("model: {path: m, kv_dtype: bf16}\n", Path::new("x.yaml")).unwrap();
+    assert_eq!(c.model.kv_dtype, KvDType::Bf16);
     let text = "model: {path: m, dtype: int8}\noffload: {enabled: true, weight_budget: 64MiB, resident_layers: 3, link_gbps: 50}\n";
     let c = Config::from_str(text, Path::new("x.yaml")).unwrap();
     assert_eq!(

@@ -112,6 +112,12 @@ const CASES: &[(&str, &str, &str, &[&str])] = &[
         &["`q4`", "`f32`, `int8`, `int4`, `bf16`, `f16`"],
     ),
     (
+        "unknown KV cache dtype",
+        "model: {path: m, kv_dtype: int8}\n",
+        "model.kv_dtype",
+        &["`int8`", "`f32` or `bf16`"],
+    ),
+    (
         "unknown collective",
         "model: {path: m}\nparallelism: {collective: mpi}\n",
         "parallelism.collective",

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_backend::WeightDType;
+use tessera_backend::{KvDType, WeightDType};
 use tessera_comm::{Collective, Local};
 use tessera_proto::worker::rendezvous_client::RendezvousClient;
 use tessera_proto::worker::worker_server::{Worker, WorkerServer};
@@ -227,9 +227,14 @@ impl Worker for Service {
             .parse()
             .map_err(|e: String| Status::invalid_argument(e))?;
         let device: Device = req.device.parse()?;
+        let kv_dtype: KvDType = match req.kv_dtype.as_str() {
+            "" => KvDType::F32,
+            s => s.parse().map_err(|e: String| Status::invalid_argument(e))?,
+        };
         let spec = LoadSpec {
             model: req.model,
             dtype,
+            kv_dtype,
             device,
             threads: req.threads as usize,
             rank: st.rank,

@@ -196,6 +196,7 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
 pub struct LoadSpec {
     pub model: String,
     pub dtype: WeightDType,
+    pub kv_dtype: tessera_backend::KvDType,
     pub device: Device,
     pub threads: usize,
     pub rank: usize,
@@ -255,6 +256,8 @@ impl<F: FnMut(usize, usize)> BackendJob for LoadJob<'_, F> {
                 .0
             }
         };
+        let mut model = model;
+        model.set_kv_dtype(self.spec.kv_dtype)?;
         model.warm_up()?;
         Ok(Box::new(Loaded {
             model,
@@ -300,6 +303,7 @@ mod tests {
         let spec = LoadSpec {
             model: "dummy:tiny".into(),
             dtype: WeightDType::F32,
+            kv_dtype: tessera_backend::KvDType::F32,
             device: Device::Cpu,
             threads: 1,
             rank: 0,

@@ -22,6 +22,8 @@ pub struct GroupSpec {
     /// Checkpoint path or `dummy:SHAPE:SEED`.
     pub model: String,
     pub dtype: String,
+    /// KV cache element type, `f32` or `bf16`.
+    pub kv_dtype: String,
     /// One per rank: `cpu` or `cuda:N`.
     pub devices: Vec<String>,
     pub threads: usize,
@@ -313,6 +315,7 @@ impl WorkerGroup {
             let req = LoadRequest {
                 model: spec.model.clone(),
                 dtype: spec.dtype.clone(),
+                kv_dtype: spec.kv_dtype.clone(),
                 device: spec.devices[rank].clone(),
                 threads: spec.threads as u32,
                 offload: spec.offload.as_ref().and_then(|o| o.get(rank).cloned()),

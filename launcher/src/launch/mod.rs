@@ -127,6 +127,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     let spec = GroupSpec {
         model: model.clone(),
         dtype: dtype.to_string(),
+        kv_dtype: cfg.model.kv_dtype.name().to_string(),
         devices,
         threads: cfg.parallelism.threads_per_worker(cores),
         transport,

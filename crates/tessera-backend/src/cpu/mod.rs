@@ -348,6 +348,17 @@ impl Backend for CpuBackend {
         head_dim: usize,
         capacity: usize,
     ) -> Result<CpuKvCache> {
+        self.kv_cache_typed(layers, kv_heads, head_dim, capacity, crate::KvDType::F32)
+    }
+
+    fn kv_cache_typed(
+        &self,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: crate::KvDType,
+    ) -> Result<CpuKvCache> {
         // Blocks are taken as positions are stored, not for `capacity` up front.
         Ok(CpuKvCache::new(
             self.kv_pool.clone(),
@@ -355,6 +366,7 @@ impl Backend for CpuBackend {
             kv_heads,
             head_dim,
             capacity,
+            dtype,
         ))
     }
 

@@ -163,6 +163,8 @@ pub struct CpuKvCache {
     pub(crate) head_dim: usize,
     /// The logical limit, checked as before paging (`CacheFull`).
     pub(crate) capacity: usize,
+    /// bf16: stored keys and values are rounded to bf16 (kept as f32).
+    pub(crate) dtype: crate::KvDType,
     /// Positions `0..len` have blocks and were written by some `kv_store`.
     len: usize,
     blocks: Vec<KvBlock>,
@@ -176,12 +178,14 @@ impl CpuKvCache {
         kv_heads: usize,
         head_dim: usize,
         capacity: usize,
+        dtype: crate::KvDType,
     ) -> Self {
         CpuKvCache {
             layers,
             kv_heads,
             head_dim,
             capacity,
+            dtype,
             len: 0,
             blocks: Vec::new(),
             pool,
@@ -242,8 +246,17 @@ impl CpuKvCache {
                 let (b, r) = (pos / KV_BLOCK_TOKENS, pos % KV_BLOCK_TOKENS);
                 for h in 0..kvh {
                     let at = self.head_offset(half, layer, h) + r * hd;
-                    self.blocks[b].data_mut()[at..at + hd]
-                        .copy_from_slice(&src[(i * kvh + h) * hd..][..hd]);
+                    let dst = &mut self.blocks[b].data_mut()[at..at + hd];
+                    let row = &src[(i * kvh + h) * hd..][..hd];
+                    match self.dtype {
+                        crate::KvDType::F32 => dst.copy_from_slice(row),
+                        // Nearest even, as the CUDA cache's f32_to_bf16_bits.
+                        crate::KvDType::BF16 => {
+                            for (d, &x) in dst.iter_mut().zip(row) {
+                                *d = half::bf16::from_f32(x).to_f32();
+                            }
+                        }
+                    }
                 }
             }
         }

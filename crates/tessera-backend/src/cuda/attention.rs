@@ -85,7 +85,7 @@ impl CudaBackend {
             return Ok(CudaTensor::ready(0, q.cols, out));
         }
         let cap = cache.capacity;
-        let layer_off = (layer * num_kv_heads * cap * head_dim * 4) as u64;
+        let layer_off = cache.layer_offset(layer);
         let (start, dpos) = self.step_pos(start_pos)?;
         let qs = self.strided(q, Some(head_dim))?;
         same_step(qs.rope, dpos)?;
@@ -111,7 +111,7 @@ impl CudaBackend {
             }
             None => None,
         };
-        let f = self.attention_kernel(head_dim);
+        let f = self.attention_kernel(head_dim, cache.dtype);
         // Split positions when rows x heads blocks would leave SMs idle (see
         // kernels/attention.cu): chosen from the cache's capacity, not the
         // current length, so a recorded step and the eager steps around it
@@ -236,6 +236,7 @@ impl CudaBackend {
             || qs.rope.is_some()
             || ks.rope.is_some()
             || n * num_heads > ATT_COUNTERS
+            || caches.iter().any(|c| c.dtype != caches[0].dtype)
         {
             return crate::attention_per_sequence(
                 self, q, k, v, caches, layer, starts, inv_freq, shape,
@@ -270,7 +271,7 @@ impl CudaBackend {
         }
         let seqs_ptr = seqs.as_ref().map(|(_, d)| self.ptr(d)).unwrap_or(0);
         let out = self.alloc::<f32>(n * q.cols)?;
-        let f = self.attention_kernel(head_dim);
+        let f = self.attention_kernel(head_dim, caches[0].dtype);
         // Splits as for a launch of n rows over the largest capacity, cut to
         // what the longest context uses (rows use min(S, (pos + 1) / min_chunk)).
         let cap = caches.iter().map(|c| c.capacity).max().unwrap_or(1);
@@ -330,12 +331,18 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
-    /// The attention kernel for heads of `head_dim` (at most 256).
-    fn attention_kernel(&self, head_dim: usize) -> &cudarc::driver::CudaFunction {
-        if head_dim <= 128 {
-            &self.k.attention_d128
-        } else {
-            &self.k.attention_d256
+    /// The attention kernel for heads of `head_dim` (at most 256) over a
+    /// cache of element type `kv`.
+    fn attention_kernel(
+        &self,
+        head_dim: usize,
+        kv: crate::KvDType,
+    ) -> &cudarc::driver::CudaFunction {
+        match (kv, head_dim <= 128) {
+            (crate::KvDType::F32, true) => &self.k.attention_d128,
+            (crate::KvDType::F32, false) => &self.k.attention_d256,
+            (crate::KvDType::BF16, true) => &self.k.attention_bf16_d128,
+            (crate::KvDType::BF16, false) => &self.k.attention_bf16_d256,
         }
     }
 
@@ -390,7 +397,7 @@ impl CudaBackend {
     /// Launch the KV store kernel for `job`.
     fn run_kv_store(&self, cache: &CudaKvCache, job: &KvJob) -> Result<()> {
         let (hd, kvh, cap) = (cache.head_dim, cache.kv_heads, cache.capacity);
-        let layer_off = (job.layer * kvh * cap * hd * 4) as u64;
+        let layer_off = cache.layer_offset(job.layer);
         let args = Args::new()
             .ptr(job.k.ptr)
             .int(job.k.stride)
@@ -412,7 +419,10 @@ impl CudaBackend {
         unsafe {
             self.launch(
                 "kv_store",
-                &self.k.kv_store,
+                match cache.dtype {
+                    crate::KvDType::F32 => &self.k.kv_store,
+                    crate::KvDType::BF16 => &self.k.kv_store_bf16,
+                },
                 Dims::flat(job.rows * kvh * hd),
                 args,
             )

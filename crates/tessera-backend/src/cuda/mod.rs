@@ -51,13 +51,21 @@ pub struct CudaKvCache {
     kv_heads: usize,
     head_dim: usize,
     capacity: usize,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
+    /// Element type of `k` and `v`: f32, or bf16 bits (`kernels/attention.cu`, `kv_load`).
+    dtype: crate::KvDType,
+    /// `[layers][kv_heads][capacity][head_dim]` elements of `dtype`, as bytes.
+    k: CudaSlice<u8>,
+    v: CudaSlice<u8>,
     /// A KV store deferred into the next attention call on this cache (`attention.rs`).
     pending: Mutex<Option<attention::KvJob>>,
 }
 
 impl CudaKvCache {
+    /// Byte offset of `layer` in `k` and `v`.
+    fn layer_offset(&self, layer: usize) -> u64 {
+        (layer * self.kv_heads * self.capacity * self.head_dim * self.dtype.bytes()) as u64
+    }
+
     fn geometry(&self) -> crate::checks::CacheGeometry {
         crate::checks::CacheGeometry {
             layers: self.layers,

@@ -200,9 +200,12 @@ pub struct Kernels {
     /// v3 per weight format (int8, bf16): up to 1 / 2 / 4 / 8 / 16 rows.
     pub gemv_v3: [[CudaFunction; 5]; 2],
     pub kv_store: CudaFunction,
+    pub kv_store_bf16: CudaFunction,
     /// Attention for head_dim <= 128 and <= 256.
     pub attention_d128: CudaFunction,
     pub attention_d256: CudaFunction,
+    pub attention_bf16_d128: CudaFunction,
+    pub attention_bf16_d256: CudaFunction,
     /// Largest dynamic shared memory a v2/v3 GEMV block may use.
     pub max_dyn_smem: usize,
 }
@@ -304,8 +307,11 @@ impl Kernels {
                 "gemv_v6_bf16_t8",
             ])?)?,
             kv_store: f("kv_store")?,
+            kv_store_bf16: f("kv_store_bf16")?,
             attention_d128: f("attention_d128")?,
             attention_d256: f("attention_d256")?,
+            attention_bf16_d128: f("attention_bf16_d128")?,
+            attention_bf16_d256: f("attention_bf16_d256")?,
             max_dyn_smem,
         };
         for g in k

@@ -355,14 +355,26 @@ impl Backend for CudaBackend {
         head_dim: usize,
         capacity: usize,
     ) -> Result<CudaKvCache> {
-        let n = (layers * kv_heads * head_dim * capacity).max(1);
-        let k = self.stream.alloc_zeros::<f32>(n).map_err(dev("kv_cache"))?;
-        let v = self.stream.alloc_zeros::<f32>(n).map_err(dev("kv_cache"))?;
+        self.kv_cache_typed(layers, kv_heads, head_dim, capacity, crate::KvDType::F32)
+    }
+
+    fn kv_cache_typed(
+        &self,
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        dtype: crate::KvDType,
+    ) -> Result<CudaKvCache> {
+        let n = (layers * kv_heads * head_dim * capacity).max(1) * dtype.bytes();
+        let k = self.stream.alloc_zeros::<u8>(n).map_err(dev("kv_cache"))?;
+        let v = self.stream.alloc_zeros::<u8>(n).map_err(dev("kv_cache"))?;
         Ok(CudaKvCache {
             layers,
             kv_heads,
             head_dim,
             capacity,
+            dtype,
             k,
             v,
             pending: std::sync::Mutex::new(None),

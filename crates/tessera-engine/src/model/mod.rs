@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 mod recording;
 pub use recording::RecordingStats;
-use tessera_backend::{AttentionShape, Backend, WeightDType};
+use tessera_backend::{AttentionShape, Backend, KvDType, WeightDType};
 use tessera_comm::{Collective, Local};
 use tessera_model::{HostTensor, ModelSpec, ShardPlan, Slice, TensorSource};
 
@@ -31,6 +31,8 @@ pub struct Model<B: Backend> {
     spec: ModelSpec,
     plan: ShardPlan,
     dtype: WeightDType,
+    /// Element type of new sequences' KV caches (`set_kv_dtype`).
+    kv_dtype: KvDType,
     inv_freq: Vec<f32>,
     embed: B::Linear,
     /// `None` when the LM head is tied to the embedding.
@@ -321,6 +323,7 @@ impl<B: Backend + 'static> Model<B> {
             spec: spec.clone(),
             plan,
             dtype,
+            kv_dtype: KvDType::F32,
             embed,
             lm_head,
             norm,
@@ -338,6 +341,24 @@ impl<B: Backend + 'static> Model<B> {
 impl<B: Backend> Model<B> {
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+    /// The KV cache element type of sequences made from now on (default f32).
+    /// Checked here, so a backend that cannot hold it fails at load time and
+    /// not on the first request.
+    pub fn set_kv_dtype(&mut self, dtype: KvDType) -> Result<()> {
+        let layers = self.spec.num_layers;
+        self.backend.kv_cache_typed(
+            layers,
+            self.plan.local_kv_heads(),
+            self.spec.head_dim,
+            1,
+            dtype,
+        )?;
+        self.kv_dtype = dtype;
+        Ok(())
+    }
+    pub fn kv_dtype(&self) -> KvDType {
+        self.kv_dtype
     }
     pub fn backend(&self) -> &B {
         &self.backend
@@ -373,11 +394,12 @@ impl<B: Backend> Model<B> {
     /// A new sequence with room for `capacity` positions (clamped to the model's context).
     pub fn new_sequence(&self, capacity: usize) -> Result<Sequence<B>> {
         let capacity = capacity.min(self.spec.max_position_embeddings).max(1);
-        let cache = self.backend.kv_cache(
+        let cache = self.backend.kv_cache_typed(
             self.spec.num_layers,
             self.plan.local_kv_heads(),
             self.spec.head_dim,
             capacity,
+            self.kv_dtype,
         )?;
         Ok(Sequence {
             cache,

@@ -5,10 +5,26 @@
 // one layer's cache [kvh][cap][hd]. With `inv_freq` set, RoPE is applied to k
 // on the way, row r at position rope_start + r (the same bits as the rope kernel).
 // Both positions are offsets from *dpos when dpos is set (see step_pos).
-extern "C" __global__ void kv_store(const float* __restrict__ k, int k_stride, const float* __restrict__ v,
-                                    int v_stride, float* __restrict__ kc, float* __restrict__ vc, int n, int kvh,
-                                    int hd, int cap, int start, const float* __restrict__ inv_freq,
-                                    int rope_start, const int* __restrict__ dpos) {
+// KV cache elements: f32, or bf16 bits (Backend::kv_cache_typed, KvDType::BF16:
+// keys and values rounded to nearest even when stored, read back exactly).
+__device__ __forceinline__ float kv_load(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float kv_load(const unsigned short* p, size_t i) { return bf16_bits_to_f32(p[i]); }
+__device__ __forceinline__ void kv_put(float* p, size_t i, float x) { p[i] = x; }
+__device__ __forceinline__ void kv_put(unsigned short* p, size_t i, float x) { p[i] = f32_to_bf16_bits(x); }
+// What a cache of element type KV gives back for x (new positions read from
+// the QKV product must see the values their cache will hold).
+template <typename KV> __device__ __forceinline__ float kv_round(float x);
+template <> __device__ __forceinline__ float kv_round<float>(float x) { return x; }
+template <> __device__ __forceinline__ float kv_round<unsigned short>(float x) {
+    return bf16_bits_to_f32(f32_to_bf16_bits(x));
+}
+
+template <typename KV>
+__device__ __forceinline__ void kv_store_impl(const float* __restrict__ k, int k_stride, const float* __restrict__ v,
+                                              int v_stride, KV* __restrict__ kc, KV* __restrict__ vc, int n,
+                                              int kvh, int hd, int cap, int start,
+                                              const float* __restrict__ inv_freq, int rope_start,
+                                              const int* __restrict__ dpos) {
     KERNEL_PROLOGUE();
     const int base = step_pos(dpos);
     start += base;
@@ -20,9 +36,19 @@ extern "C" __global__ void kv_store(const float* __restrict__ k, int k_stride, c
     int h = rem / hd, d = rem % hd;
     const float* kh = k + (size_t)row * k_stride + (size_t)h * hd;
     size_t dst = ((size_t)h * cap + start + row) * hd + d;
-    kc[dst] = inv_freq ? rope_elem(kh, d, hd, rope_start + row, inv_freq) : kh[d];
-    vc[dst] = v[(size_t)row * v_stride + rem];
+    kv_put(kc, dst, inv_freq ? rope_elem(kh, d, hd, rope_start + row, inv_freq) : kh[d]);
+    kv_put(vc, dst, v[(size_t)row * v_stride + rem]);
 }
+
+#define KV_STORE_ENTRY(NAME, KV)                                                                                 \
+    extern "C" __global__ void NAME(const float* __restrict__ k, int k_stride, const float* __restrict__ v,      \
+                                    int v_stride, KV* __restrict__ kc, KV* __restrict__ vc, int n, int kvh,     \
+                                    int hd, int cap, int start, const float* __restrict__ inv_freq,             \
+                                    int rope_start, const int* __restrict__ dpos) {                             \
+        kv_store_impl<KV>(k, k_stride, v, v_stride, kc, vc, n, kvh, hd, cap, start, inv_freq, rope_start, dpos); \
+    }
+KV_STORE_ENTRY(kv_store, float)
+KV_STORE_ENTRY(kv_store_bf16, unsigned short)
 
 #define ATT_WARPS 8
 
@@ -74,19 +100,20 @@ __device__ __forceinline__ float att_rescale(float m, float gm) { return m == NE
 // starts are that sequence's, and row i sits at offset 0 from its start
 // instead of i. Needs tail = 1 and nk set (the new key and value are stored
 // here), dpos null.
+// KV: the cache's element type (float, or unsigned short for bf16 bits).
 // ATT_MAXD: head_dim / 32 rounded up (registers per lane); ATT_POS: positions
 // per warp per step, loaded together for memory-level parallelism.
-template <int ATT_MAXD, int ATT_POS>
+template <typename KV, int ATT_MAXD, int ATT_POS>
 __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int q_stride,
-                                               const float* __restrict__ kc, const float* __restrict__ vc,
+                                               const KV* __restrict__ kc, const KV* __restrict__ vc,
                                                float* __restrict__ out, int heads, int kvh, int hd, int cap,
                                                int start, float scale, const float* __restrict__ inv_freq,
                                                int rope_start, const int* __restrict__ dpos,
                                                float* __restrict__ part, unsigned* __restrict__ counters,
                                                int tail, const float* __restrict__ nk, int nk_stride,
                                                const float* __restrict__ nv, int nv_stride,
-                                               const float* __restrict__ nk_inv, int nk_rope_start, float* kw,
-                                               float* vw, int min_chunk, const long long* __restrict__ seqs,
+                                               const float* __restrict__ nk_inv, int nk_rope_start, KV* kw,
+                                               KV* vw, int min_chunk, const long long* __restrict__ seqs,
                                                int layer) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAXD * WARP];
@@ -105,8 +132,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         const long long* e = seqs + 4 * (size_t)i;
         cap = (int)e[2];
         const size_t loff = (size_t)layer * kvh * cap * hd;
-        kw = (float*)e[0] + loff;
-        vw = (float*)e[1] + loff;
+        kw = (KV*)e[0] + loff;
+        vw = (KV*)e[1] + loff;
         kc = kw;
         vc = vw;
         start = rope_start = nk_rope_start = (int)e[3];
@@ -126,16 +153,16 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
         const float* nvr = nv + (size_t)i * nv_stride + (size_t)kh * hd;
         const size_t dst = ((size_t)kh * cap + start + ri) * hd;
         for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            kw[dst + d] = nk_inv ? rope_elem(nkr, d, hd, nk_rope_start + ri, nk_inv) : nkr[d];
-            vw[dst + d] = nvr[d];
+            kv_put(kw, dst + d, nk_inv ? rope_elem(nkr, d, hd, nk_rope_start + ri, nk_inv) : nkr[d]);
+            kv_put(vw, dst + d, nvr[d]);
         }
     }
     const float* qr = q + (size_t)i * q_stride + (size_t)h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
         sm_q[d] = inv_freq ? rope_elem(qr, d, hd, rope_start + ri, inv_freq) : qr[d];
     __syncthreads();
-    const float* kb = kc + (size_t)kh * cap * hd;
-    const float* vb = vc + (size_t)kh * cap * hd;
+    const KV* kb = kc + (size_t)kh * cap * hd;
+    const KV* vb = vc + (size_t)kh * cap * hd;
     float qv[ATT_MAXD], acc[ATT_MAXD];
 #pragma unroll
     for (int t = 0; t < ATT_MAXD; t++) {
@@ -156,8 +183,8 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
             for (int t = 0; t < ATT_MAXD; t++) {
                 int d = lane + t * WARP;
                 bool ok = p < main_hi && d < hd;
-                kv[j][t] = ok ? kb[(size_t)p * hd + d] : 0.f;
-                vv[j][t] = ok ? vb[(size_t)p * hd + d] : 0.f;
+                kv[j][t] = ok ? kv_load(kb, (size_t)p * hd + d) : 0.f;
+                vv[j][t] = ok ? kv_load(vb, (size_t)p * hd + d) : 0.f;
             }
         }
         float s[ATT_POS];
@@ -186,15 +213,24 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     // The new positions of this block's range, one per warp at a time.
     for (int p = (tail ? max(lo, start) : hi) + warp; p < hi; p += ATT_WARPS) {
         const int r = p - start; // its row in nk: i - ri + r
-        const float* kr = nk ? nk + (size_t)(i - ri + r) * nk_stride + (size_t)kh * hd : kb + (size_t)p * hd;
-        const float* vr = nk ? nv + (size_t)(i - ri + r) * nv_stride + (size_t)kh * hd : vb + (size_t)p * hd;
+        // From the QKV product (deferred store: rounded as the cache will
+        // hold them) or from the cache.
+        const float* kr = nk ? nk + (size_t)(i - ri + r) * nk_stride + (size_t)kh * hd : nullptr;
+        const float* vr = nk ? nv + (size_t)(i - ri + r) * nv_stride + (size_t)kh * hd : nullptr;
         float kv[ATT_MAXD], vv[ATT_MAXD];
 #pragma unroll
         for (int t = 0; t < ATT_MAXD; t++) {
             int d = lane + t * WARP;
             bool ok = d < hd;
-            kv[t] = !ok ? 0.f : (nk && nk_inv) ? rope_elem(kr, d, hd, nk_rope_start + r, nk_inv) : kr[d];
-            vv[t] = ok ? vr[d] : 0.f;
+            if (!ok) {
+                kv[t] = vv[t] = 0.f;
+            } else if (nk) {
+                kv[t] = kv_round<KV>(nk_inv ? rope_elem(kr, d, hd, nk_rope_start + r, nk_inv) : kr[d]);
+                vv[t] = kv_round<KV>(vr[d]);
+            } else {
+                kv[t] = kv_load(kb, (size_t)p * hd + d);
+                vv[t] = kv_load(vb, (size_t)p * hd + d);
+            }
         }
         float sc = 0.f;
 #pragma unroll
@@ -262,19 +298,21 @@ __device__ __forceinline__ void attention_impl(const float* __restrict__ q, int 
     if (threadIdx.x == 0) counters[ih] = 0;
 }
 
-#define ATTENTION_ENTRY(NAME, MAXD, POS)                                                                        \
+#define ATTENTION_ENTRY(NAME, KV, MAXD, POS)                                                                    \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)                                             \
-        NAME(const float* __restrict__ q, int q_stride, const float* __restrict__ kc,                          \
-             const float* __restrict__ vc, float* __restrict__ out, int heads, int kvh, int hd, int cap,       \
-             int start, float scale, const float* __restrict__ inv_freq, int rope_start,                       \
-             const int* __restrict__ dpos, float* __restrict__ part, unsigned* __restrict__ counters, int tail, \
-             const float* __restrict__ nk, int nk_stride, const float* __restrict__ nv, int nv_stride,         \
-             const float* __restrict__ nk_inv, int nk_rope_start, float* kw, float* vw, int min_chunk,          \
-             const long long* __restrict__ seqs, int layer) {                                                  \
-        attention_impl<MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,       \
-                                  rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,        \
-                                  nk_inv, nk_rope_start, kw, vw, min_chunk, seqs, layer);                      \
+        NAME(const float* __restrict__ q, int q_stride, const KV* __restrict__ kc, const KV* __restrict__ vc,  \
+             float* __restrict__ out, int heads, int kvh, int hd, int cap, int start, float scale,             \
+             const float* __restrict__ inv_freq, int rope_start, const int* __restrict__ dpos,                 \
+             float* __restrict__ part, unsigned* __restrict__ counters, int tail, const float* __restrict__ nk, \
+             int nk_stride, const float* __restrict__ nv, int nv_stride, const float* __restrict__ nk_inv,     \
+             int nk_rope_start, KV* kw, KV* vw, int min_chunk, const long long* __restrict__ seqs, int layer) { \
+        attention_impl<KV, MAXD, POS>(q, q_stride, kc, vc, out, heads, kvh, hd, cap, start, scale, inv_freq,   \
+                                      rope_start, dpos, part, counters, tail, nk, nk_stride, nv, nv_stride,    \
+                                      nk_inv, nk_rope_start, kw, vw, min_chunk, seqs, layer);                  \
     }
 // head_dim <= 128: 8 positions per warp per step; head_dim <= 256: 4.
-ATTENTION_ENTRY(attention_d128, 4, 8)
-ATTENTION_ENTRY(attention_d256, 8, 4)
+ATTENTION_ENTRY(attention_d128, float, 4, 8)
+ATTENTION_ENTRY(attention_d256, float, 8, 4)
+// bf16 caches.
+ATTENTION_ENTRY(attention_bf16_d128, unsigned short, 4, 8)
+ATTENTION_ENTRY(attention_bf16_d256, unsigned short, 8, 4)
