@@ -83,10 +83,11 @@ fi
 # bf16 / int4 (the same rounded weights in f32), whose own distance from f32
 # is shown too.
 PROMPT=1,15,300,7,99,512,3,42,870,5
-gen() { # shape device dtype tokens prompt outdir [timeout] [name suffix]
+gen() { # shape device dtype tokens prompt outdir [timeout] [name suffix]; $GEN_EXTRA: more flags
     local base="$6/$1-${2%%:*}-$3${8:-}"
+    # shellcheck disable=SC2086 # GEN_EXTRA is a list of flags
     timeout "${7:-90}" "$TESSERA" generate --model "dummy:$1:1" --device "$2" --dtype "$3" \
-        --prompt-ids "$5" --max-new-tokens "$4" --json --dump-logits "$base.npy" >"$base.json" 2>"$base.err"
+        --prompt-ids "$5" --max-new-tokens "$4" --json --dump-logits "$base.npy" ${GEN_EXTRA:-} >"$base.json" 2>"$base.err"
     local rc=$?
     [ $rc -eq 0 ] || { rm -f "$base.json"; echo "   $1 $2 $3 failed (rc $rc): $(tail -c 400 "$base.err")"; }
     return $rc
@@ -99,6 +100,14 @@ for shape in tiny small; do
         gen "$shape" "$1" "$2" 32 "$PROMPT" "$OUT/runs"
     done
 done
+# A bf16 KV cache (--kv-dtype bf16): CUDA stores bf16, the CPU keeps the
+# rounded values in f32; CUDA int8 is compared with CPU f32, both with bf16 caches.
+say "correctness: small on cpu, f32, --kv-dtype bf16"
+GEN_EXTRA="--kv-dtype bf16" gen small cpu f32 32 "$PROMPT" "$OUT/runs" 90 -kvbf16
+if [ $HAVE_GPU = 1 ]; then
+    say "correctness: small on cuda, int8, --kv-dtype bf16"
+    GEN_EXTRA="--kv-dtype bf16" gen small cuda int8 32 "$PROMPT" "$OUT/runs" 90 -kvbf16
+fi
 # Decode steps 3.. of the CUDA runs above replay a recorded CUDA graph; the
 # same int8 run launched kernel by kernel must give the same tokens.
 if [ $HAVE_GPU = 1 ]; then

@@ -14,8 +14,9 @@ use tessera_offload::{plan, PlanInput, ResidencyPlan, DEFAULT_LINK_GBPS};
 /// budget is `auto`.
 const ACTIVATION_MARGIN: u64 = 1 << 30;
 
-/// Device bytes of the KV caches a server config allows at most (f32 K and V
-/// of every layer, `max_batch` sequences of `max_context` positions).
+/// Device bytes of the KV caches a server config allows at most (K and V of
+/// every layer in `model.kv_dtype`, as a GPU stores them: 4 bytes each in f32,
+/// 2 in bf16; `max_batch` sequences of `max_context` positions).
 pub fn kv_cache_bytes(cfg: &Config, spec: &ModelSpec, shard: &ShardPlan) -> u64 {
     let ctx = cfg
         .server
@@ -23,7 +24,11 @@ pub fn kv_cache_bytes(cfg: &Config, spec: &ModelSpec, shard: &ShardPlan) -> u64 
         .map(|c| c as usize)
         .unwrap_or(spec.max_position_embeddings)
         .min(spec.max_position_embeddings);
-    (2 * spec.num_layers * shard.local_kv_heads() * spec.head_dim * 4 * ctx) as u64
+    let elem = match cfg.model.kv_dtype {
+        tessera_config::KvDType::F32 => 4,
+        tessera_config::KvDType::Bf16 => 2,
+    };
+    (2 * spec.num_layers * shard.local_kv_heads() * spec.head_dim * elem * ctx) as u64
         * cfg.server.max_batch as u64
 }
 
@@ -143,4 +148,27 @@ pub fn run(args: PlanArgs) -> Result<()> {
         print!("{}", p.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Llama-2 7B, 16 sequences of 4096 positions: 32 layers x 2 x 4096 x 4
+    /// bytes = 1 MiB per position in f32, half that in bf16.
+    #[test]
+    fn kv_bytes_follow_the_kv_dtype() {
+        let spec = tessera_model::dummy::spec("llama2-7b").unwrap();
+        let shard = ShardPlan::new(&spec, 1, 0).unwrap();
+        let cfg = |kv: &str| {
+            let text = format!(
+                "model: {{path: m, kv_dtype: {kv}}}\nserver: {{max_batch: 16, max_context: 4096}}\n"
+            );
+            Config::from_str(&text, Path::new("x.yaml")).unwrap()
+        };
+        let f32 = kv_cache_bytes(&cfg("f32"), &spec, &shard);
+        assert_eq!(f32, 16 * 4096 * (1 << 20));
+        assert_eq!(kv_cache_bytes(&cfg("bf16"), &spec, &shard), f32 / 2);
+    }
 }

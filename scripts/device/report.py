@@ -88,7 +88,10 @@ def load_npy(path):
 
 def reference_for(name, runs):
     """CUDA bf16 and int4 are compared with CPU bf16 / int4 (the same rounded
-    weights, f32 products); everything else with CPU f32."""
+    weights, f32 products); runs with a bf16 KV cache ("-kvbf16") with CPU f32
+    with a bf16 KV cache; everything else with CPU f32."""
+    if name.endswith("-kvbf16") and name != "cpu-f32-kvbf16" and "cpu-f32-kvbf16" in runs:
+        return "cpu-f32-kvbf16"
     for dt in ("bf16", "int4"):
         if name.startswith(f"cuda-{dt}") and f"cpu-{dt}" in runs:
             return f"cpu-{dt}"

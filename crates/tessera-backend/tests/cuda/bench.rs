@@ -8,7 +8,7 @@ use crate::support::{
 };
 use std::time::Instant;
 use tessera_backend::cuda::{CudaBackend, CudaLinear, GemvVariant};
-use tessera_backend::{AttentionShape, Backend, WeightDType};
+use tessera_backend::{AttentionShape, Backend, KvDType, WeightDType};
 
 /// Device copies of a weight (so consecutive products never hit L2).
 fn copies(w: &CudaLinear, count: usize) -> Vec<CudaLinear> {
@@ -431,18 +431,24 @@ fn bench_decode_attention_long_context() {
     };
     let width = s.kv_heads * s.head_dim;
     let q = b.upload(&host(1, s.heads * s.head_dim, 7)).unwrap();
+    // f32 caches with each split rule, and bf16 caches (half the bytes) with
+    // the default rule; GB/s counts the bytes the cache really holds.
+    let cases = [
+        ("auto", None, 128, KvDType::F32),
+        ("split_all", None, 1, KvDType::F32),
+        ("att1", Some(1), 128, KvDType::F32),
+        ("kvbf16_auto", None, 128, KvDType::BF16),
+    ];
     for ctx in [128usize, 512, 2048, 8192] {
         // Positions 0..=ctx stored in one call; the query is at ctx.
-        let mut cache = b.kv_cache(1, s.kv_heads, s.head_dim, ctx + 1).unwrap();
         let k = b.upload(&host(ctx + 1, width, 8)).unwrap();
         let v = b.upload(&host(ctx + 1, width, 9)).unwrap();
-        b.kv_store(&mut cache, 0, 0, &k, &v).unwrap();
-        let kv_bytes = 2.0 * ((ctx + 1) * width * 4) as f64;
-        for (tag, splits, min_chunk) in [
-            ("auto", None, 128),
-            ("split_all", None, 1),
-            ("att1", Some(1), 128),
-        ] {
+        for (tag, splits, min_chunk, kv) in cases {
+            let mut cache = b
+                .kv_cache_typed(1, s.kv_heads, s.head_dim, ctx + 1, kv)
+                .unwrap();
+            b.kv_store(&mut cache, 0, 0, &k, &v).unwrap();
+            let kv_bytes = 2.0 * ((ctx + 1) * width * kv.bytes()) as f64;
             b.set_attention_splits(splits);
             b.set_attention_min_chunk(min_chunk);
             for _ in 0..5 {
