@@ -14,7 +14,7 @@ set -uo pipefail
 
 OUT=${1:?usage: scripts/device-check.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DEV="$ROOT/.device"
+DEV="${DEVICE_DIR:-$ROOT/.device}" # the built binaries (DEVICE_DIR: elsewhere, e.g. the CI's dry run)
 BUDGET_S=${DEVICE_CHECK_BUDGET_S:-400} # stay inside the caller's 420 s limit
 # DEVICE_CHECK_ONLY=offload: only the offload section (environment and report included);
 # DEVICE_CHECK_ONLY=offload-big: only its "bigger than the GPU" run (and the copy ceiling);

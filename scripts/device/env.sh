@@ -8,8 +8,12 @@ SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/d
 # cudarc dlopens libcublas/libnvrtc by their .so.13 names (NVRTC also opens its
 # builtins itself), so LD_LIBRARY_PATH must hold the wheel folder; an rpath is not enough.
 # cudarc never tries `libnccl.so.2`: give it a `libnccl.so` symlink.
-NCCL_DIR=$(mktemp -d /tmp/tessera-nccl.XXXXXX)
-[ -e "$SITE/nvidia/nccl/lib/libnccl.so.2" ] && ln -sf "$SITE/nvidia/nccl/lib/libnccl.so.2" "$NCCL_DIR/libnccl.so"
+# (Only where the wheel is: a dry run leaves no folder behind.)
+NCCL_DIR=/nonexistent
+if [ -e "$SITE/nvidia/nccl/lib/libnccl.so.2" ]; then
+    NCCL_DIR=$(mktemp -d /tmp/tessera-nccl.XXXXXX)
+    ln -sf "$SITE/nvidia/nccl/lib/libnccl.so.2" "$NCCL_DIR/libnccl.so"
+fi
 export LD_LIBRARY_PATH="$SITE/nvidia/cu13/lib:$NCCL_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TESSERA_CUDA_INCLUDE="/usr/local/cuda/include:$SITE/nvidia/cu13/include"
 # Compile the kernels once for the whole run (NVRTC PTX on disk, the driver's
