@@ -304,7 +304,7 @@ fn batched_vs_lone<B: tessera_backend::Backend + 'static>(
             .map(|(seq, ids)| BatchEntry {
                 seq,
                 ids,
-                all_logits: false,
+                logits: tessera_engine::Logits::Last,
             })
             .collect();
         let out = model.forward_batch(&mut batch).unwrap();

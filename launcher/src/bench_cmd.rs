@@ -198,7 +198,7 @@ fn time_decode_batch<B: Backend>(model: &Model<B>, n: usize, batch: usize) -> Re
             .map(|(seq, ids)| tessera_engine::BatchEntry {
                 seq,
                 ids,
-                all_logits: false,
+                logits: tessera_engine::Logits::Last,
             })
             .collect();
         let logits = model.forward_batch(&mut entries)?;
@@ -218,7 +218,7 @@ fn time_prefill_batch<B: Backend>(model: &Model<B>, ids: &[u32], batch: usize) -
         .map(|seq| tessera_engine::BatchEntry {
             seq,
             ids,
-            all_logits: false,
+            logits: tessera_engine::Logits::Last,
         })
         .collect();
     let t0 = Instant::now();

@@ -14,5 +14,5 @@ pub use generate::{
     generate, generate_with, perplexity, FinishReason, GenerateRequest, Generation, TextStream,
     GREEDY_AHEAD,
 };
-pub use model::{BatchEntry, Model, RecordingStats, Sequence};
+pub use model::{BatchEntry, Logits, Model, RecordingStats, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -265,12 +265,12 @@ fn batches_prefill_and_all_logits_steps_are_never_recorded() {
             tessera_engine::BatchEntry {
                 seq: &mut a,
                 ids: &[t],
-                all_logits: false,
+                logits: tessera_engine::Logits::Last,
             },
             tessera_engine::BatchEntry {
                 seq: &mut b,
                 ids: &[t + 1],
-                all_logits: false,
+                logits: tessera_engine::Logits::Last,
             },
         ];
         model.forward_batch(&mut batch).unwrap();

@@ -219,7 +219,7 @@ fn a_batch_gives_each_sequence_its_own_answer() {
             .map(|(seq, ids)| BatchEntry {
                 seq,
                 ids,
-                all_logits: false,
+                logits: tessera_engine::Logits::Last,
             })
             .collect();
         let out = model.forward_batch(&mut batch).unwrap();
@@ -252,12 +252,12 @@ fn a_bad_entry_fails_the_step_without_touching_any_sequence() {
         BatchEntry {
             seq: &mut a,
             ids: &[1, 2],
-            all_logits: false,
+            logits: tessera_engine::Logits::Last,
         },
         BatchEntry {
             seq: &mut b,
             ids: &bad,
-            all_logits: false,
+            logits: tessera_engine::Logits::Last,
         },
     ];
     let err = model.forward_batch(&mut batch).unwrap_err().to_string();

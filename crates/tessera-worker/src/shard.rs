@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tessera_backend::cpu::CpuBackend;
 use tessera_backend::{Backend, WeightDType};
 use tessera_comm::Collective;
-use tessera_engine::{BatchEntry, Model, Sampler, SamplingParams, Sequence};
+use tessera_engine::{BatchEntry, Logits, Model, Sampler, SamplingParams, Sequence};
 use tessera_model::ShardPlan;
 use tessera_offload::{load_streamed, PlanInput, StreamOptions};
 use tessera_proto::worker::{SamplingSpec, SeqLogits, SeqStep, StepOutput, StepReply, StepRequest};
@@ -133,10 +133,16 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
             let mut batch: Vec<BatchEntry<'_, B>> = taken
                 .iter_mut()
                 .zip(&req.seqs)
-                .map(|((_, seq), s)| BatchEntry {
+                .zip(&outputs)
+                .map(|(((_, seq), s), &output)| BatchEntry {
                     seq,
                     ids: &s.ids,
-                    all_logits: s.all_logits,
+                    // A chunk that returns nothing skips the LM head.
+                    logits: match (output, s.all_logits) {
+                        (StepOutput::Nothing, _) => Logits::None,
+                        (_, true) => Logits::All,
+                        (_, false) => Logits::Last,
+                    },
                 })
                 .collect();
             self.model.forward_batch(&mut batch)
@@ -351,13 +357,20 @@ mod tests {
         };
         let mut here = Sampler::new(params).unwrap();
         let prompt: Vec<u32> = vec![3, 9, 27, 81, 5, 15, 45];
-        // The prompt in two chunks: the first returns nothing at all.
-        let mut second = seq(2, prompt[..4].to_vec(), 64);
+        // The prompt in two chunks: the first returns nothing at all (and
+        // skips the LM head: no rows), first for sequence 2 alone, then for
+        // both in one step.
+        let mut second = seq(2, prompt[..2].to_vec(), 64);
         second.sampling = Some(spec);
         second.output = StepOutput::Nothing as i32;
-        let reply = shard
-            .step(&step(vec![seq(1, prompt[..4].to_vec(), 64), second]), 0)
-            .unwrap();
+        let reply = shard.step(&step(vec![second]), 0).unwrap();
+        assert_eq!(reply.seqs[0].rows, 0);
+        let mut first = seq(1, prompt[..4].to_vec(), 64);
+        let mut second = seq(2, prompt[2..4].to_vec(), 0);
+        second.output = StepOutput::Nothing as i32;
+        first.output = StepOutput::Logits as i32;
+        let reply = shard.step(&step(vec![first, second]), 0).unwrap();
+        assert_eq!((reply.seqs[0].rows, reply.seqs[1].rows), (1, 0));
         assert!(!reply.seqs[0].logits.is_empty());
         assert!(reply.seqs[1].logits.is_empty() && reply.seqs[1].token.is_none());
 

@@ -82,8 +82,20 @@ pub struct BatchEntry<'a, B: Backend> {
     pub seq: &'a mut Sequence<B>,
     /// New token ids, appended after the positions already in `seq`.
     pub ids: &'a [u32],
-    /// Logits of every new position (`true`) or of the last one only.
-    pub all_logits: bool,
+    /// Which of the new positions' logits to return.
+    pub logits: Logits,
+}
+
+/// The logits a [`BatchEntry`] wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last new position's (decode, the end of a prompt).
+    Last,
+    /// Every new position's (scoring, perplexity).
+    All,
+    /// None (a prompt chunk with more to come): its rows skip the LM head,
+    /// and its result is `[0, vocab]`.
+    None,
 }
 
 /// This rank's slice of a tensor, checking the full tensor's shape first.
@@ -421,7 +433,11 @@ impl<B: Backend> Model<B> {
         let mut batch = [BatchEntry {
             seq,
             ids,
-            all_logits,
+            logits: if all_logits {
+                Logits::All
+            } else {
+                Logits::Last
+            },
         }];
         let mut out = self.forward_batch(&mut batch)?;
         Ok(out.remove(0))
@@ -570,27 +586,35 @@ impl<B: Backend> Model<B> {
         let wanted: Vec<(usize, usize)> = batch
             .iter()
             .zip(&rows)
-            .map(|(e, &(r0, n, _))| {
-                if e.all_logits {
-                    (r0, n)
-                } else {
-                    (r0 + n - 1, 1)
-                }
+            .map(|(e, &(r0, n, _))| match e.logits {
+                Logits::All => (r0, n),
+                Logits::Last => (r0 + n - 1, 1),
+                Logits::None => (r0, 0),
             })
             .collect();
+        let vocab = s.vocab_size;
+        if wanted.iter().all(|&(_, n)| n == 0) {
+            // Nothing wanted (prompt chunks only): no LM head at all.
+            return Ok(wanted
+                .iter()
+                .map(|_| HostTensor::new(vec![0, vocab], Vec::new()))
+                .collect());
+        }
+        let wanted_rows: Vec<(usize, usize)> =
+            wanted.iter().copied().filter(|&(_, n)| n > 0).collect();
         let total_rows = ids.len();
         // The wanted rows are every row in order (a decode batch, or one
         // entry wanting all): no copies.
-        let all_rows = wanted
+        let all_rows = wanted_rows
             .iter()
             .try_fold(0, |at, &(r0, n)| (r0 == at).then_some(at + n))
             == Some(total_rows);
         let x = if all_rows {
             x
-        } else if wanted.len() == 1 {
-            b.slice_rows(&x, wanted[0].0, wanted[0].1)?
+        } else if wanted_rows.len() == 1 {
+            b.slice_rows(&x, wanted_rows[0].0, wanted_rows[0].1)?
         } else {
-            let parts = wanted
+            let parts = wanted_rows
                 .iter()
                 .map(|&(r0, n)| b.slice_rows(&x, r0, n))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -599,7 +623,6 @@ impl<B: Backend> Model<B> {
         let hn = b.rms_norm(&x, &self.norm, s.rms_norm_eps)?;
         let logits = b.matmul(&hn, self.lm_head.as_ref().unwrap_or(&self.embed))?;
         let logits = b.download(&logits)?;
-        let vocab = s.vocab_size;
         let mut out = Vec::with_capacity(wanted.len());
         let mut at = 0;
         for &(_, n) in &wanted {
