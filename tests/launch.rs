@@ -226,6 +226,18 @@ fn fixture_model_tp2_matches_generate() {
     assert_eq!(tokens(&got), tokens(&want));
     let d = max_abs_diff(&read_npy(&lt), &read_npy(&l1));
     assert!(d < 1e-4, "logits differ by {d}");
+    // Greedy: every token after the first was picked on rank 0.
+    assert_eq!(got["worker_sampled_tokens"], 31, "{got}");
+    // Sampled: the launcher samples from the logits, as `generate` does.
+    let sampled = ["--temperature", "0.8", "--top-k", "40", "--seed", "5"];
+    let mut a = vec!["--prompt-ids", p, "--max-new-tokens", "12", "--ignore-eos"];
+    a.extend(sampled);
+    let got = launch_json(&cfg, &a);
+    let mut b = vec!["--model", model.to_str().unwrap()];
+    b.extend(&a);
+    let want = generate_json(&b);
+    assert_eq!(tokens(&got), tokens(&want));
+    assert_eq!(got["worker_sampled_tokens"], 0, "{got}");
 }
 
 /// `model.kv_dtype: bf16` reaches every worker: the launched tp2 run's logits

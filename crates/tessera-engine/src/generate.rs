@@ -277,8 +277,8 @@ pub fn generate<B: Backend>(
 /// were wasted, and streamed text arrives in bursts of up to this many tokens.
 pub const GREEDY_AHEAD: usize = 8;
 
-/// What a step of `generate_loop` returns.
-enum StepOut {
+/// What a step of [`generate_steps`] returns.
+pub enum StepOut {
     /// The logits of the appended token's position.
     Logits(Vec<f32>),
     /// Greedy choices made on the device (asked for with `ahead > 0`): the
@@ -307,9 +307,21 @@ pub fn generate_with<E: From<EngineError>>(
     )
 }
 
-/// The loop of `generate_with`, whose step may also answer a greedy request
-/// (`ahead > 0`: up to that many tokens, chosen by the argmax the sampler
-/// would take) with the tokens themselves.
+/// `generate_with` whose step may also answer a greedy request (`ahead > 0`:
+/// up to that many tokens, chosen by the argmax the sampler would take) with
+/// the tokens themselves, e.g. picked where the logits are (a worker, a GPU)
+/// so they need not travel. The prompt step (`ahead == 0`) returns logits.
+pub fn generate_steps<E: From<EngineError>>(
+    step: impl FnMut(&[u32], usize) -> std::result::Result<StepOut, E>,
+    context: usize,
+    tokenizer: Option<&Tokenizer>,
+    req: &GenerateRequest,
+    on_text: impl FnMut(&str),
+) -> std::result::Result<Generation, E> {
+    generate_loop(step, context, tokenizer, req, on_text)
+}
+
+/// The loop of `generate`, `generate_with` and `generate_steps`.
 fn generate_loop<E: From<EngineError>>(
     mut step: impl FnMut(&[u32], usize) -> std::result::Result<StepOut, E>,
     context: usize,

@@ -17,13 +17,26 @@ use progress::LoadBar;
 use std::time::Instant;
 use tessera_backend::WeightDType;
 use tessera_config::{Config, DType, ModelFormat, ResolvedCollective, RestartPolicy};
-use tessera_engine::{generate_with, EngineError};
+use tessera_engine::{generate_steps, EngineError, SamplingParams, StepOut};
 use tessera_model::ShardPlan;
 use tessera_proto::worker::{SeqStep, StepOutput, StepRequest, Transport};
 
 /// Errors of the generation loop: an engine error, or a worker group failure.
 #[derive(Debug)]
 struct LoopError(anyhow::Error);
+
+/// The worker's sampling values for a greedy request (its argmax is the
+/// loop's); `None` for any other, whose tokens the loop samples itself.
+fn greedy_spec(p: &SamplingParams) -> Option<tessera_proto::worker::SamplingSpec> {
+    p.is_greedy()
+        .then_some(tessera_proto::worker::SamplingSpec {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        })
+}
 
 impl From<EngineError> for LoopError {
     fn from(e: EngineError) -> Self {
@@ -189,64 +202,84 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     loop {
         let t0 = Instant::now();
         let mut bar = LoadBar::new(world);
-        let result =
-            rt.block_on(WorkerGroup::start(&spec, &mut bar))
-                .and_then(|group| {
-                    let load_secs = t0.elapsed().as_secs_f64();
-                    let context = ckpt.spec.max_position_embeddings;
-                    let capacity = (req.prompt_ids.len() + req.max_new_tokens) as u32;
-                    let stream = !args.gen.json;
-                    let gen = generate_with(
-                        |ids: &[u32]| -> Result<Vec<f32>, LoopError> {
-                            let step = StepRequest {
-                                seqs: vec![SeqStep {
-                                    seq_id: 1,
-                                    ids: ids.to_vec(),
-                                    capacity,
-                                    all_logits: false,
-                                    // The shared generation loop samples here.
-                                    sampling: None,
-                                    output: StepOutput::Logits as i32,
-                                }],
-                                drop: vec![],
-                                logits_from_all_ranks: false,
-                            };
-                            let reply = rt.block_on(group.step(step)).map_err(LoopError)?;
-                            let bytes =
-                                reply.seqs.first().map(|s| s.logits.as_slice()).ok_or_else(
-                                    || LoopError(anyhow!("rank 0 returned no logits")),
-                                )?;
-                            Ok(bytes
+        let result = rt
+            .block_on(WorkerGroup::start(&spec, &mut bar))
+            .and_then(|group| {
+                let load_secs = t0.elapsed().as_secs_f64();
+                let context = ckpt.spec.max_position_embeddings;
+                let capacity = (req.prompt_ids.len() + req.max_new_tokens) as u32;
+                let stream = !args.gen.json;
+                let mut first = true;
+                let mut worker_tokens = 0u64;
+                let gen = generate_steps(
+                    |ids: &[u32], ahead: usize| -> Result<StepOut, LoopError> {
+                        // The prompt step returns logits (the loop samples the
+                        // first token from them and reports them); a greedy
+                        // request's later steps ask rank 0 for its argmax, so
+                        // no vocabulary of logits crosses the socket per token.
+                        let token = ahead > 0;
+                        let step = StepRequest {
+                            seqs: vec![SeqStep {
+                                seq_id: 1,
+                                ids: ids.to_vec(),
+                                capacity,
+                                all_logits: false,
+                                sampling: std::mem::take(&mut first)
+                                    .then(|| greedy_spec(&req.sampling))
+                                    .flatten(),
+                                output: if token {
+                                    StepOutput::Token
+                                } else {
+                                    StepOutput::Logits
+                                } as i32,
+                            }],
+                            drop: vec![],
+                            logits_from_all_ranks: false,
+                        };
+                        let reply = rt.block_on(group.step(step)).map_err(LoopError)?;
+                        let out = reply.seqs.first().ok_or_else(|| {
+                            LoopError(anyhow!("rank 0 returned nothing for the sequence"))
+                        })?;
+                        if token {
+                            let t = out
+                                .token
+                                .ok_or_else(|| LoopError(anyhow!("rank 0 returned no token")))?;
+                            worker_tokens += 1;
+                            return Ok(StepOut::Tokens(vec![t]));
+                        }
+                        Ok(StepOut::Logits(
+                            out.logits
                                 .chunks_exact(4)
                                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                                .collect())
-                        },
-                        context,
-                        ckpt.tokenizer.as_ref(),
-                        &req,
-                        |piece| {
-                            if stream {
-                                use std::io::Write;
-                                let mut out = std::io::stdout().lock();
-                                let _ = out.write_all(piece.as_bytes());
-                                let _ = out.flush();
-                            }
-                        },
-                    );
-                    match gen {
-                        Ok(gen) => {
-                            let info = group.info.clone();
-                            rt.block_on(group.shutdown());
-                            Ok((gen, info, load_secs))
+                                .collect(),
+                        ))
+                    },
+                    context,
+                    ckpt.tokenizer.as_ref(),
+                    &req,
+                    |piece| {
+                        if stream {
+                            use std::io::Write;
+                            let mut out = std::io::stdout().lock();
+                            let _ = out.write_all(piece.as_bytes());
+                            let _ = out.flush();
                         }
-                        Err(LoopError(e)) => {
-                            group.abort();
-                            Err(e)
-                        }
+                    },
+                );
+                match gen {
+                    Ok(gen) => {
+                        let info = group.info.clone();
+                        rt.block_on(group.shutdown());
+                        Ok((gen, info, load_secs, worker_tokens))
                     }
-                });
+                    Err(LoopError(e)) => {
+                        group.abort();
+                        Err(e)
+                    }
+                }
+            });
         match result {
-            Ok((gen, info, load_secs)) => {
+            Ok((gen, info, load_secs, worker_tokens)) => {
                 let bytes_per_param = match dtype {
                     "int8" => 1.0 + 4.0 / tessera_model::INT8_GROUP as f64,
                     "int4" => 0.5 + 4.0 / tessera_model::INT8_GROUP as f64,
@@ -269,6 +302,8 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                     .collect();
                 let backend = info.first().map(|w| w.backend.clone()).unwrap_or_default();
                 let extra = serde_json::json!({
+                    // Decode steps whose token rank 0 picked (greedy requests).
+                    "worker_sampled_tokens": worker_tokens,
                     "tensor_parallel": world,
                     "collective": format!("{transport:?}").to_lowercase(),
                     "restarts": attempt,
