@@ -322,6 +322,53 @@ fn batched_vs_lone<B: tessera_backend::Backend + 'static>(
     for (i, (want, _)) in lone.iter().enumerate() {
         assert_eq!(&toks[i], want, "sequence {i}: batched vs lone tokens");
     }
+    // The same batch with every other sequence's greedy choice made where the
+    // logits are (`Logits::Argmax`, the served greedy path; the others still
+    // return logits): the same tokens, and no logits for the picked ones.
+    let mut seqs: Vec<_> = prompts
+        .iter()
+        .map(|_| model.new_sequence(64).unwrap())
+        .collect();
+    let mut picked: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    for step in 0..=steps {
+        let inputs: Vec<Vec<u32>> = if step == 0 {
+            prompts.to_vec()
+        } else {
+            picked.iter().map(|t| vec![*t.last().unwrap()]).collect()
+        };
+        let mut batch: Vec<BatchEntry<'_, B>> = seqs
+            .iter_mut()
+            .zip(&inputs)
+            .enumerate()
+            .map(|(i, (seq, ids))| BatchEntry {
+                seq,
+                ids,
+                logits: if i % 2 == 0 {
+                    tessera_engine::Logits::Argmax
+                } else {
+                    tessera_engine::Logits::Last
+                },
+            })
+            .collect();
+        let (out, picks) = model.forward_batch_picks(&mut batch).unwrap();
+        for (i, (l, pick)) in out.iter().zip(picks).enumerate() {
+            let t = if i % 2 == 0 {
+                assert!(
+                    l.data.is_empty(),
+                    "sequence {i}: logits of a picked row came back"
+                );
+                pick.expect("a greedy choice")
+            } else {
+                assert!(pick.is_none());
+                argmax(&l.data)
+            };
+            picked[i].push(t);
+        }
+    }
+    assert_eq!(
+        picked, toks,
+        "greedy choices made with the logits vs on the host"
+    );
     toks
 }
 

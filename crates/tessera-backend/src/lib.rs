@@ -58,6 +58,33 @@ impl std::fmt::Display for WeightDType {
     }
 }
 
+/// Index of the largest value; ties go to the lowest index, like `torch.argmax`.
+/// NaN never wins, except at index 0, which nothing then beats.
+pub fn argmax(v: &[f32]) -> u32 {
+    let Some(&first) = v.first() else {
+        return 0;
+    };
+    if first.is_nan() {
+        return 0;
+    }
+    // The largest value, eight independent running maxima (no dependency
+    // chain from one element to the next, so the loop vectorizes), then its
+    // first index. `x > m` never takes a NaN.
+    let mut lanes = [first; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let top = lanes
+        .iter()
+        .chain(rest)
+        .fold(first, |m, &x| if x > m { x } else { m });
+    v.iter().position(|&x| x == top).unwrap_or(0) as u32
+}
+
 /// Element type of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDType {
@@ -361,7 +388,7 @@ pub trait Backend: Send + Sync {
     /// between: step i runs the recording at `pos + i`, step 0 for `token`
     /// and every later one for the previous step's choice, each choosing
     /// the id of its largest logit (ties to the lowest id; a NaN never wins
-    /// except at id 0, as `tessera_engine::sampler::argmax`). Returns the n
+    /// except at id 0, as [`argmax`]). Returns the n
     /// choices, or `Ok(None)`, the default, when the backend cannot.
     fn replay_step_graph_greedy(
         &self,
@@ -372,6 +399,21 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Vec<u32>>> {
         let _ = (graph, pos, token, n);
         Ok(None)
+    }
+
+    /// The greedy choice ([`argmax`]) of every row of `x` (`[rows, vocab]`
+    /// logits). The default downloads the rows and picks on the host; a
+    /// device picks where the logits are and copies back only the ids.
+    fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>> {
+        let h = self.download(x)?;
+        let cols = self.dims(x).1;
+        if cols == 0 {
+            return Err(BackendError::Shape {
+                op: "argmax_rows",
+                detail: "rows of 0 logits".into(),
+            });
+        }
+        Ok(h.data.chunks_exact(cols).map(argmax).collect())
     }
 
     // ---- weight streaming (tessera-offload; see `stream`) ----

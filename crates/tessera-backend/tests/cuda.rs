@@ -632,8 +632,28 @@ fn device_argmax_picks_as_the_host_sampler() {
             .unwrap();
         let got = b.argmax_row(&x).unwrap();
         assert_eq!(got, host_rule(v), "{what}");
+        assert_eq!(got, tessera_backend::argmax(v), "{what}: the host function");
     }
     assert!(b.argmax_row(&b.upload(&host(2, 8, 1)).unwrap()).is_err());
+    // `Backend::argmax_rows` (one block per row: the served greedy path): the
+    // cases of one length stacked as rows, each row picked as alone.
+    let n = 4;
+    let rows: Vec<&Vec<f32>> = cases
+        .iter()
+        .map(|c| &c.1)
+        .filter(|v| v.len() == n)
+        .collect();
+    assert!(rows.len() >= 2, "cases of {n} values");
+    let stacked: Vec<f32> = rows.iter().flat_map(|v| v.iter().copied()).collect();
+    let x = b
+        .upload(&HostTensor::new(vec![rows.len(), n], stacked))
+        .unwrap();
+    let want: Vec<u32> = rows.iter().map(|v| host_rule(v)).collect();
+    assert_eq!(b.argmax_rows(&x).unwrap(), want, "stacked rows");
+    let many = host(33, 49152, 4);
+    let want: Vec<u32> = many.data.chunks_exact(49152).map(host_rule).collect();
+    let got = b.argmax_rows(&b.upload(&many).unwrap()).unwrap();
+    assert_eq!(got, want, "33 random rows");
 }
 
 /// `attention_batch` (several sequences' RoPE, KV store and attention in one

@@ -66,38 +66,20 @@ pub struct Sampler {
     rng: StdRng,
 }
 
-/// Index of the largest value; ties go to the lowest index, like `torch.argmax`.
-/// NaN never wins, except at index 0, which nothing then beats.
-pub fn argmax(v: &[f32]) -> u32 {
-    let Some(&first) = v.first() else {
-        return 0;
-    };
-    if first.is_nan() {
-        return 0;
-    }
-    // The largest value, eight independent running maxima (no dependency
-    // chain from one element to the next, so the loop vectorizes), then its
-    // first index. `x > m` never takes a NaN.
-    let mut lanes = [first; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let top = lanes
-        .iter()
-        .chain(rest)
-        .fold(first, |m, &x| if x > m { x } else { m });
-    v.iter().position(|&x| x == top).unwrap_or(0) as u32
-}
+/// The greedy choice; it lives with the backends, which may also make it on
+/// the device (`Backend::argmax_rows`).
+pub use tessera_backend::argmax;
 
 /// Candidates this many or fewer are sorted at once; a nucleus search
 /// starts with them and grows eightfold while their mass falls short.
 const NUCLEUS_FIRST: usize = 256;
 
 impl Sampler {
+    /// The values it samples with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     pub fn new(params: SamplingParams) -> Result<Self> {
         params.validate()?;
         let rng = StdRng::seed_from_u64(params.seed);

@@ -130,30 +130,40 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
             }
         }
         let result = {
+            let pickers = &self.pickers;
             let mut batch: Vec<BatchEntry<'_, B>> = taken
                 .iter_mut()
                 .zip(&req.seqs)
                 .zip(&outputs)
-                .map(|(((_, seq), s), &output)| BatchEntry {
-                    seq,
-                    ids: &s.ids,
-                    // A chunk that returns nothing skips the LM head.
-                    logits: match (output, s.all_logits) {
+                .map(|(((_, seq), s), &output)| {
+                    // A greedy token is picked where the logits are (on a GPU,
+                    // only the id comes back); a chunk that returns nothing
+                    // skips the LM head.
+                    let greedy = pickers
+                        .get(&s.seq_id)
+                        .is_some_and(|p| p.sampler.params().is_greedy());
+                    let logits = match (output, s.all_logits) {
                         (StepOutput::Nothing, _) => Logits::None,
+                        (StepOutput::Token, false) if greedy => Logits::Argmax,
                         (_, true) => Logits::All,
                         (_, false) => Logits::Last,
-                    },
+                    };
+                    BatchEntry {
+                        seq,
+                        ids: &s.ids,
+                        logits,
+                    }
                 })
                 .collect();
-            self.model.forward_batch(&mut batch)
+            self.model.forward_batch_picks(&mut batch)
         };
         for (id, seq) in taken {
             self.seqs.insert(id, seq);
         }
-        let logits = result?;
+        let (logits, picks) = result?;
         let send = rank == 0 || req.logits_from_all_ranks;
         let mut seqs = Vec::with_capacity(req.seqs.len());
-        for ((s, l), output) in req.seqs.iter().zip(logits).zip(outputs) {
+        for (((s, l), output), pick) in req.seqs.iter().zip(logits).zip(outputs).zip(picks) {
             let rows = l.shape[0];
             let mut reply = SeqLogits {
                 seq_id: s.seq_id,
@@ -163,7 +173,9 @@ impl<B: Backend + 'static> ShardEngine for Loaded<B> {
             };
             if let Some(p) = self.pickers.get_mut(&s.seq_id) {
                 p.history.extend_from_slice(&s.ids);
-                if send && output == StepOutput::Token {
+                if send && pick.is_some() {
+                    reply.token = pick;
+                } else if send && output == StepOutput::Token {
                     let vocab = l.data.len() / rows.max(1);
                     let last = &l.data[(rows.saturating_sub(1)) * vocab..];
                     reply.token = Some(p.sampler.sample(last, &p.history));
@@ -397,6 +409,59 @@ mod tests {
         }
         // Sampling, not a constant: the seeded draws differ.
         assert!(distinct.len() > 3, "{distinct:?}");
+    }
+
+    /// Greedy sequences get their token from `Logits::Argmax` (picked where
+    /// the logits are), a sampled one in the same step from the host
+    /// sampler, a logits one its logits: all as sampling the logits here.
+    #[test]
+    fn greedy_tokens_from_the_device_choice_equal_the_logits_argmax() {
+        let mut shard = tiny_shard();
+        let greedy = SamplingSpec {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        };
+        let sampled = SamplingSpec {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 3,
+        };
+        let prompt: Vec<u32> = vec![7, 1, 8, 2, 8];
+        let mut here = Sampler::new(SamplingParams {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: 3,
+        })
+        .unwrap();
+        let mut history = prompt.clone();
+        // Sequences 2 and 3 greedy, 4 sampled, 1 returns logits; all fed the
+        // same ids, so they share logits and the greedy picks are their argmax.
+        let mut feed = prompt.clone();
+        for step_no in 0..6 {
+            let mut seqs = vec![seq(1, feed.clone(), 32)];
+            for (id, spec) in [(2, greedy), (3, greedy), (4, sampled)] {
+                let mut s = seq(id, feed.clone(), 32);
+                s.sampling = (step_no == 0).then_some(spec);
+                s.output = StepOutput::Token as i32;
+                seqs.push(s);
+            }
+            let reply = shard.step(&step(seqs), 0).unwrap();
+            let logits = floats(&reply.seqs[0].logits);
+            let best = tessera_backend::argmax(&logits);
+            assert_eq!(reply.seqs[1].token, Some(best), "step {step_no}");
+            assert_eq!(reply.seqs[2].token, Some(best), "step {step_no}");
+            assert!(reply.seqs[1].logits.is_empty() && reply.seqs[2].logits.is_empty());
+            assert_eq!(reply.seqs[3].token, Some(here.sample(&logits, &history)));
+            history.push(best);
+            feed = vec![best];
+        }
     }
 
     #[test]

@@ -331,6 +331,38 @@ impl CudaBackend {
         Ok(got[0] as u32)
     }
 
+    /// `Backend::argmax_rows`: one block per row (`argmax_rows`, the rule of
+    /// `argmax_step`), then only the ids are copied back.
+    pub(crate) fn argmax_rows_impl(&self, x: &CudaTensor) -> Result<Vec<u32>> {
+        if x.cols == 0 || i32::try_from(x.cols).is_err() {
+            return Err(BackendError::Device(format!(
+                "argmax of [{}, {}] rows: expected non-empty rows",
+                x.rows, x.cols
+            )));
+        }
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let src = self.buf(x)?;
+        let ids = self.alloc::<i32>(x.rows)?;
+        let args = Args::new()
+            .ptr(self.ptr(src))
+            .int(x.cols)
+            .ptr(self.ptr(&ids));
+        // SAFETY: src holds rows x cols floats (a materialised tensor), ids
+        // rows ints; block r reads row r and writes ids[r].
+        unsafe {
+            self.launch(
+                "argmax_rows",
+                &self.k.argmax_rows,
+                Dims::blocks(x.rows, 256),
+                args,
+            )
+        }?;
+        let got = self.stream.clone_dtoh(&ids).map_err(dev("argmax_rows"))?;
+        Ok(got.into_iter().map(|i| i as u32).collect())
+    }
+
     /// `n` greedy steps from `pos` for `token`: n replays back to back, each
     /// fed the previous one's choice on the device; the n choices.
     pub(crate) fn replay_step_graph_greedy_impl(

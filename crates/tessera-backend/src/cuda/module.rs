@@ -180,6 +180,7 @@ pub struct Kernels {
     pub add_halves: CudaFunction,
     pub l2_flush: CudaFunction,
     pub argmax_step: CudaFunction,
+    pub argmax_rows: CudaFunction,
     /// v1, one activation row: 1 / 2 / 4 weight rows per warp.
     pub gemv_v1_1: [CudaFunction; 3],
     /// v1, up to 2 / 4 / 8 / 16 activation rows.
@@ -285,6 +286,7 @@ impl Kernels {
             add_halves: f("add_halves")?,
             l2_flush: f("l2_flush")?,
             argmax_step: f("argmax_step")?,
+            argmax_rows: f("argmax_rows")?,
             gemv_v1_1: table(fs(&["gemv_i8_1_r1", "gemv_i8_1_r2", "gemv_i8_1_r4"])?)?,
             gemv_v1_n: table(fs(&["gemv_i8_2", "gemv_i8_4", "gemv_i8_8", "gemv_i8_16"])?)?,
             gemv_v2: [v2("i8")?, v2("bf16")?, v2("i4")?],

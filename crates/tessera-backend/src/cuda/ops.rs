@@ -111,6 +111,10 @@ impl Backend for CudaBackend {
             .map(Some)
     }
 
+    fn argmax_rows(&self, x: &CudaTensor) -> Result<Vec<u32>> {
+        self.argmax_rows_impl(x)
+    }
+
     fn slice_rows(&self, x: &CudaTensor, start: usize, count: usize) -> Result<CudaTensor> {
         if start + count > x.rows {
             let detail = format!("rows {start}..{} of {}", start + count, x.rows);

@@ -96,6 +96,11 @@ pub enum Logits {
     /// None (a prompt chunk with more to come): its rows skip the LM head,
     /// and its result is `[0, vocab]`.
     None,
+    /// The greedy choice ([`tessera_backend::argmax`]) of the last position,
+    /// made where the logits are (`Backend::argmax_rows`: on a GPU only the
+    /// id is copied back). [`Model::forward_batch_picks`] returns it; the
+    /// logits come back as `[0, vocab]`.
+    Argmax,
 }
 
 /// This rank's slice of a tensor, checking the full tensor's shape first.
@@ -559,14 +564,34 @@ impl<B: Backend> Model<B> {
     /// its logits as in [`Model::forward`]. Every rank of a tensor-parallel
     /// group must call this with the same batch.
     pub fn forward_batch(&self, batch: &mut [BatchEntry<'_, B>]) -> Result<Vec<HostTensor>> {
+        Ok(self.forward_batch_picks(batch)?.0)
+    }
+
+    /// [`Model::forward_batch`], also returning per entry the greedy choice
+    /// of the entries that asked for one ([`Logits::Argmax`]; `None` for the
+    /// others).
+    pub fn forward_batch_picks(
+        &self,
+        batch: &mut [BatchEntry<'_, B>],
+    ) -> Result<(Vec<HostTensor>, Vec<Option<u32>>)> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         for e in batch.iter() {
             self.check_entry(e)?;
         }
+        let vocab = self.spec.vocab_size;
         if let Some(out) = self.recorded_step(batch)? {
-            return Ok(vec![out]);
+            // A replay copies the logits back already: pick on the host.
+            return Ok(if batch[0].logits == Logits::Argmax {
+                let pick = tessera_backend::argmax(&out.data);
+                (
+                    vec![HostTensor::new(vec![0, vocab], Vec::new())],
+                    vec![Some(pick)],
+                )
+            } else {
+                (vec![out], vec![None])
+            });
         }
         let b = &self.backend;
         let s = &self.spec;
@@ -588,17 +613,17 @@ impl<B: Backend> Model<B> {
             .zip(&rows)
             .map(|(e, &(r0, n, _))| match e.logits {
                 Logits::All => (r0, n),
-                Logits::Last => (r0 + n - 1, 1),
+                Logits::Last | Logits::Argmax => (r0 + n - 1, 1),
                 Logits::None => (r0, 0),
             })
             .collect();
-        let vocab = s.vocab_size;
+        let empty = || HostTensor::new(vec![0, vocab], Vec::new());
         if wanted.iter().all(|&(_, n)| n == 0) {
             // Nothing wanted (prompt chunks only): no LM head at all.
-            return Ok(wanted
-                .iter()
-                .map(|_| HostTensor::new(vec![0, vocab], Vec::new()))
-                .collect());
+            return Ok((
+                wanted.iter().map(|_| empty()).collect(),
+                vec![None; wanted.len()],
+            ));
         }
         let wanted_rows: Vec<(usize, usize)> =
             wanted.iter().copied().filter(|&(_, n)| n > 0).collect();
@@ -622,14 +647,43 @@ impl<B: Backend> Model<B> {
         };
         let hn = b.rms_norm(&x, &self.norm, s.rms_norm_eps)?;
         let logits = b.matmul(&hn, self.lm_head.as_ref().unwrap_or(&self.embed))?;
-        let logits = b.download(&logits)?;
+        let kinds: Vec<Logits> = batch.iter().map(|e| e.logits).collect();
+        // The greedy choices where the logits are; the logits themselves
+        // only when some entry wants them.
+        let row_picks = if kinds.contains(&Logits::Argmax) {
+            b.argmax_rows(&logits)?
+        } else {
+            Vec::new()
+        };
+        let host = if kinds
+            .iter()
+            .any(|k| matches!(k, Logits::Last | Logits::All))
+        {
+            Some(b.download(&logits)?)
+        } else {
+            None
+        };
         let mut out = Vec::with_capacity(wanted.len());
+        let mut picks = Vec::with_capacity(wanted.len());
         let mut at = 0;
-        for &(_, n) in &wanted {
-            let data = logits.data[at * vocab..(at + n) * vocab].to_vec();
-            out.push(HostTensor::new(vec![n, vocab], data));
+        for (&(_, n), kind) in wanted.iter().zip(kinds) {
+            match (kind, &host) {
+                (Logits::Argmax, _) => {
+                    out.push(empty());
+                    picks.push(Some(row_picks[at]));
+                }
+                (_, Some(h)) => {
+                    let data = h.data[at * vocab..(at + n) * vocab].to_vec();
+                    out.push(HostTensor::new(vec![n, vocab], data));
+                    picks.push(None);
+                }
+                (_, None) => {
+                    out.push(empty());
+                    picks.push(None);
+                }
+            }
             at += n;
         }
-        Ok(out)
+        Ok((out, picks))
     }
 }

@@ -70,7 +70,7 @@ impl<B: Backend> Model<B> {
             return Ok(None);
         }
         let e = &mut batch[0];
-        if e.ids.len() != 1 || e.logits != super::Logits::Last {
+        if e.ids.len() != 1 || !matches!(e.logits, super::Logits::Last | super::Logits::Argmax) {
             return Ok(None);
         }
         let (pos, token) = (e.seq.len, e.ids[0]);

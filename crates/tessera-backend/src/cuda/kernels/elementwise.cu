@@ -250,17 +250,11 @@ extern "C" __global__ void l2_flush(const int4* __restrict__ buf, long long n, i
 
 // ---------------------------------------------------------------- greedy token choice
 
-// The id of the largest of the n logits, as the engine's host sampler
-// (tessera_engine::sampler::argmax) picks it: ties go to the lowest id, a NaN
-// never wins, and a NaN at id 0 makes the answer 0. One block of BLOCK
-// threads. The choice is written to desc[1] (the next step's token) with
-// desc[0] (its position) advanced by one, and appended to tokens[desc[2]++]
-// (at most cap of them): a recorded decode step that ends with this kernel
-// feeds itself, so replays can follow each other without the host.
-extern "C" __global__ void __launch_bounds__(BLOCK) argmax_step(const float* __restrict__ logits, int n,
-                                                                 int* __restrict__ desc, int* __restrict__ tokens,
-                                                                 int cap) {
-    KERNEL_PROLOGUE();
+// The id of the largest of the n logits, as the host's greedy choice
+// (tessera_backend::argmax) picks it: ties go to the lowest id, a NaN never
+// wins, and a NaN at id 0 makes the answer 0. The whole block of BLOCK
+// threads calls it; the answer is valid in thread 0.
+__device__ __forceinline__ int argmax_block(const float* __restrict__ logits, int n) {
     __shared__ float sv[BLOCK / WARP];
     __shared__ int si[BLOCK / WARP];
     const float first = logits[0];
@@ -297,10 +291,33 @@ extern "C" __global__ void __launch_bounds__(BLOCK) argmax_step(const float* __r
                 bi = si[w];
             }
         if (first != first) bi = 0; // NaN at id 0
+    }
+    return bi;
+}
+
+// The greedy choice of a recorded decode step (one block): written to desc[1]
+// (the next step's token) with desc[0] (its position) advanced by one, and
+// appended to tokens[desc[2]++] (at most cap of them), so a recorded step that
+// ends with this kernel feeds itself and replays can follow each other
+// without the host.
+extern "C" __global__ void __launch_bounds__(BLOCK) argmax_step(const float* __restrict__ logits, int n,
+                                                                 int* __restrict__ desc, int* __restrict__ tokens,
+                                                                 int cap) {
+    KERNEL_PROLOGUE();
+    const int bi = argmax_block(logits, n);
+    if (threadIdx.x == 0) {
         desc[0] += 1;
         desc[1] = bi;
         const int c = desc[2];
         if (c < cap) tokens[c] = bi;
         desc[2] = c + 1;
     }
+}
+
+// The greedy choice of each row of x ([rows, n], one block per row) into out[row].
+extern "C" __global__ void __launch_bounds__(BLOCK) argmax_rows(const float* __restrict__ x, int n,
+                                                                 int* __restrict__ out) {
+    KERNEL_PROLOGUE();
+    const int bi = argmax_block(x + (size_t)blockIdx.x * n, n);
+    if (threadIdx.x == 0) out[blockIdx.x] = bi;
 }
