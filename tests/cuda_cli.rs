@@ -98,27 +98,19 @@ fn cuda_greedy_tokens_and_logits_match_the_cpu_backend() {
     {
         let logits = |dev: &str| dir.path().join(format!("{dev}-{cuda_dt}-{i}.npy"));
         let (lc, lg) = (logits("cpu"), logits("cuda"));
-        let with = |npy: &std::path::Path| {
-            let mut a = vec![
-                "--dump-logits".to_string(),
-                npy.to_str().unwrap().to_string(),
-            ];
-            a.extend(kv.iter().map(|s| s.to_string()));
-            a
-        };
-        let (ac, ag) = (with(&lc), with(&lg));
+        let (lcs, lgs) = (lc.to_str().unwrap(), lg.to_str().unwrap());
         let cpu = generate(
             1,
             "cpu",
             cpu_dt,
-            &ac.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[&["--dump-logits", lcs], kv].concat(),
             &[],
         );
         let cuda = generate(
             1,
             "cuda",
             cuda_dt,
-            &ag.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[&["--dump-logits", lgs], kv].concat(),
             env,
         );
         let kv_dtype = if kv.is_empty() { "f32" } else { "bf16" };

@@ -253,7 +253,7 @@ pub fn generate<B: Backend>(
     let mut seq = model.new_sequence(req.prompt_ids.len() + req.max_new_tokens)?;
     // TESSERA_GREEDY_AHEAD=0 steps greedy generations one token at a time (A/B).
     let ahead_on = std::env::var("TESSERA_GREEDY_AHEAD").map_or(true, |v| v != "0");
-    generate_loop(
+    generate_steps(
         |ids: &[u32], ahead: usize| {
             if ahead > 0 && ahead_on {
                 if let Some(t) = model.decode_greedy(&mut seq, ids[0], ahead)? {
@@ -287,42 +287,15 @@ pub enum StepOut {
     Tokens(Vec<u32>),
 }
 
-/// The generation loop over any forward step: `step(ids)` appends `ids` to
-/// the sequence and returns the logits of its last position. The launcher
-/// uses it with a step that runs on worker processes, so one-shot generation
-/// through the workers samples, stops and streams exactly like `generate`.
-pub fn generate_with<E: From<EngineError>>(
-    mut step: impl FnMut(&[u32]) -> std::result::Result<Vec<f32>, E>,
-    context: usize,
-    tokenizer: Option<&Tokenizer>,
-    req: &GenerateRequest,
-    on_text: impl FnMut(&str),
-) -> std::result::Result<Generation, E> {
-    generate_loop(
-        |ids: &[u32], _ahead: usize| step(ids).map(StepOut::Logits),
-        context,
-        tokenizer,
-        req,
-        on_text,
-    )
-}
-
-/// `generate_with` whose step may also answer a greedy request (`ahead > 0`:
-/// up to that many tokens, chosen by the argmax the sampler would take) with
-/// the tokens themselves, e.g. picked where the logits are (a worker, a GPU)
-/// so they need not travel. The prompt step (`ahead == 0`) returns logits.
+/// The generation loop over any forward step: `step(ids, ahead)` appends
+/// `ids` to the sequence and returns the logits of its last position, or,
+/// for a greedy request with `ahead > 0`, up to that many tokens, chosen by
+/// the argmax the sampler would take (picked where the logits are: a GPU, a
+/// worker, so they need not travel). The prompt step (`ahead == 0`) returns
+/// logits. `generate` runs it over a local model; the launcher over steps on
+/// worker processes, so one-shot generation through the workers samples,
+/// stops and streams exactly like `generate`.
 pub fn generate_steps<E: From<EngineError>>(
-    step: impl FnMut(&[u32], usize) -> std::result::Result<StepOut, E>,
-    context: usize,
-    tokenizer: Option<&Tokenizer>,
-    req: &GenerateRequest,
-    on_text: impl FnMut(&str),
-) -> std::result::Result<Generation, E> {
-    generate_loop(step, context, tokenizer, req, on_text)
-}
-
-/// The loop of `generate`, `generate_with` and `generate_steps`.
-fn generate_loop<E: From<EngineError>>(
     mut step: impl FnMut(&[u32], usize) -> std::result::Result<StepOut, E>,
     context: usize,
     tokenizer: Option<&Tokenizer>,

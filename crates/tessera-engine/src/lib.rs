@@ -11,8 +11,8 @@ pub mod weights;
 
 pub use error::{EngineError, Result};
 pub use generate::{
-    generate, generate_steps, generate_with, perplexity, FinishReason, GenerateRequest, Generation,
-    StepOut, TextStream, GREEDY_AHEAD,
+    generate, generate_steps, perplexity, FinishReason, GenerateRequest, Generation, StepOut,
+    TextStream, GREEDY_AHEAD,
 };
 pub use model::{BatchEntry, Logits, Model, RecordingStats, Sequence};
 pub use sampler::{argmax, Sampler, SamplingParams};

@@ -339,6 +339,17 @@ mod tests {
         }
     }
 
+    /// The wire form of `p` (what the launcher's scheduler sends).
+    fn spec_of(p: &SamplingParams) -> SamplingSpec {
+        SamplingSpec {
+            temperature: p.temperature,
+            top_k: p.top_k as u32,
+            top_p: p.top_p,
+            repetition_penalty: p.repetition_penalty,
+            seed: p.seed,
+        }
+    }
+
     fn floats(bytes: &[u8]) -> Vec<f32> {
         bytes
             .chunks_exact(4)
@@ -360,13 +371,7 @@ mod tests {
             repetition_penalty: 1.5,
             seed: 11,
         };
-        let spec = SamplingSpec {
-            temperature: params.temperature,
-            top_k: params.top_k as u32,
-            top_p: params.top_p,
-            repetition_penalty: params.repetition_penalty,
-            seed: params.seed,
-        };
+        let spec = spec_of(&params);
         let mut here = Sampler::new(params).unwrap();
         let prompt: Vec<u32> = vec![3, 9, 27, 81, 5, 15, 45];
         // The prompt in two chunks: the first returns nothing at all (and
@@ -417,29 +422,16 @@ mod tests {
     #[test]
     fn greedy_tokens_from_the_device_choice_equal_the_logits_argmax() {
         let mut shard = tiny_shard();
-        let greedy = SamplingSpec {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        };
-        let sampled = SamplingSpec {
+        let greedy = spec_of(&SamplingParams::default());
+        let params = SamplingParams {
             temperature: 0.9,
             top_k: 20,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
             seed: 3,
+            ..SamplingParams::default()
         };
+        let sampled = spec_of(&params);
         let prompt: Vec<u32> = vec![7, 1, 8, 2, 8];
-        let mut here = Sampler::new(SamplingParams {
-            temperature: 0.9,
-            top_k: 20,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 3,
-        })
-        .unwrap();
+        let mut here = Sampler::new(params).unwrap();
         let mut history = prompt.clone();
         // Sequences 2 and 3 greedy, 4 sampled, 1 returns logits; all fed the
         // same ids, so they share logits and the greedy picks are their argmax.

@@ -17,26 +17,13 @@ use progress::LoadBar;
 use std::time::Instant;
 use tessera_backend::WeightDType;
 use tessera_config::{Config, DType, ModelFormat, ResolvedCollective, RestartPolicy};
-use tessera_engine::{generate_steps, EngineError, SamplingParams, StepOut};
+use tessera_engine::{generate_steps, EngineError, StepOut};
 use tessera_model::ShardPlan;
 use tessera_proto::worker::{SeqStep, StepOutput, StepRequest, Transport};
 
 /// Errors of the generation loop: an engine error, or a worker group failure.
 #[derive(Debug)]
 struct LoopError(anyhow::Error);
-
-/// The worker's sampling values for a greedy request (its argmax is the
-/// loop's); `None` for any other, whose tokens the loop samples itself.
-fn greedy_spec(p: &SamplingParams) -> Option<tessera_proto::worker::SamplingSpec> {
-    p.is_greedy()
-        .then_some(tessera_proto::worker::SamplingSpec {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        })
-}
 
 impl From<EngineError> for LoopError {
     fn from(e: EngineError) -> Self {
@@ -224,9 +211,10 @@ pub fn run(args: LaunchArgs) -> Result<()> {
                                 ids: ids.to_vec(),
                                 capacity,
                                 all_logits: false,
-                                sampling: std::mem::take(&mut first)
-                                    .then(|| greedy_spec(&req.sampling))
-                                    .flatten(),
+                                // Greedy requests only (rank 0's argmax is the
+                                // loop's); the loop samples any other itself.
+                                sampling: (std::mem::take(&mut first) && req.sampling.is_greedy())
+                                    .then(|| crate::serve::scheduler::sampling_spec(&req.sampling)),
                                 output: if token {
                                     StepOutput::Token
                                 } else {

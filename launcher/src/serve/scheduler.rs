@@ -101,7 +101,7 @@ pub struct Scheduler {
 }
 
 /// A request's sampling values as the worker protocol carries them.
-fn sampling_spec(p: &SamplingParams) -> SamplingSpec {
+pub(crate) fn sampling_spec(p: &SamplingParams) -> SamplingSpec {
     SamplingSpec {
         temperature: p.temperature,
         top_k: u32::try_from(p.top_k).unwrap_or(u32::MAX),
@@ -183,18 +183,15 @@ impl Scheduler {
                 used_blocks += need;
                 // Rank 0 samples (`SeqStep.sampling`); refuse bad values here,
                 // before the request takes a batch slot.
-                match req.sampling.validate() {
-                    Ok(()) => {}
-                    Err(e) => {
-                        used_blocks -= need;
-                        let _ = req
-                            .events
-                            .send(Event::Failed(tonic::Status::invalid_argument(
-                                e.to_string(),
-                            )));
-                        continue;
-                    }
-                };
+                if let Err(e) = req.sampling.validate() {
+                    used_blocks -= need;
+                    let _ = req
+                        .events
+                        .send(Event::Failed(tonic::Status::invalid_argument(
+                            e.to_string(),
+                        )));
+                    continue;
+                }
                 running.push(Running {
                     id: next_id,
                     text: TextStream::new(req.stop.clone()),
